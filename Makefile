@@ -1,0 +1,48 @@
+# Greenvisor: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+SESSION_PORT ?= 5432
+PYTEST_ARGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup deps apt-deps run demo test test-unit lint typecheck bench bench-quick
+
+help:
+	@echo "make run      - install, start a demo Postgres + tenant t1, run the pooler"
+	@echo "make test     - the whole test suite (what CI runs)"
+	@echo "make lint / make typecheck / make bench"
+
+apt-deps:  ## Debian/Ubuntu packages the tests and the demo need (run as root)
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+		postgresql postgresql-client pgbouncer zookeeper make
+
+setup:  ## the Debian packages, only if missing
+	@command -v pgbouncer >/dev/null 2>&1 && [ -x /usr/share/zookeeper/bin/zkServer.sh ] \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(SUDO) $(MAKE) apt-deps
+
+deps: setup
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+run: deps
+	$(PYTHON) manage.py migrate --noinput
+	$(PYTHON) manage.py demodb
+	$(PYTHON) manage.py runpooler --proxy-port-session $(SESSION_PORT)
+
+test: deps
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit:
+	$(PYTHON) -m pytest -m unit $(PYTEST_ARGS)
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+typecheck:
+	$(PYTHON) -m mypy pooler tenants
+
+bench:
+	$(PYTHON) -m bench.run
+
+bench-quick:
+	$(PYTHON) -m bench.run --quick

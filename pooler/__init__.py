@@ -1,0 +1,1 @@
+"""Greenvisor: the Postgres proxy (listeners, clients, pools, servers)."""

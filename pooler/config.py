@@ -1,0 +1,75 @@
+"""Plain, immutable tenant configuration as the pooler sees it (no Django import).
+
+The tenants app turns its ORM rows into these objects (``tenants.services.build_snapshot``);
+the pooler only ever reads a :class:`ConfigSnapshot`, swapped atomically when the
+configuration version changes. Nothing here touches the database or the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+MODE_TRANSACTION = "transaction"
+MODE_SESSION = "session"
+MODES = (MODE_TRANSACTION, MODE_SESSION)
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    """One tenant user: how clients log in to Greenvisor and how Greenvisor logs in upstream."""
+
+    db_user_alias: str
+    db_user: str
+    db_password: str = field(repr=False)
+    mode_type: str = MODE_TRANSACTION
+    pool_size: int | None = None  # None: the tenant's default_pool_size
+    max_clients: int | None = None  # None: the tenant's default_max_clients
+    pool_checkout_timeout: int = 60000  # milliseconds
+    is_manager: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """One tenant: its upstream database and its users."""
+
+    external_id: str
+    db_host: str
+    db_port: int = 5432
+    db_database: str = "postgres"
+    default_pool_size: int = 15
+    default_max_clients: int = 1000
+    require_user: bool = True
+    auth_query: str | None = None
+    enforce_ssl: bool = False
+    sni_hostname: str | None = None
+    ip_version: str = "auto"  # auto | v4 | v6
+    allow_list: tuple[str, ...] = ()
+    client_idle_timeout: int = 0  # seconds, 0 = off
+    default_parameter_status: Mapping[str, str] = field(default_factory=dict)
+    users: tuple[UserConfig, ...] = ()
+
+    def find_user(self, alias: str, mode: str) -> UserConfig | None:
+        """The user a client named ``alias`` logs in as on a ``mode`` listener.
+
+        A user row of the same mode wins; otherwise a row of the other mode with the same
+        alias supplies the credentials (the listener still decides the pool mode).
+        """
+        fallback = None
+        for user in self.users:
+            if user.db_user_alias == alias:
+                if user.mode_type == mode:
+                    return user
+                fallback = fallback or user
+        return fallback
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    """Every tenant at one configuration version."""
+
+    version: int = 0
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+
+    def tenant(self, external_id: str) -> TenantConfig | None:
+        return self.tenants.get(external_id)

@@ -1,0 +1,263 @@
+"""Pools of server connections: checkout/checkin, sizes, FIFO waiters, counters.
+
+No sockets, no ZooKeeper, no Prometheus here: a pool drives abstract servers and waiters
+through the small protocols below, so it can be tested with fakes.
+
+A server is handed to the next waiter straight from the checkin (the releasing server's
+callback), never parked in between. A waiter that has already given up (timed out, or its
+client left) refuses the hand-off, and the server goes to the next one or back to idle,
+so a connection is never lost between two clients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class PoolServer(Protocol):
+    """What a pool needs from a server connection."""
+
+    generation: int
+    created_at: float
+
+    def close(self, reason: str) -> None: ...
+
+    def park(self) -> None: ...
+
+
+class Waiter(Protocol):
+    """A client waiting for a server connection."""
+
+    wait_started: float
+
+    def server_ready(self, server: PoolServer) -> bool:
+        """Take ``server``; return False if the waiter is gone (then it is not taken)."""
+        ...
+
+    def checkout_failed(self, sqlstate: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    tenant: str
+    user: str  # the db_user_alias clients log in as
+    database: str
+    mode: str
+
+    def __str__(self) -> str:
+        return f"{self.user}.{self.tenant}/{self.database} ({self.mode})"
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Monotonic counters; exporters read them, nothing resets them."""
+
+    checkouts: int = 0
+    checkout_wait_total: float = 0.0
+    checkout_timeouts: int = 0
+    servers_opened: int = 0
+    servers_closed: int = 0
+    connect_failures: int = 0
+    transactions: int = 0
+
+
+@dataclass(slots=True)
+class PoolLimits:
+    size: int
+    max_clients: int
+    checkout_timeout: float  # seconds
+    server_lifetime: float = 3600.0
+    server_idle_timeout: float = 600.0
+
+
+Connector = Callable[["Pool"], None]
+
+
+@dataclass(eq=False)
+class Pool:
+    """The server connections of one (tenant, user, database, mode)."""
+
+    key: PoolKey
+    limits: PoolLimits
+    connector: Connector  # starts opening one server; reports via opened()/open_failed()
+    generation: int = 0  # servers of an older generation are closed instead of reused
+    idle: deque[PoolServer] = field(default_factory=deque)
+    waiters: deque[Waiter] = field(default_factory=deque)
+    active: int = 0  # servers linked to a client (or being reset)
+    connecting: int = 0
+    clients: int = 0  # logged-in clients of this pool
+    stats: PoolStats = field(default_factory=PoolStats)
+    server_params: dict[str, str] | None = None  # ParameterStatus of the first login
+    upstream: Any = None  # where servers of this pool log in (opaque to the pool)
+    closed: bool = False
+
+    # -- sizes --------------------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return len(self.idle) + self.active + self.connecting
+
+    def resize(self, limits: PoolLimits) -> None:
+        """Apply new limits; shrink by closing idle servers, grow by serving waiters."""
+        self.limits = limits
+        while self.idle and self.total > limits.size:
+            self.idle.popleft().close("pool size reduced")
+            self.stats.servers_closed += 1
+        self._grow()
+
+    def bump_generation(self) -> None:
+        """Connection settings changed: drain old servers as they become idle."""
+        self.generation += 1
+        while self.idle:
+            self.idle.popleft().close("tenant configuration changed")
+            self.stats.servers_closed += 1
+        self._grow()
+
+    # -- clients ------------------------------------------------------------------------
+
+    def client_joined(self) -> bool:
+        if self.clients >= self.limits.max_clients:
+            return False
+        self.clients += 1
+        return True
+
+    def client_left(self) -> None:
+        self.clients -= 1
+
+    # -- checkout / checkin -------------------------------------------------------------
+
+    def checkout(self, waiter: Waiter) -> PoolServer | None:
+        """An idle server now, or None after queueing ``waiter`` (FIFO)."""
+        if self.idle and not self.waiters:
+            server = self.idle.pop()  # LIFO: the warmest connection
+            self.active += 1
+            self.stats.checkouts += 1
+            return server
+        self.waiters.append(waiter)
+        self._grow()
+        return None
+
+    def cancel_wait(self, waiter: Waiter) -> None:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+
+    def checkin(self, server: PoolServer) -> None:
+        """A linked server is clean again: give it to a waiter, or park it idle."""
+        self.active -= 1
+        self._offer(server)
+
+    def discard(self, server: PoolServer, reason: str) -> None:
+        """A linked server is dirty or dead: close it and let a waiter get a new one."""
+        self.active -= 1
+        server.close(reason)
+        self.stats.servers_closed += 1
+        self._grow()
+
+    def opened(self, server: PoolServer) -> None:
+        """The connector finished a login."""
+        self.connecting -= 1
+        self.stats.servers_opened += 1
+        self._offer(server)
+
+    def open_failed(self, sqlstate: str, message: str) -> None:
+        """The connector could not log in: every waiter that no server will reach fails."""
+        self.connecting -= 1
+        self.stats.connect_failures += 1
+        while self.waiters and len(self.waiters) > self.connecting + len(self.idle):
+            self.waiters.pop().checkout_failed(sqlstate, message)
+
+    def _offer(self, server: PoolServer) -> None:
+        if self.closed or server.generation != self.generation or self._expired(server):
+            server.close("server lifetime over" if not self.closed else "pool closed")
+            self.stats.servers_closed += 1
+            self._grow()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            self.active += 1
+            if waiter.server_ready(server):
+                self.stats.checkouts += 1
+                self.stats.checkout_wait_total += time.monotonic() - waiter.wait_started
+                return
+            self.active -= 1
+        server.park()
+        self.idle.append(server)
+
+    def _expired(self, server: PoolServer) -> bool:
+        lifetime = self.limits.server_lifetime
+        return lifetime > 0 and time.monotonic() - server.created_at > lifetime
+
+    def _grow(self) -> None:
+        """Open servers while waiters outnumber the servers on their way."""
+        if self.closed:
+            return
+        while self.waiters and self.connecting < len(self.waiters) and self.total < self.limits.size:
+            self.connecting += 1
+            self.connector(self)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def expire_waiters(self, now: float) -> int:
+        """Fail waiters that waited longer than the checkout timeout; return how many."""
+        timeout = self.limits.checkout_timeout
+        failed = 0
+        while self.waiters and now - self.waiters[0].wait_started >= timeout:
+            waiter = self.waiters.popleft()
+            failed += 1
+            self.stats.checkout_timeouts += 1
+            waiter.checkout_failed(
+                "53300",
+                f"no server connection became free within pool_checkout_timeout "
+                f"({int(timeout * 1000)} ms) for {self.key}: retry later, raise pool_size, "
+                "or shorten the transactions that hold the connections",
+            )
+        return failed
+
+    def close_idle(self, now: float) -> None:
+        """Close idle servers past server_idle_timeout or server_lifetime."""
+        idle_timeout = self.limits.server_idle_timeout
+        keep: deque[PoolServer] = deque()
+        for server in self.idle:
+            idle_since = getattr(server, "idle_since", now)
+            if (idle_timeout > 0 and now - idle_since > idle_timeout) or self._expired(server):
+                server.close("server idle timeout")
+                self.stats.servers_closed += 1
+            else:
+                keep.append(server)
+        self.idle = keep
+
+    def forget_idle(self, server: PoolServer) -> bool:
+        """An idle server died on its own; drop it from the pool."""
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            return False
+        self.stats.servers_closed += 1
+        return True
+
+    def close(self, reason: str) -> None:
+        self.closed = True
+        while self.idle:
+            self.idle.popleft().close(reason)
+            self.stats.servers_closed += 1
+
+    def snapshot(self) -> dict[str, int | float | str]:
+        return {
+            "tenant": self.key.tenant,
+            "user": self.key.user,
+            "database": self.key.database,
+            "mode": self.key.mode,
+            "cl_active": self.clients - len(self.waiters),
+            "cl_waiting": len(self.waiters),
+            "sv_active": self.active,
+            "sv_idle": len(self.idle),
+            "sv_login": self.connecting,
+            "pool_size": self.limits.size,
+            "maxwait": (time.monotonic() - self.waiters[0].wait_started) if self.waiters else 0.0,
+        }

@@ -1,0 +1,202 @@
+"""Hot-path framing: message boundaries in both directions and when a server may be released.
+
+Theory of operation
+-------------------
+After login every Postgres message is ``type:u8 length:u32 body`` with ``length`` counting
+itself. The relay hands each chunk it reads to :class:`Exchange`, which walks the 5-byte
+headers and never copies or parses a body it does not need. It answers two questions:
+
+* How much of the chunk may be forwarded now? A header cut in two by the read is held back
+  (the caller keeps at most four bytes and prepends them to the next read), so the far side
+  only ever receives whole headers; bodies are streamed however they arrive.
+* Is the server connection clean, so that it may go back to the pool? PgBouncer's rule:
+  only at a ReadyForQuery with status 'I' when nothing is outstanding. "Outstanding" is
+  counted from the client's stream: every Query, Sync and FunctionCall asks for exactly one
+  ReadyForQuery; an extended-query sequence (Parse/Bind/Describe/Execute/Close/Flush) is
+  open until its Sync; a Sync sent while the server is in COPY IN is ignored by Postgres
+  (libpq sends one right after the Execute of a COPY), so the Syncs between the last
+  Execute/Query and a CopyDone/CopyFail are taken back off the count.
+
+The frontend Terminate message is never forwarded: the caller learns its offset and decides.
+Nothing here knows about sockets, pools or policy.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pooler.protocol.errors import ProtocolError
+
+#: Postgres refuses messages of 1 GB and more (PQ_LARGE_MESSAGE_LIMIT); so do we.
+MAX_MESSAGE_LENGTH = 0x3FFFFFFF
+
+HEADER = 5
+_unpack_len = struct.Struct("!I").unpack_from
+
+# Frontend message types (ints, as indexing a memoryview yields ints).
+F_QUERY = ord("Q")
+F_SYNC = ord("S")
+F_FUNCTION_CALL = ord("F")
+F_PARSE = ord("P")
+F_BIND = ord("B")
+F_DESCRIBE = ord("D")
+F_EXECUTE = ord("E")
+F_CLOSE = ord("C")
+F_FLUSH = ord("H")
+F_TERMINATE = ord("X")
+F_COPY_DATA = ord("d")
+F_COPY_DONE = ord("c")
+F_COPY_FAIL = ord("f")
+
+# Backend message types.
+B_READY_FOR_QUERY = ord("Z")
+
+TX_IDLE = ord("I")
+TX_IN_BLOCK = ord("T")
+TX_FAILED = ord("E")
+
+_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE, F_FLUSH))
+
+
+def _bad_length(direction: str, msg_type: int, length: int) -> ProtocolError:
+    shown = chr(msg_type) if 32 <= msg_type < 127 else f"0x{msg_type:02x}"
+    return ProtocolError(
+        f"invalid {direction} message length {length} for message type {shown!r}: "
+        "the stream is corrupt; reconnect"
+    )
+
+
+class Exchange:
+    """Framing and release state of one client's conversation with its server."""
+
+    __slots__ = (
+        "expected",
+        "extended",
+        "syncs_since_exec",
+        "fe_remaining",
+        "be_remaining",
+        "tx_status",
+        "terminate_at",
+    )
+
+    def __init__(self) -> None:
+        self.expected = 0  # ReadyForQuery messages the server still owes
+        self.extended = False  # an extended-query sequence is open (no Sync yet)
+        self.syncs_since_exec = 0  # Syncs after the last Execute/Query (see COPY IN)
+        self.fe_remaining = 0  # body bytes of the current frontend message still to come
+        self.be_remaining = 0  # body bytes of the current backend message still to come
+        self.tx_status = TX_IDLE  # status byte of the last ReadyForQuery
+        self.terminate_at = -1  # offset of a Terminate in the last frontend chunk
+
+    # -- client -> server ---------------------------------------------------------------
+
+    def frontend(self, buf: memoryview, n: int) -> int:
+        """Scan ``buf[:n]`` from the client; return how many bytes may be forwarded.
+
+        Bytes after the returned offset are an incomplete header (fewer than five bytes)
+        unless :attr:`terminate_at` is set, in which case the client sent Terminate there.
+        """
+        pos = self.fe_remaining
+        if pos >= n:
+            self.fe_remaining = pos - n
+            return n
+        self.terminate_at = -1
+        expected = self.expected
+        syncs = self.syncs_since_exec
+        extended = self.extended
+        unpack = _unpack_len
+        try:
+            while n - pos >= HEADER:
+                msg_type = buf[pos]
+                length = unpack(buf, pos + 1)[0]
+                if length < 4 or length > MAX_MESSAGE_LENGTH:
+                    raise _bad_length("frontend", msg_type, length)
+                if msg_type == F_SYNC:
+                    expected += 1
+                    syncs += 1
+                    extended = False
+                elif msg_type == F_EXECUTE:
+                    extended = True
+                    syncs = 0
+                elif msg_type in _EXTENDED:
+                    extended = True
+                elif msg_type == F_QUERY:
+                    expected += 1
+                    syncs = 0
+                elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
+                    expected -= syncs
+                    syncs = 0
+                elif msg_type == F_FUNCTION_CALL:
+                    expected += 1
+                elif msg_type == F_TERMINATE:
+                    self.terminate_at = pos
+                    self.fe_remaining = 0
+                    return pos
+                pos += 1 + length
+        finally:
+            self.expected = expected
+            self.syncs_since_exec = syncs
+            self.extended = extended
+        if pos > n:
+            self.fe_remaining = pos - n
+            return n
+        self.fe_remaining = 0
+        return pos
+
+    # -- server -> client ---------------------------------------------------------------
+
+    def backend(self, buf: memoryview, n: int) -> int:
+        """Scan ``buf[:n]`` from the server; return how many bytes may be forwarded.
+
+        Bytes after the returned offset are an incomplete header, or a ReadyForQuery whose
+        status byte has not arrived yet; the caller keeps them for the next read.
+        """
+        pos = self.be_remaining
+        if pos >= n:
+            self.be_remaining = pos - n
+            return n
+        unpack = _unpack_len
+        while n - pos >= HEADER:
+            msg_type = buf[pos]
+            length = unpack(buf, pos + 1)[0]
+            if length < 4 or length > MAX_MESSAGE_LENGTH:
+                raise _bad_length("backend", msg_type, length)
+            if msg_type == B_READY_FOR_QUERY:
+                if n - pos < HEADER + 1:
+                    break
+                if length != 5:
+                    raise _bad_length("backend", msg_type, length)
+                self.tx_status = buf[pos + 5]
+                if self.expected > 0:
+                    self.expected -= 1
+            pos += 1 + length
+        if pos > n:
+            self.be_remaining = pos - n
+            return n
+        self.be_remaining = 0
+        return pos
+
+    # -- release rule -------------------------------------------------------------------
+
+    def at_rest(self) -> bool:
+        """True when the server owes nothing and both streams sit at a message boundary."""
+        return (
+            self.expected == 0
+            and not self.extended
+            and self.fe_remaining == 0
+            and self.be_remaining == 0
+        )
+
+    def releasable(self) -> bool:
+        """True when the server may serve another client (transaction pooling)."""
+        return self.tx_status == TX_IDLE and self.at_rest()
+
+    def reset(self) -> None:
+        """Forget everything: a new server is linked to this client."""
+        self.expected = 0
+        self.extended = False
+        self.syncs_since_exec = 0
+        self.fe_remaining = 0
+        self.be_remaining = 0
+        self.tx_status = TX_IDLE
+        self.terminate_at = -1

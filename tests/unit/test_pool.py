@@ -1,0 +1,180 @@
+"""Pool checkout/checkin with fake servers and waiters: sizes, FIFO, hand-off, timeouts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pooler.pool import Pool, PoolKey, PoolLimits
+
+pytestmark = pytest.mark.unit
+
+
+class FakeServer:
+    def __init__(self, generation: int = 0) -> None:
+        self.generation = generation
+        self.created_at = time.monotonic()
+        self.closed_because: str | None = None
+        self.parked = 0
+
+    def close(self, reason: str) -> None:
+        self.closed_because = reason
+
+    def park(self) -> None:
+        self.parked += 1
+
+
+class FakeWaiter:
+    def __init__(self, gone: bool = False, started: float | None = None) -> None:
+        self.wait_started = time.monotonic() if started is None else started
+        self.gone = gone
+        self.got: FakeServer | None = None
+        self.failed: tuple[str, str] | None = None
+
+    def server_ready(self, server: FakeServer) -> bool:  # type: ignore[override]
+        if self.gone:
+            return False
+        self.got = server
+        return True
+
+    def checkout_failed(self, sqlstate: str, message: str) -> None:
+        self.failed = (sqlstate, message)
+
+
+def make_pool(size: int = 2, timeout: float = 1.0, max_clients: int = 10) -> tuple[Pool, list]:
+    connects: list[Pool] = []
+    pool = Pool(PoolKey("t1", "app", "app", "transaction"),
+                PoolLimits(size=size, max_clients=max_clients, checkout_timeout=timeout),
+                connects.append)
+    return pool, connects
+
+
+def test_waiter_triggers_connect_and_gets_the_new_server() -> None:
+    pool, connects = make_pool()
+    waiter = FakeWaiter()
+    assert pool.checkout(waiter) is None
+    assert len(connects) == 1 and pool.connecting == 1
+    server = FakeServer()
+    pool.opened(server)
+    assert waiter.got is server
+    assert pool.active == 1 and pool.connecting == 0 and not pool.idle
+
+
+def test_size_is_never_exceeded() -> None:
+    pool, connects = make_pool(size=2)
+    waiters = [FakeWaiter() for _ in range(5)]
+    for waiter in waiters:
+        pool.checkout(waiter)
+    assert len(connects) == 2
+    assert pool.total == 2
+    pool.opened(FakeServer())
+    pool.opened(FakeServer())
+    assert pool.total == 2 and pool.active == 2
+    assert [w.got is not None for w in waiters] == [True, True, False, False, False]
+
+
+def test_checkin_hands_straight_to_next_waiter_in_fifo_order() -> None:
+    pool, _ = make_pool(size=1)
+    first, second, third = FakeWaiter(), FakeWaiter(), FakeWaiter()
+    for waiter in (first, second, third):
+        pool.checkout(waiter)
+    server = FakeServer()
+    pool.opened(server)
+    assert first.got is server
+    pool.checkin(server)
+    assert second.got is server and third.got is None
+    assert server.parked == 0  # never parked in between
+    pool.checkin(server)
+    assert third.got is server
+
+
+def test_gone_waiter_does_not_lose_the_server() -> None:
+    pool, _ = make_pool(size=1)
+    gone, alive = FakeWaiter(gone=True), FakeWaiter()
+    pool.checkout(gone)
+    pool.checkout(alive)
+    server = FakeServer()
+    pool.opened(server)
+    assert alive.got is server
+    assert pool.active == 1
+
+
+def test_no_waiter_parks_the_server_idle_and_reuses_it() -> None:
+    pool, connects = make_pool()
+    waiter = FakeWaiter()
+    pool.checkout(waiter)
+    server = FakeServer()
+    pool.opened(server)
+    pool.checkin(server)
+    assert list(pool.idle) == [server] and server.parked == 1
+    assert pool.checkout(FakeWaiter()) is server
+    assert len(connects) == 1
+
+
+def test_discard_closes_and_reopens_for_waiters() -> None:
+    pool, connects = make_pool(size=1)
+    a, b = FakeWaiter(), FakeWaiter()
+    pool.checkout(a)
+    pool.checkout(b)
+    server = FakeServer()
+    pool.opened(server)
+    pool.discard(server, "dirty")
+    assert server.closed_because == "dirty"
+    assert len(connects) == 2  # a replacement for b
+    assert pool.total == 1
+
+
+def test_checkout_timeout_fails_oldest_waiters() -> None:
+    pool, _ = make_pool(size=1, timeout=0.5)
+    now = time.monotonic()
+    old, new = FakeWaiter(started=now - 1.0), FakeWaiter(started=now)
+    pool.checkout(old)
+    pool.checkout(new)
+    assert pool.expire_waiters(now) == 1
+    assert old.failed is not None and old.failed[0] == "53300"
+    assert "pool_checkout_timeout" in old.failed[1]
+    assert new.failed is None and list(pool.waiters) == [new]
+
+
+def test_open_failure_fails_waiters_no_server_will_reach() -> None:
+    pool, _ = make_pool(size=1)
+    a, b = FakeWaiter(), FakeWaiter()
+    pool.checkout(a)
+    pool.checkout(b)
+    pool.open_failed("28P01", "password authentication failed")
+    assert a.failed == ("28P01", "password authentication failed")
+    assert b.failed == ("28P01", "password authentication failed")
+    assert pool.total == 0
+
+
+def test_old_generation_servers_are_closed_on_checkin() -> None:
+    pool, connects = make_pool(size=1)
+    waiter = FakeWaiter()
+    pool.checkout(waiter)
+    server = FakeServer(generation=0)
+    pool.opened(server)
+    pool.bump_generation()
+    pool.checkin(server)
+    assert server.closed_because is not None
+    assert not pool.idle
+
+
+def test_resize_down_closes_idle_servers() -> None:
+    pool, _ = make_pool(size=3)
+    servers = [FakeServer() for _ in range(3)]
+    for server in servers:
+        pool.connecting += 1
+        pool.opened(server)
+    assert len(pool.idle) == 3
+    pool.resize(PoolLimits(size=1, max_clients=10, checkout_timeout=1.0))
+    assert len(pool.idle) == 1
+    assert sum(s.closed_because is not None for s in servers) == 2
+
+
+def test_max_clients() -> None:
+    pool, _ = make_pool(max_clients=2)
+    assert pool.client_joined() and pool.client_joined()
+    assert not pool.client_joined()
+    pool.client_left()
+    assert pool.client_joined()
