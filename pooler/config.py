@@ -7,8 +7,8 @@ configuration version changes. Nothing here touches the database or the network.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 MODE_TRANSACTION = "transaction"
 MODE_SESSION = "session"

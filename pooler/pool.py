@@ -197,7 +197,9 @@ class Pool:
         """Open servers while waiters outnumber the servers on their way."""
         if self.closed:
             return
-        while self.waiters and self.connecting < len(self.waiters) and self.total < self.limits.size:
+        while (
+            self.waiters and self.connecting < len(self.waiters) and self.total < self.limits.size
+        ):
             self.connecting += 1
             self.connector(self)
 

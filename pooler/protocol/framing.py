@@ -123,7 +123,7 @@ class Exchange:
                 elif msg_type == F_QUERY:
                     expected += 1
                     syncs = 0
-                elif msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
+                elif msg_type in (F_COPY_DONE, F_COPY_FAIL):
                     expected -= syncs
                     syncs = 0
                 elif msg_type == F_FUNCTION_CALL:

@@ -44,9 +44,11 @@ class FakeWaiter:
 
 def make_pool(size: int = 2, timeout: float = 1.0, max_clients: int = 10) -> tuple[Pool, list]:
     connects: list[Pool] = []
-    pool = Pool(PoolKey("t1", "app", "app", "transaction"),
-                PoolLimits(size=size, max_clients=max_clients, checkout_timeout=timeout),
-                connects.append)
+    pool = Pool(
+        PoolKey("t1", "app", "app", "transaction"),
+        PoolLimits(size=size, max_clients=max_clients, checkout_timeout=timeout),
+        connects.append,
+    )
     return pool, connects
 
 

@@ -1,0 +1,254 @@
+"""One logged-in client: the relay between its socket and the server its pool lends it.
+
+Everything here runs as watcher callbacks on the hub (see netio). The flow:
+
+* client bytes arrive -> if no server is linked, check one out of the pool (or queue as a
+  waiter, keeping the bytes and no longer reading) -> scan headers -> forward;
+* server bytes arrive -> scan headers -> forward -> in transaction mode, when the exchange
+  is at rest with ReadyForQuery 'I', hand the server back to the pool, which gives it
+  straight to the next waiter;
+* the client leaves -> a server at rest goes back (after ROLLBACK or the session reset);
+  a server in the middle of anything is closed, never reused.
+
+Policy (modes, timeouts) comes from the pool and the node; framing from protocol.framing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from pooler import netio
+from pooler.config import MODE_SESSION
+from pooler.protocol import builders
+from pooler.protocol.errors import ProtocolError
+from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
+
+if TYPE_CHECKING:
+    from pooler.node import Node
+    from pooler.pool import Pool
+    from pooler.server import ServerConn
+
+log = logging.getLogger("pooler.client")
+
+RECV_VIEW = netio.RECV_VIEW
+
+SESSION_RESET_QUERY = "DISCARD ALL"
+ROLLBACK_QUERY = "ROLLBACK"
+
+
+class Client(netio.Conn):
+    """A client after login."""
+
+    __slots__ = (
+        "node",
+        "pool",
+        "session_mode",
+        "server",
+        "ex",
+        "pending",
+        "wait_started",
+        "connected_at",
+        "addr",
+        "pid",
+        "key",
+        "transactions",
+        "bytes_in",
+        "bytes_out",
+    )
+
+    def __init__(self, sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes) -> None:
+        super().__init__(sock)
+        self.node = node
+        self.pool = pool
+        self.session_mode = pool.key.mode == MODE_SESSION
+        self.server: ServerConn | None = None
+        self.ex = Exchange()
+        self.pending: bytes | None = None  # bytes read while waiting for a server
+        self.wait_started = 0.0
+        self.connected_at = time.time()
+        self.addr = addr
+        self.pid = pid
+        self.key = key
+        self.transactions = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def __repr__(self) -> str:
+        return f"<Client {self.addr} {self.pool.key}>"
+
+    def start(self) -> None:
+        self.start_reading(self._on_client_readable)
+
+    # -- client -> server -----------------------------------------------------------------
+
+    def _on_client_readable(self) -> None:
+        try:
+            n = self.recv()
+            if n == -1:
+                return
+            if n == 0:
+                self.disconnect()
+                return
+            self.bytes_in += n
+            server = self.server
+            if server is None:
+                if self.ex.fe_remaining == 0 and RECV_VIEW[0] == F_TERMINATE:
+                    self.disconnect()
+                    return
+                server = self.pool.checkout(self)
+                if server is None:
+                    self.pending = bytes(RECV_VIEW[:n])
+                    self.wait_started = time.monotonic()
+                    self.stop_reading()
+                    return
+                self._link(server)
+            self._forward_to_server(RECV_VIEW, n)
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, exc.message)
+        except OSError as exc:
+            self._server_lost(f"writing to the server failed: {exc}")
+
+    def _forward_to_server(self, view: memoryview, n: int) -> None:
+        ex = self.ex
+        end = ex.frontend(view, n)
+        server = self.server
+        assert server is not None
+        if end and not server.write(view[:end]):
+            self.stop_reading()
+        if end < n:
+            if ex.terminate_at >= 0:
+                self.disconnect()
+                return
+            self.carry = bytes(view[end:n])
+
+    def _link(self, server: ServerConn) -> None:
+        self.server = server
+        server.client = self
+        self.ex.reset()
+        server.start_reading(self._on_server_readable)
+
+    # -- waiting for a server (pool.Waiter) -------------------------------------------------
+
+    def server_ready(self, server: ServerConn) -> bool:
+        if self.closed:
+            return False
+        self._link(server)
+        data = self.pending or b""
+        self.pending = None
+        try:
+            if data:
+                self._forward_to_server(memoryview(data), len(data))
+            self.start_reading(self._on_client_readable)
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, exc.message)
+        except OSError as exc:
+            self._server_lost(f"writing to the server failed: {exc}")
+        return True
+
+    def checkout_failed(self, sqlstate: str, message: str) -> None:
+        self.pending = None
+        self.fatal(sqlstate, message)
+
+    # -- server -> client -----------------------------------------------------------------
+
+    def _on_server_readable(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        try:
+            n = server.recv()
+            if n == -1:
+                return
+            if n == 0:
+                self._server_lost("the server closed the connection")
+                return
+            ex = self.ex
+            end = ex.backend(RECV_VIEW, n)
+            if end < n:
+                server.carry = bytes(RECV_VIEW[end:n])
+            self.bytes_out += end
+            drained = self.write(RECV_VIEW[:end])
+            if end == n and ex.releasable():
+                self.transactions += 1
+                if not self.session_mode:
+                    self._release()
+                    return
+            if not drained:
+                server.stop_reading()
+        except ProtocolError as exc:
+            self._server_lost(exc.message)
+        except OSError as exc:
+            self._server_lost(str(exc))
+
+    def _release(self) -> None:
+        server = self.server
+        assert server is not None
+        self.server = None
+        server.stop_reading()
+        self.pool.checkin(server)
+
+    # -- backpressure ---------------------------------------------------------------------
+
+    def on_drained(self) -> None:
+        server = self.server
+        if server is not None:
+            server.start_reading(self._on_server_readable)
+
+    def on_write_error(self, exc: OSError) -> None:
+        self.disconnect()
+
+    def server_drained(self) -> None:
+        if self.pending is None:
+            self.start_reading(self._on_client_readable)
+
+    def server_write_failed(self, exc: OSError) -> None:
+        self._server_lost(f"writing to the server failed: {exc}")
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def fatal(self, sqlstate: str, message: str) -> None:
+        """Tell the client why and hang up."""
+        log.info("closing client %s: %s %s", self.addr, sqlstate, message)
+        self.disconnect(builders.error_response("FATAL", sqlstate, message))
+
+    def _server_lost(self, why: str) -> None:
+        server = self.server
+        self.server = None
+        if server is not None:
+            self.pool.discard(server, why)
+        self.disconnect(
+            builders.error_response(
+                "FATAL",
+                "08006",
+                f"the connection to the tenant database was lost ({why}); reconnect to continue",
+            )
+        )
+
+    def disconnect(self, last_words: bytes = b"") -> None:
+        """The client is gone (or sent away): return or close its server, then close."""
+        if self.closed:
+            return
+        self.close_socket(last_words)
+        server = self.server
+        self.server = None
+        if server is not None:
+            self._return_server(server)
+        elif self.pending is not None:
+            self.pending = None
+            self.pool.cancel_wait(self)
+        self.pool.client_left()
+        self.node.client_closed(self)
+
+    def _return_server(self, server: ServerConn) -> None:
+        ex = self.ex
+        server.stop_reading()
+        if server.outbuf is not None or server.carry or not ex.at_rest():
+            self.pool.discard(server, "client left in the middle of an exchange")
+        elif self.session_mode:
+            server.reset(SESSION_RESET_QUERY)
+        elif ex.tx_status != TX_IDLE:
+            server.reset(ROLLBACK_QUERY)
+        else:
+            self.pool.checkin(server)

@@ -1,0 +1,84 @@
+"""Listening sockets: the Postgres-protocol StreamServers and the HTTP (WSGI) server.
+
+Every socket is bound before anything starts, so a port in use ends start-up with one clear
+line. Each StreamServer spawns logins into a bounded gevent pool: many slow or half-open
+logins can delay new logins, never the clients already logged in (they have no greenlet).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gevent.pool import Pool as GreenletPool
+from gevent.pywsgi import WSGIServer
+from gevent.server import StreamServer
+
+log = logging.getLogger("pooler.listener")
+
+#: How many logins may be in progress at once per listener.
+LOGIN_CONCURRENCY = 2000
+
+
+class ListenError(Exception):
+    """A listener could not be bound; the message is the one line to print."""
+
+
+@dataclass
+class Listener:
+    name: str  # "transaction", "session", "http"
+    host: str
+    port: int
+    server: Any
+    option: str  # the command-line option that moves it
+
+    def describe(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.name} listener on {host}:{self.port}"
+
+
+def _bind(listener: Listener) -> None:
+    try:
+        listener.server.init_socket()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "the address is already in use (another Greenvisor, PgBouncer or Postgres?)"
+        elif exc.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need privileges)"
+        else:
+            why = exc.strerror or str(exc)
+        raise ListenError(
+            f"greenvisor: cannot open the {listener.describe()}: {why}; "
+            f"free the port or choose another with {listener.option}"
+        ) from None
+
+
+def protocol_listener(
+    name: str, host: str, port: int, option: str, handle: Callable[[Any, Any], None]
+) -> Listener:
+    server = StreamServer((host, port), handle, spawn=GreenletPool(LOGIN_CONCURRENCY), backlog=4096)
+    server.reuse_addr = 1
+    listener = Listener(name, host, port, server, option)
+    _bind(listener)
+    return listener
+
+
+def http_listener(host: str, port: int, application: Any) -> Listener:
+    server = WSGIServer((host, port), application, log=None, error_log=log)
+    listener = Listener("http", host, port, server, "--http-port")
+    _bind(listener)
+    return listener
+
+
+def start_all(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        listener.server.start()
+        log.info("greenvisor: %s", listener.describe())
+
+
+def stop_all(listeners: list[Listener], timeout: float = 1.0) -> None:
+    for listener in listeners:
+        listener.server.stop(timeout=timeout)

@@ -1,0 +1,280 @@
+"""A new client connection: startup negotiation, tenant lookup, authentication, welcome.
+
+Runs in the listener's greenlet (bounded by the listener's spawn pool and by
+client_login_timeout). On success the socket is detached from gevent and handed to a
+:class:`pooler.client.Client`, and the greenlet ends: a logged-in client costs no greenlet.
+
+Unknown tenant, unknown user and wrong password look the same to the client: the same
+exchange (a mock SCRAM/MD5 challenge for users that do not exist) and the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import socket as pysocket
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.event import AsyncResult
+
+from pooler import netio
+from pooler.auth.md5 import md5_secret, verify_md5_response
+from pooler.auth.scram import ScramSecret, ScramServer
+from pooler.client import Client
+from pooler.config import UserConfig
+from pooler.pool import Pool
+from pooler.protocol import builders, parsers
+from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.protocol.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    parse_startup_packet,
+    split_tenant,
+    startup_packet_length,
+)
+
+if TYPE_CHECKING:
+    from pooler.node import Node
+
+log = logging.getLogger("pooler.login")
+
+MAX_AUTH_MESSAGE = 8192
+
+
+class LoginFailed(Exception):
+    """The client is refused; ``sqlstate`` and ``message`` go into its FATAL."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+def auth_failed(user: str) -> LoginFailed:
+    return LoginFailed("28P01", f'password authentication failed for user "{user}"')
+
+
+def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
+    """Listener entry point: log the client in, then hand it to the relay."""
+    try:
+        gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    timeout = gevent.Timeout(node.settings.client_login_timeout)
+    timeout.start()
+    try:
+        welcome = _login(gsock, addr, node, mode)
+        if welcome is None:
+            return
+        pool, pid, key, message = welcome
+        try:
+            gsock.sendall(message)
+            sock = netio.detach(gsock)
+        except BaseException:
+            pool.client_left()
+            raise
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        _refuse(
+            gsock,
+            "08P01",
+            "timed out waiting for the login to complete "
+            "(client_login_timeout): check the client's network and credentials",
+        )
+        return
+    except LoginFailed as exc:
+        log.info("login refused for %s: %s %s", _peer(addr), exc.sqlstate, exc.message)
+        _refuse(gsock, exc.sqlstate, exc.message)
+        return
+    except ProtocolError as exc:
+        log.info("protocol violation from %s: %s", _peer(addr), exc.message)
+        _refuse(gsock, exc.sqlstate, exc.message)
+        return
+    except (netio.ConnectionClosed, OSError):
+        return
+    finally:
+        timeout.close()
+    client = Client(sock, node, pool, addr, pid, key)
+    node.client_opened(client)
+    client.start()
+
+
+def _peer(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+def _refuse(gsock: Any, sqlstate: str, message: str) -> None:
+    try:
+        gsock.sendall(builders.error_response("FATAL", sqlstate, message))
+    except OSError:
+        pass
+
+
+def _read_startup(gsock: Any) -> StartupMessage | CancelRequest:
+    """Read packets until a StartupMessage or CancelRequest; refuse SSL/GSS encryption."""
+    for _ in range(3):
+        header = netio.recv_exact(gsock, 4)
+        length = startup_packet_length(header)
+        packet = parse_startup_packet(header + netio.recv_exact(gsock, length - 4))
+        if isinstance(packet, (SSLRequest, GSSENCRequest)):
+            gsock.sendall(b"N")
+            continue
+        return packet
+    raise ProtocolError("too many encryption requests before the startup message")
+
+
+def _login(gsock: Any, addr: Any, node: Node, mode: str) -> tuple[Pool, int, bytes, bytes] | None:
+    startup = _read_startup(gsock)
+    if isinstance(startup, CancelRequest):
+        node.cancel(startup.pid, startup.key)
+        return None
+    if startup.minor > 0 or startup.protocol_options:
+        gsock.sendall(builders.negotiate_protocol_version(0, sorted(startup.protocol_options)))
+    user_name, tenant_id = split_tenant(startup.user)
+    if tenant_id is None:
+        raise LoginFailed(
+            "08P01",
+            f'tenant id missing from user name "{startup.user}": connect as <user>.<tenant>, '
+            f'e.g. "{user_name}.my_tenant"',
+        )
+    snapshot = node.registry.snapshot
+    tenant = snapshot.tenant(tenant_id)
+    user = tenant.find_user(user_name, mode) if tenant is not None else None
+    _authenticate(gsock, node, startup.user, user)
+    assert tenant is not None and user is not None
+    database = startup.database if "database" in startup.params else tenant.db_database
+    pool = node.pool_for(tenant, user, database, mode)
+    if not pool.client_joined():
+        raise LoginFailed(
+            "53300",
+            f"too many client connections for {pool.key} (max_clients "
+            f"{pool.limits.max_clients}): close idle connections or raise max_clients",
+        )
+    try:
+        if pool.server_params is None:
+            _warm_up(pool)
+        pid, key = node.new_backend_key()
+        message = _welcome(pool, pid, key)
+    except BaseException:
+        pool.client_left()
+        raise
+    return pool, pid, key, message
+
+
+def _welcome(pool: Pool, pid: int, key: bytes) -> bytes:
+    parts = [builders.authentication_ok()]
+    for name, value in (pool.server_params or {}).items():
+        parts.append(builders.parameter_status(name, value))
+    parts.append(builders.backend_key_data(pid, key))
+    parts.append(builders.ready_for_query(b"I"))
+    return b"".join(parts)
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def _authenticate(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
+    if node.settings.client_auth == "md5":
+        _authenticate_md5(gsock, login_name, user)
+    else:
+        _authenticate_scram(gsock, node, login_name, user)
+
+
+def _read_password_message(gsock: Any) -> bytes:
+    msg_type, body = netio.read_message(gsock, MAX_AUTH_MESSAGE)
+    if msg_type != ord("p"):
+        raise ProtocolError(
+            f"expected a password message during authentication, got {chr(msg_type)!r}"
+        )
+    return body
+
+
+def _authenticate_md5(gsock: Any, login_name: str, user: UserConfig | None) -> None:
+    salt = os.urandom(4)
+    gsock.sendall(builders.authentication_md5_password(salt))
+    response = parsers.parse_password_message(_read_password_message(gsock))
+    if user is None:
+        raise auth_failed(login_name)
+    if not verify_md5_response(md5_secret(login_name, user.db_password), salt, response):
+        raise auth_failed(login_name)
+
+
+def _authenticate_scram(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
+    secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
+    server = ScramServer(secret)
+    gsock.sendall(builders.authentication_sasl(["SCRAM-SHA-256"]))
+    try:
+        mechanism, data = parsers.parse_sasl_initial_response(_read_password_message(gsock))
+        if mechanism != "SCRAM-SHA-256":
+            raise LoginFailed(
+                "28000", f"unsupported SASL mechanism {mechanism!r}: use SCRAM-SHA-256"
+            )
+        gsock.sendall(builders.authentication_sasl_continue(server.client_first(data)))
+        final = parsers.parse_sasl_response(_read_password_message(gsock))
+        server_final = server.client_final(final)
+    except AuthError:
+        raise auth_failed(login_name) from None
+    if user is None:
+        raise auth_failed(login_name)
+    gsock.sendall(builders.authentication_sasl_final(server_final))
+
+
+def _mock_secret(node: Node, login_name: str) -> ScramSecret:
+    """A stable, wrong secret for a user that does not exist (the salt must not vary, or it
+    would tell an attacker which names exist)."""
+    digest = hmac.new(node.mock_key, login_name.encode(), hashlib.sha256).digest()
+    return ScramSecret(4096, digest[:16], os.urandom(32), os.urandom(32))
+
+
+# -- first login of a pool -------------------------------------------------------------------
+
+
+class _LoginWaiter:
+    """Waits in a greenlet for a pool's first server (pool.Waiter)."""
+
+    def __init__(self) -> None:
+        self.result: AsyncResult = AsyncResult()
+        self.wait_started = time.monotonic()
+        self.gone = False
+
+    def server_ready(self, server: Any) -> bool:
+        if self.gone:
+            return False
+        self.result.set(server)
+        return True
+
+    def checkout_failed(self, sqlstate: str, message: str) -> None:
+        self.result.set_exception(LoginFailed(sqlstate, message))
+
+
+def _warm_up(pool: Pool) -> None:
+    """Make sure one server of the pool has logged in, so its ParameterStatus is known and
+    a wrong upstream setting is reported to the first client at once."""
+    waiter = _LoginWaiter()
+    server = pool.checkout(waiter)
+    try:
+        if server is None:
+            waiter.result.wait(timeout=pool.limits.checkout_timeout)
+            if not waiter.result.ready():
+                raise LoginFailed(
+                    "53300",
+                    f"no server connection for {pool.key} within pool_checkout_timeout: "
+                    "the tenant database may be overloaded; retry later",
+                )
+            server = waiter.result.get()
+    finally:
+        if server is None:
+            waiter.gone = True
+            pool.cancel_wait(waiter)
+            if waiter.result.ready() and waiter.result.successful():
+                pool.checkin(waiter.result.value)
+    pool.checkin(server)

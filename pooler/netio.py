@@ -1,0 +1,183 @@
+"""All socket I/O: blocking helpers for the login phase and the watcher-driven relay endpoint.
+
+Two worlds meet here. Logins (client startup and auth, server connect and auth) run in
+greenlets on gevent sockets with timeouts: they are rare and easier to read as straight
+code. Once logged in, a socket is detached from gevent and driven by plain libev watcher
+callbacks on the hub (:class:`Conn`): no greenlet per connection, no greenlet switch per
+message, and an idle client costs one socket, one watcher and one small object.
+
+Callbacks run on the hub and must never block: every send is non-blocking; what the kernel
+does not take is copied into ``outbuf`` and the owner stops reading the other side until
+:meth:`Conn.on_drained` fires (backpressure, so memory stays flat whatever the sizes).
+"""
+
+from __future__ import annotations
+
+import _socket
+import errno
+from typing import Any
+
+from gevent import get_hub
+
+from pooler.protocol.errors import ProtocolError
+
+#: One receive buffer for every relay callback: callbacks run one at a time and never keep
+#: a view into it after they return (unsent bytes are copied).
+RECV_SIZE = 256 * 1024
+RECV_BUF = bytearray(RECV_SIZE)
+RECV_VIEW = memoryview(RECV_BUF)
+
+_READ = 1
+_WRITE = 2
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+
+
+def detach(gsock: Any) -> _socket.socket:
+    """Take the file descriptor away from a gevent socket as a plain non-blocking socket."""
+    family, type_, proto = gsock.family, gsock.type, gsock.proto
+    fd = gsock.detach()
+    sock = _socket.socket(family, type_, proto, fd)
+    sock.setblocking(False)
+    return sock
+
+
+def recv_exact(gsock: Any, size: int) -> bytes:
+    """Read exactly ``size`` bytes from a gevent socket (login phase only)."""
+    chunks = []
+    left = size
+    while left:
+        chunk = gsock.recv(min(left, 65536))
+        if not chunk:
+            raise ConnectionClosed("peer closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_message(gsock: Any, max_length: int) -> tuple[int, bytes]:
+    """Read one typed message (login phase); refuse bodies over ``max_length`` bytes."""
+    header = recv_exact(gsock, 5)
+    length = int.from_bytes(header[1:5], "big")
+    if length < 4 or length - 4 > max_length:
+        raise ProtocolError(
+            f"invalid message length {length} for message type {header[:1]!r} during login"
+        )
+    body = recv_exact(gsock, length - 4) if length > 4 else b""
+    return header[0], body
+
+
+class ConnectionClosed(Exception):
+    """The peer went away."""
+
+
+class Conn:
+    """A logged-in socket driven by watcher callbacks."""
+
+    __slots__ = ("sock", "fd", "rw", "ww", "outbuf", "carry", "closed", "__weakref__")
+
+    def __init__(self, sock: _socket.socket) -> None:
+        loop = get_hub().loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.rw = loop.io(self.fd, _READ)
+        self.ww = loop.io(self.fd, _WRITE)
+        self.outbuf: bytearray | None = None  # bytes the kernel did not take yet
+        self.carry = b""  # an incomplete header kept from the last read
+        self.closed = False
+
+    # -- reading --------------------------------------------------------------------------
+
+    def start_reading(self, callback: Any) -> None:
+        if not self.closed:
+            self.rw.start(callback)
+
+    def stop_reading(self) -> None:
+        self.rw.stop()
+
+    def recv(self) -> int:
+        """Receive into :data:`RECV_BUF` after the carried bytes; return the total, 0 at
+        EOF, -1 when there is nothing to read yet."""
+        carry = self.carry
+        k = len(carry)
+        try:
+            if k:
+                RECV_BUF[:k] = carry
+                n = self.sock.recv_into(RECV_VIEW[k:])
+            else:
+                n = self.sock.recv_into(RECV_VIEW)
+        except OSError as exc:
+            if exc.errno in _AGAIN:
+                return -1
+            raise
+        if n == 0:
+            return 0
+        if k:
+            self.carry = b""
+        return k + n
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, data: memoryview | bytes) -> bool:
+        """Send now what the kernel takes and keep the rest; False when some was kept."""
+        if self.outbuf is not None:
+            self.outbuf += data
+            return False
+        try:
+            sent = self.sock.send(data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
+        if sent == len(data):
+            return True
+        self.outbuf = bytearray(data[sent:])
+        self.ww.start(self._on_writable)
+        return False
+
+    def _on_writable(self) -> None:
+        buf = self.outbuf
+        if buf is None:
+            self.ww.stop()
+            return
+        try:
+            sent = self.sock.send(buf)
+        except OSError as exc:
+            if exc.errno in _AGAIN:
+                return
+            self.ww.stop()
+            self.on_write_error(exc)
+            return
+        if sent < len(buf):
+            del buf[:sent]
+            return
+        self.outbuf = None
+        self.ww.stop()
+        self.on_drained()
+
+    def on_drained(self) -> None:
+        """Everything kept has been sent (owners override)."""
+
+    def on_write_error(self, exc: OSError) -> None:
+        """Sending failed (owners override)."""
+        self.close_socket()
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close_socket(self, last_words: bytes = b"") -> None:
+        """Stop the watchers and close; ``last_words`` are sent first if the kernel takes
+        them right away (never blocks)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.rw.stop()
+        self.ww.stop()
+        if last_words and self.outbuf is None:
+            try:
+                self.sock.send(last_words)
+            except OSError:
+                pass
+        self.outbuf = None
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,204 @@
+"""One Greenvisor node: settings, the live config snapshot, pools, clients, cancel keys.
+
+The node is the wiring between the listeners (login), the pools and the servers; it holds
+no protocol logic. Configuration changes arrive as whole snapshots (:meth:`apply_snapshot`)
+and are applied to the running pools without dropping anybody.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+from pooler.auth.scram import ScramSecret, make_secret
+from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
+from pooler.pool import Pool, PoolKey, PoolLimits
+from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.server import Target, UpstreamError, open_server, send_cancel
+
+if TYPE_CHECKING:
+    from pooler.client import Client
+
+log = logging.getLogger("pooler.node")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Process-wide knobs (per-tenant ones live in the tenant config)."""
+
+    client_auth: str = "scram-sha-256"  # or "md5"
+    client_login_timeout: float = 15.0
+    server_connect_timeout: float = 10.0
+    server_lifetime: float = 3600.0
+    server_idle_timeout: float = 600.0
+    application_name: str = "greenvisor"
+
+
+class Registry:
+    """Holds the current config snapshot; replaced whole, never mutated."""
+
+    def __init__(self, snapshot: ConfigSnapshot | None = None) -> None:
+        self.snapshot = snapshot or ConfigSnapshot()
+
+
+class Node:
+    def __init__(self, settings: NodeSettings, snapshot: ConfigSnapshot | None = None) -> None:
+        self.settings = settings
+        self.registry = Registry(snapshot)
+        self.pools: dict[PoolKey, Pool] = {}
+        self.clients: dict[int, Client] = {}  # by Greenvisor's own backend pid
+        self.mock_key = os.urandom(32)
+        self._secrets: dict[tuple[str, str], ScramSecret] = {}
+
+    # -- config ---------------------------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: ConfigSnapshot) -> None:
+        """Swap in a new configuration and bring the pools in line with it."""
+        old = self.registry.snapshot
+        self.registry.snapshot = snapshot
+        for key, pool in list(self.pools.items()):
+            tenant = snapshot.tenant(key.tenant)
+            user = tenant.find_user(key.user, key.mode) if tenant is not None else None
+            if tenant is None or user is None:
+                self._drop_pool(pool, "the tenant or user was deleted")
+                continue
+            target = self._target(tenant, user, key.database)
+            if target != pool.upstream:
+                pool.upstream = target
+                pool.bump_generation()
+            limits = self._limits(tenant, user)
+            if limits != pool.limits:
+                pool.resize(limits)
+        if snapshot.version != old.version:
+            log.info(
+                "configuration version %s applied (%d tenants)",
+                snapshot.version,
+                len(snapshot.tenants),
+            )
+
+    def _drop_pool(self, pool: Pool, reason: str) -> None:
+        del self.pools[pool.key]
+        pool.close(reason)
+        for client in list(self.clients.values()):
+            if client.pool is pool:
+                client.fatal("57P01", f"terminating connection: {reason} ({pool.key})")
+
+    def scram_secret(self, user: UserConfig) -> ScramSecret:
+        """A SCRAM verifier for a tenant user, made once per password."""
+        cache_key = (user.db_user_alias, user.db_password)
+        secret = self._secrets.get(cache_key)
+        if secret is None:
+            if len(self._secrets) > 10000:
+                self._secrets.clear()
+            secret = self._secrets[cache_key] = make_secret(user.db_password)
+        return secret
+
+    # -- pools ----------------------------------------------------------------------------
+
+    def pool_for(self, tenant: TenantConfig, user: UserConfig, database: str, mode: str) -> Pool:
+        key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = Pool(key, self._limits(tenant, user), self._connect)
+            pool.upstream = self._target(tenant, user, database)
+            self.pools[key] = pool
+        return pool
+
+    def _limits(self, tenant: TenantConfig, user: UserConfig) -> PoolLimits:
+        return PoolLimits(
+            size=user.pool_size or tenant.default_pool_size,
+            max_clients=user.max_clients or tenant.default_max_clients,
+            checkout_timeout=user.pool_checkout_timeout / 1000.0,
+            server_lifetime=self.settings.server_lifetime,
+            server_idle_timeout=self.settings.server_idle_timeout,
+        )
+
+    def _target(self, tenant: TenantConfig, user: UserConfig, database: str) -> Target:
+        return Target(
+            host=tenant.db_host,
+            port=tenant.db_port,
+            database=database,
+            user=user.db_user,
+            password=user.db_password,
+            ip_version=tenant.ip_version,
+            connect_timeout=self.settings.server_connect_timeout,
+            application_name=self.settings.application_name,
+        )
+
+    def _connect(self, pool: Pool) -> None:
+        gevent.spawn(self._open_server, pool)
+
+    def _open_server(self, pool: Pool) -> None:
+        target = pool.upstream
+        try:
+            server = open_server(pool, target)
+        except UpstreamError as exc:
+            log.warning("cannot open a server for %s: %s", pool.key, exc.message)
+            pool.open_failed(exc.sqlstate, exc.message)
+            return
+        except (ProtocolError, AuthError) as exc:
+            log.warning("cannot open a server for %s: %s", pool.key, exc.message)
+            pool.open_failed("08P01", f"logging in to the tenant database failed: {exc.message}")
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the waiters
+            log.exception("cannot open a server for %s", pool.key)
+            pool.open_failed(
+                "08006",
+                f"could not open a connection to the tenant database: {exc.__class__.__name__}",
+            )
+            return
+        if pool.server_params is None:
+            pool.server_params = server.params
+        pool.opened(server)
+
+    # -- clients --------------------------------------------------------------------------
+
+    def new_backend_key(self) -> tuple[int, bytes]:
+        """Greenvisor's own BackendKeyData for a client: random, never the server's."""
+        while True:
+            pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            if pid not in self.clients:
+                return pid, struct.pack("!I", secrets.randbits(32))
+
+    def client_opened(self, client: Client) -> None:
+        self.clients[client.pid] = client
+
+    def client_closed(self, client: Client) -> None:
+        if self.clients.get(client.pid) is client:
+            del self.clients[client.pid]
+
+    def cancel(self, pid: int, key: bytes) -> None:
+        """A CancelRequest: forward it only while that client is linked to a server."""
+        client = self.clients.get(pid)
+        if client is None or not secrets.compare_digest(client.key, key):
+            return
+        server = client.server
+        if server is None:
+            return
+        target = server.target
+        send_cancel(target.host, target.port, server.pid, server.key)
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def janitor(self, interval: float = 0.1) -> None:
+        """Fail waiters past their checkout timeout; close idle servers past their time."""
+        ticks = 0
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            ticks += 1
+            for pool in list(self.pools.values()):
+                if pool.waiters:
+                    pool.expire_waiters(now)
+                if ticks % 10 == 0 and pool.idle:
+                    pool.close_idle(now)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [pool.snapshot() for pool in self.pools.values()]

@@ -1,0 +1,334 @@
+"""One upstream Postgres connection: connect, log in, park idle, reset, close.
+
+Logging in runs in a greenlet on a gevent socket (:func:`open_server`); the logged-in
+socket becomes a :class:`ServerConn`, driven by callbacks like the client side. While idle
+in its pool a server is watched for EOF or stray bytes, and closed on either, so a dead
+connection is never handed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as pysocket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent import socket as gsocket
+
+from pooler import netio
+from pooler.auth.md5 import md5_response
+from pooler.auth.scram import ScramClient
+from pooler.protocol import builders, parsers
+from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.protocol.framing import TX_IDLE, Exchange
+
+if TYPE_CHECKING:
+    from pooler.pool import Pool
+
+log = logging.getLogger("pooler.server")
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+#: Login replies larger than this are not a Postgres server talking.
+MAX_LOGIN_MESSAGE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and as whom to log in upstream."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    ip_version: str = "auto"
+    connect_timeout: float = 10.0
+    application_name: str = "greenvisor"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Target({self.user}@{self.host}:{self.port}/{self.database})"
+
+
+class UpstreamError(Exception):
+    """Logging in upstream failed; ``sqlstate``/``message`` are fit for the client."""
+
+    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.severity = severity
+
+
+class ServerConn(netio.Conn):
+    """A logged-in server connection owned by a pool."""
+
+    __slots__ = (
+        "pool",
+        "target",
+        "generation",
+        "created_at",
+        "idle_since",
+        "pid",
+        "key",
+        "params",
+        "client",
+        "resetting",
+    )
+
+    def __init__(
+        self, sock: Any, pool: Pool, target: Target, pid: int, key: bytes, params: dict[str, str]
+    ) -> None:
+        super().__init__(sock)
+        self.pool = pool
+        self.target = target
+        self.generation = pool.generation
+        self.created_at = time.monotonic()
+        self.idle_since = self.created_at
+        self.pid = pid
+        self.key = key
+        self.params = params
+        self.client: Any = None
+        self.resetting: Exchange | None = None
+
+    def __repr__(self) -> str:
+        return f"<ServerConn pid={self.pid} {self.pool.key}>"
+
+    # -- pool protocol --------------------------------------------------------------------
+
+    def park(self) -> None:
+        """Idle in the pool: any byte or EOF from the server now means it is unusable."""
+        self.client = None
+        self.idle_since = time.monotonic()
+        self.start_reading(self._on_idle_readable)
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            log.debug("closing server pid=%s of %s: %s", self.pid, self.pool.key, reason)
+            self.close_socket(builders.terminate())
+
+    def on_drained(self) -> None:
+        if self.client is not None:
+            self.client.server_drained()
+
+    def on_write_error(self, exc: OSError) -> None:
+        if self.client is not None:
+            self.client.server_write_failed(exc)
+        else:
+            self.close_socket()
+
+    def _on_idle_readable(self) -> None:
+        try:
+            n = self.recv()
+        except OSError:
+            n = 0
+        if n == -1:
+            return
+        if self.pool.forget_idle(self):
+            log.info("idle server pid=%s of %s went away; dropped", self.pid, self.pool.key)
+        self.close_socket()
+
+    # -- reset before reuse ---------------------------------------------------------------
+
+    def reset(self, query: str) -> None:
+        """Run ``query`` (e.g. DISCARD ALL or ROLLBACK), swallow its replies, then go back to
+        the pool if the server is idle, else close it."""
+        self.client = None
+        exchange = Exchange()
+        exchange.expected = 1
+        self.resetting = exchange
+        self.start_reading(self._on_reset_readable)
+        try:
+            complete = self.write(builders.query(query))
+        except OSError:
+            complete = False
+        if not complete:
+            self.resetting = None
+            self.pool.discard(self, "could not send the reset query")
+
+    def _on_reset_readable(self) -> None:
+        exchange = self.resetting
+        if exchange is None:
+            return
+        try:
+            n = self.recv()
+            if n == -1:
+                return
+            if n == 0:
+                raise netio.ConnectionClosed("server closed during reset")
+            end = exchange.backend(netio.RECV_VIEW, n)
+            if end < n:
+                self.carry = bytes(netio.RECV_VIEW[end:n])
+        except (OSError, ProtocolError, netio.ConnectionClosed) as exc:
+            self.resetting = None
+            self.pool.discard(self, f"reset failed: {exc}")
+            return
+        if exchange.expected == 0 and not self.carry:
+            self.resetting = None
+            self.stop_reading()
+            if exchange.tx_status == TX_IDLE and exchange.be_remaining == 0:
+                self.pool.checkin(self)
+            else:
+                self.pool.discard(self, "reset left the server in a transaction")
+
+
+# -- connecting and logging in -------------------------------------------------------------
+
+
+def _family(ip_version: str) -> int:
+    if ip_version == "v4":
+        return pysocket.AF_INET
+    if ip_version == "v6":
+        return pysocket.AF_INET6
+    return pysocket.AF_UNSPEC
+
+
+def _connect(target: Target) -> Any:
+    infos = gsocket.getaddrinfo(
+        target.host, target.port, _family(target.ip_version), pysocket.SOCK_STREAM
+    )
+    last: Exception | None = None
+    for family, type_, proto, _name, addr in infos:
+        sock = gsocket.socket(family, type_, proto)
+        sock.settimeout(target.connect_timeout)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+        sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_KEEPALIVE, 1)
+        return sock
+    raise UpstreamError(
+        "08006",
+        f"could not connect to the tenant database at {target.host}:{target.port}: {last}; "
+        "check that it is running and that db_host/db_port are right",
+    )
+
+
+def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
+    """Connect and authenticate; return (gevent socket, pid, key, parameter statuses)."""
+    sock = _connect(target)
+    try:
+        with gevent.Timeout(
+            target.connect_timeout,
+            UpstreamError(
+                "08006",
+                f"timed out logging in to the tenant database at {target.host}:{target.port}",
+            ),
+        ):
+            return (sock, *_authenticate(sock, target))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]]:
+    sock.sendall(
+        builders.startup_message(
+            {
+                "user": target.user,
+                "database": target.database,
+                "application_name": target.application_name,
+            }
+        )
+    )
+    scram: ScramClient | None = None
+    params: dict[str, str] = {}
+    pid, key = 0, b""
+    while True:
+        msg_type, body = netio.read_message(sock, MAX_LOGIN_MESSAGE)
+        if msg_type == ord("R"):
+            code, data = parsers.parse_authentication(body)
+            scram = _answer_auth(sock, target, code, data, scram)
+        elif msg_type == ord("S"):
+            name, value = parsers.parse_parameter_status(body)
+            params[name] = value
+        elif msg_type == ord("K"):
+            pid, key = parsers.parse_backend_key_data(body)
+        elif msg_type == ord("Z"):
+            return pid, key, params
+        elif msg_type == ord("E"):
+            fields = parsers.parse_error_fields(body)
+            raise UpstreamError(
+                fields.get("C") or "08006",
+                f"the tenant database refused the login: {fields.get('M') or 'no reason given'}",
+            )
+        elif msg_type in (ord("N"), ord("v")):
+            continue  # notices; NegotiateProtocolVersion (we asked for 3.0 only)
+        else:
+            raise UpstreamError("08P01", f"unexpected message {chr(msg_type)!r} during login")
+
+
+def _answer_auth(
+    sock: Any, target: Target, code: int, data: bytes, scram: ScramClient | None
+) -> ScramClient | None:
+    if code == AUTH_OK:
+        return scram
+    if code == AUTH_CLEARTEXT:
+        sock.sendall(builders.password_message(target.password.encode() + b"\0"))
+        return None
+    if code == AUTH_MD5:
+        if len(data) != 4:
+            raise UpstreamError("08P01", "malformed MD5 authentication request from the server")
+        response = md5_response(target.user, target.password, data)
+        sock.sendall(builders.password_message(response + b"\0"))
+        return None
+    if code == AUTH_SASL:
+        mechanisms = [m for m in data.split(b"\0") if m]
+        if b"SCRAM-SHA-256" not in mechanisms:
+            raise UpstreamError("08P01", "the tenant database offers no SASL mechanism we support")
+        scram = ScramClient(target.password)
+        sock.sendall(builders.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
+        return scram
+    if code == AUTH_SASL_CONTINUE and scram is not None:
+        try:
+            sock.sendall(builders.sasl_response(scram.server_first(data)))
+        except AuthError as exc:
+            raise UpstreamError(
+                "08P01", f"SCRAM exchange with the tenant database failed: {exc.message}"
+            ) from None
+        return scram
+    if code == AUTH_SASL_FINAL and scram is not None:
+        try:
+            scram.server_final(data)
+        except AuthError as exc:
+            raise UpstreamError(
+                "28P01", f"the tenant database failed SCRAM server verification: {exc.message}"
+            ) from None
+        return scram
+    raise UpstreamError(
+        "08P01",
+        f"unsupported authentication request {code} from the tenant "
+        "database: use trust, password, md5 or scram-sha-256 in its pg_hba.conf",
+    )
+
+
+def open_server(pool: Pool, target: Target) -> ServerConn:
+    """Log in and wrap the connection for the relay (runs in a greenlet)."""
+    gsock, pid, key, params = login(target)
+    return ServerConn(netio.detach(gsock), pool, target, pid, key, params)
+
+
+def send_cancel(host: str, port: int, pid: int, key: bytes, timeout: float = 5.0) -> None:
+    """Forward a CancelRequest to a server on a fresh connection (greenlet)."""
+    try:
+        sock = gsocket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        log.info("cancel to %s:%s failed: %s", host, port, exc)
+        return
+    try:
+        sock.sendall(builders.cancel_request(pid, key))
+        sock.recv(1)  # the server closes when done
+    except OSError:
+        pass
+    finally:
+        sock.close()
