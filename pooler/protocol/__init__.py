@@ -1,0 +1,1 @@
+"""Sans-IO PostgreSQL wire protocol: startup packets, message builders, parsers and framing."""
