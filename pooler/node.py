@@ -76,7 +76,7 @@ class Node:
             limits = self._limits(tenant, user)
             if limits != pool.limits:
                 pool.resize(limits)
-        if snapshot.version != old.version:
+        if snapshot.version != old.version and old.version:
             log.info(
                 "configuration version %s applied (%d tenants)",
                 snapshot.version,

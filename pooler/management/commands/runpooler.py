@@ -138,7 +138,6 @@ class Command(BaseCommand):
         sync = ConfigSync(
             node, _db_call(config_version), _db_call(build_snapshot), opts["config_poll_interval"]
         )
-        node.apply_snapshot(sync.load_now())
 
         host = opts["listen"]
         try:
@@ -163,7 +162,7 @@ class Command(BaseCommand):
             sys.stderr.write(f"{exc}\n")
             sys.stderr.flush()
             os._exit(1)
-
+        node.apply_snapshot(sync.load_now())
         start_all(listeners)
         log.info(
             "greenvisor: serving %d tenants (configuration version %s)",
