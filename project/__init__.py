@@ -1,0 +1,1 @@
+"""Django project wiring for Greenvisor: settings, URLs, WSGI entry point."""

@@ -1,0 +1,1 @@
+"""Tenant management: models, admin, and the services that feed config to the pooler."""

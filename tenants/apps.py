@@ -1,0 +1,9 @@
+"""App configuration for the tenants app."""
+
+from django.apps import AppConfig
+
+
+class TenantsConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "tenants"
+    verbose_name = "Tenants"

@@ -1,0 +1,1 @@
+"""The tenants app's manage.py commands (applytenants)."""

@@ -1,0 +1,1 @@
+"""pytest-django tests of the tenants app (models, services, applytenants)."""
