@@ -24,6 +24,7 @@ from pooler.config import MODE_SESSION
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
+from pooler.protocol.prepared import PreparedSession
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from pooler.server import ServerConn
 
 log = logging.getLogger("pooler.client")
-
-RECV_VIEW = netio.RECV_VIEW
 
 SESSION_RESET_QUERY = "DISCARD ALL"
 ROLLBACK_QUERY = "ROLLBACK"
@@ -56,6 +55,8 @@ class Client(netio.Conn):
         "transactions",
         "bytes_in",
         "bytes_out",
+        "ps",
+        "busy_since",
     )
 
     def __init__(self, sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes) -> None:
@@ -74,9 +75,43 @@ class Client(netio.Conn):
         self.transactions = 0
         self.bytes_in = 0
         self.bytes_out = 0
+        self.busy_since = 0.0  # when the current transaction's first bytes arrived
+        self.ps: PreparedSession | None = None
+        if not self.session_mode and pool.limits.max_prepared_statements > 0:
+            self.ps = PreparedSession(node.statement_names)
 
     def __repr__(self) -> str:
         return f"<Client {self.addr} {self.pool.key}>"
+
+    @property
+    def state(self) -> str:
+        """PgBouncer's words: active (linked to a server), waiting, or idle."""
+        if self.server is not None:
+            return "active"
+        return "waiting" if self.pending is not None else "idle"
+
+    def describe(self) -> dict[str, Any]:
+        """One row of the per-connection view (no secrets)."""
+        addr = self.addr
+        host, port = (addr[0], addr[1]) if isinstance(addr, tuple) else (str(addr), 0)
+        key = self.pool.key
+        return {
+            "address": host,
+            "port": port,
+            "tenant": key.tenant,
+            "user": key.user,
+            "database": key.database,
+            "mode": key.mode,
+            "state": self.state,
+            "connected_since": self.connected_at,
+            "transactions": self.transactions,
+            "queries": self.ex.ready_count,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "wait_seconds": (time.monotonic() - self.wait_started)
+            if self.pending is not None
+            else 0.0,
+        }
 
     def start(self) -> None:
         self.start_reading(self._on_client_readable)
@@ -85,26 +120,28 @@ class Client(netio.Conn):
 
     def _on_client_readable(self) -> None:
         try:
-            n = self.recv()
+            view, n = self.recv()
             if n == -1:
                 return
             if n == 0:
                 self.disconnect()
                 return
             self.bytes_in += n
+            if not self.busy_since:
+                self.busy_since = time.monotonic()
             server = self.server
             if server is None:
-                if self.ex.fe_remaining == 0 and RECV_VIEW[0] == F_TERMINATE:
+                if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
                     self.disconnect()
                     return
                 server = self.pool.checkout(self)
                 if server is None:
-                    self.pending = bytes(RECV_VIEW[:n])
+                    self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()
                     self.stop_reading()
                     return
                 self._link(server)
-            self._forward_to_server(RECV_VIEW, n)
+            self._forward_to_server(view, n)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
         except OSError as exc:
@@ -112,11 +149,21 @@ class Client(netio.Conn):
 
     def _forward_to_server(self, view: memoryview, n: int) -> None:
         ex = self.ex
-        end = ex.frontend(view, n)
         server = self.server
         assert server is not None
-        if end and not server.write(view[:end]):
-            self.stop_reading()
+        ps = self.ps
+        if ps is None:
+            end = ex.frontend(view, n)
+            if end and not server.write(view[:end]):
+                self.stop_reading()
+        else:
+            to_server: list = []
+            to_client: list = []
+            end = ps.frontend(view, n, ex, to_server, to_client)
+            if to_client:
+                self.write_many(to_client)
+            if to_server and not server.write_many(to_server):
+                self.stop_reading()
         if end < n:
             if ex.terminate_at >= 0:
                 self.disconnect()
@@ -127,6 +174,8 @@ class Client(netio.Conn):
         self.server = server
         server.client = self
         self.ex.reset()
+        if self.ps is not None and server.statements is not None:
+            self.ps.link(server.statements)
         server.start_reading(self._on_server_readable)
 
     # -- waiting for a server (pool.Waiter) -------------------------------------------------
@@ -158,20 +207,29 @@ class Client(netio.Conn):
         if server is None:
             return
         try:
-            n = server.recv()
+            view, n = server.recv()
             if n == -1:
                 return
             if n == 0:
                 self._server_lost("the server closed the connection")
                 return
             ex = self.ex
-            end = ex.backend(RECV_VIEW, n)
+            ps = self.ps
+            if ps is None:
+                end = ex.backend(view, n)
+                drained = self.write(view[:end])
+            else:
+                to_client: list = []
+                end = ps.backend(view, n, ex, to_client)
+                drained = self.write_many(to_client) if to_client else self.outbuf is None
             if end < n:
-                server.carry = bytes(RECV_VIEW[end:n])
+                server.carry = bytes(view[end:n])
             self.bytes_out += end
-            drained = self.write(RECV_VIEW[:end])
             if end == n and ex.releasable():
                 self.transactions += 1
+                if self.busy_since:
+                    self.pool.stats.xact_time.observe(time.monotonic() - self.busy_since)
+                    self.busy_since = 0.0
                 if not self.session_mode:
                     self._release()
                     return
@@ -238,6 +296,11 @@ class Client(netio.Conn):
         elif self.pending is not None:
             self.pending = None
             self.pool.cancel_wait(self)
+        stats = self.pool.stats
+        stats.bytes_in += self.bytes_in
+        stats.bytes_out += self.bytes_out
+        stats.transactions += self.transactions
+        stats.queries += self.ex.ready_count
         self.pool.client_left()
         self.node.client_closed(self)
 

@@ -94,26 +94,30 @@ class Conn:
     def stop_reading(self) -> None:
         self.rw.stop()
 
-    def recv(self) -> int:
-        """Receive into :data:`RECV_BUF` after the carried bytes; return the total, 0 at
-        EOF, -1 when there is nothing to read yet."""
+    def recv(self) -> tuple[memoryview, int]:
+        """Receive after the carried bytes; return (view, total): total is 0 at EOF and -1
+        when there is nothing to read yet. The view is the shared buffer unless a large
+        carry (a big message that must be handled whole) needs a buffer of its own."""
         carry = self.carry
         k = len(carry)
+        view = RECV_VIEW
         try:
-            if k:
-                RECV_BUF[:k] = carry
-                n = self.sock.recv_into(RECV_VIEW[k:])
+            if not k:
+                n = self.sock.recv_into(view)
             else:
-                n = self.sock.recv_into(RECV_VIEW)
+                if k > RECV_SIZE // 2:
+                    view = memoryview(bytearray(k + RECV_SIZE))
+                view[:k] = carry
+                n = self.sock.recv_into(view[k:])
         except OSError as exc:
             if exc.errno in _AGAIN:
-                return -1
+                return view, -1
             raise
         if n == 0:
-            return 0
+            return view, 0
         if k:
             self.carry = b""
-        return k + n
+        return view, k + n
 
     # -- writing --------------------------------------------------------------------------
 
@@ -131,6 +135,39 @@ class Conn:
         if sent == len(data):
             return True
         self.outbuf = bytearray(data[sent:])
+        self.ww.start(self._on_writable)
+        return False
+
+    def write_many(self, parts: list) -> bool:
+        """:meth:`write` for several pieces at once (one sendmsg, no joining)."""
+        if len(parts) == 1:
+            return self.write(parts[0])
+        if self.outbuf is not None:
+            for part in parts:
+                self.outbuf += part
+            return False
+        if len(parts) > 512:
+            return self.write(b"".join(parts))
+        try:
+            sent = self.sock.sendmsg(parts)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
+        total = 0
+        for part in parts:
+            total += len(part)
+        if sent == total:
+            return True
+        left = bytearray()
+        for part in parts:
+            size = len(part)
+            if sent >= size:
+                sent -= size
+                continue
+            left += part[sent:]
+            sent = 0
+        self.outbuf = left
         self.ww.start(self._on_writable)
         return False
 

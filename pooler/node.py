@@ -21,6 +21,7 @@ from pooler.auth.scram import ScramSecret, make_secret
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.pool import Pool, PoolKey, PoolLimits
 from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.protocol.prepared import StatementNames
 from pooler.server import Target, UpstreamError, open_server, send_cancel
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class NodeSettings:
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
     application_name: str = "greenvisor"
+    max_prepared_statements: int = 200  # per server connection; 0 turns rewriting off
 
 
 class Registry:
@@ -56,6 +58,7 @@ class Node:
         self.clients: dict[int, Client] = {}  # by Greenvisor's own backend pid
         self.mock_key = os.urandom(32)
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
+        self.statement_names = StatementNames()
 
     # -- config ---------------------------------------------------------------------------
 
@@ -118,6 +121,7 @@ class Node:
             checkout_timeout=user.pool_checkout_timeout / 1000.0,
             server_lifetime=self.settings.server_lifetime,
             server_idle_timeout=self.settings.server_idle_timeout,
+            max_prepared_statements=self.settings.max_prepared_statements,
         )
 
     def _target(self, tenant: TenantConfig, user: UserConfig, database: str) -> Target:
@@ -202,3 +206,20 @@ class Node:
 
     def stats(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]
+
+    # -- management (read by the HTTP side; runs on the hub like everything else) ----------
+
+    def clients_of(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The per-connection view: every client (of one tenant), no secrets."""
+        return [
+            c.describe()
+            for c in list(self.clients.values())
+            if tenant is None or c.pool.key.tenant == tenant
+        ]
+
+    def terminate_tenant(self, tenant: str, reason: str = "terminated by an operator") -> int:
+        """Close every pool and client of ``tenant``; return how many clients were closed."""
+        closed = sum(1 for c in self.clients.values() if c.pool.key.tenant == tenant)
+        for pool in [p for k, p in self.pools.items() if k.tenant == tenant]:
+            self._drop_pool(pool, reason)
+        return closed

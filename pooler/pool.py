@@ -12,6 +12,7 @@ so a connection is never lost between two clients.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,17 +53,52 @@ class PoolKey:
         return f"{self.user}.{self.tenant}/{self.database} ({self.mode})"
 
 
+class Histogram:
+    """Cumulative-bucket histogram (Prometheus semantics) with no Prometheus dependency."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative; exporters accumulate
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        index = bisect_left(self.bounds, value)
+        if index < len(self.counts):
+            self.counts[index] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        running, out = 0, []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+XACT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
 @dataclass(slots=True)
 class PoolStats:
-    """Monotonic counters; exporters read them, nothing resets them."""
+    """Monotonic counters and histograms; exporters read them, nothing resets them."""
 
     checkouts: int = 0
-    checkout_wait_total: float = 0.0
     checkout_timeouts: int = 0
     servers_opened: int = 0
     servers_closed: int = 0
     connect_failures: int = 0
-    transactions: int = 0
+    transactions: int = 0  # server releases at rest (transaction mode) / idle points (session)
+    queries: int = 0  # ReadyForQuery messages relayed
+    bytes_in: int = 0  # client -> server
+    bytes_out: int = 0  # server -> client
+    clients_total: int = 0
+    checkout_wait: Histogram = field(default_factory=lambda: Histogram(WAIT_BUCKETS))
+    xact_time: Histogram = field(default_factory=lambda: Histogram(XACT_BUCKETS))
 
 
 @dataclass(slots=True)
@@ -72,6 +108,7 @@ class PoolLimits:
     checkout_timeout: float  # seconds
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
+    max_prepared_statements: int = 0  # per server, transaction mode only; 0 = no rewriting
 
 
 Connector = Callable[["Pool"], None]
@@ -123,6 +160,7 @@ class Pool:
         if self.clients >= self.limits.max_clients:
             return False
         self.clients += 1
+        self.stats.clients_total += 1
         return True
 
     def client_left(self) -> None:
@@ -136,6 +174,7 @@ class Pool:
             server = self.idle.pop()  # LIFO: the warmest connection
             self.active += 1
             self.stats.checkouts += 1
+            self.stats.checkout_wait.observe(0.0)
             return server
         self.waiters.append(waiter)
         self._grow()
@@ -183,7 +222,7 @@ class Pool:
             self.active += 1
             if waiter.server_ready(server):
                 self.stats.checkouts += 1
-                self.stats.checkout_wait_total += time.monotonic() - waiter.wait_started
+                self.stats.checkout_wait.observe(time.monotonic() - waiter.wait_started)
                 return
             self.active -= 1
         server.park()

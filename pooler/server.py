@@ -23,6 +23,7 @@ from pooler.auth.scram import ScramClient
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
 from pooler.protocol.framing import TX_IDLE, Exchange
+from pooler.protocol.prepared import ServerStatements
 
 if TYPE_CHECKING:
     from pooler.pool import Pool
@@ -81,6 +82,7 @@ class ServerConn(netio.Conn):
         "params",
         "client",
         "resetting",
+        "statements",
     )
 
     def __init__(
@@ -97,6 +99,8 @@ class ServerConn(netio.Conn):
         self.params = params
         self.client: Any = None
         self.resetting: Exchange | None = None
+        capacity = pool.limits.max_prepared_statements
+        self.statements = ServerStatements(capacity) if capacity > 0 else None
 
     def __repr__(self) -> str:
         return f"<ServerConn pid={self.pid} {self.pool.key}>"
@@ -126,7 +130,7 @@ class ServerConn(netio.Conn):
 
     def _on_idle_readable(self) -> None:
         try:
-            n = self.recv()
+            _view, n = self.recv()
         except OSError:
             n = 0
         if n == -1:
@@ -141,6 +145,8 @@ class ServerConn(netio.Conn):
         """Run ``query`` (e.g. DISCARD ALL or ROLLBACK), swallow its replies, then go back to
         the pool if the server is idle, else close it."""
         self.client = None
+        if self.statements is not None and query.upper().startswith("DISCARD"):
+            self.statements.clear()
         exchange = Exchange()
         exchange.expected = 1
         self.resetting = exchange
@@ -158,14 +164,14 @@ class ServerConn(netio.Conn):
         if exchange is None:
             return
         try:
-            n = self.recv()
+            view, n = self.recv()
             if n == -1:
                 return
             if n == 0:
                 raise netio.ConnectionClosed("server closed during reset")
-            end = exchange.backend(netio.RECV_VIEW, n)
+            end = exchange.backend(view, n)
             if end < n:
-                self.carry = bytes(netio.RECV_VIEW[end:n])
+                self.carry = bytes(view[end:n])
         except (OSError, ProtocolError, netio.ConnectionClosed) as exc:
             self.resetting = None
             self.pool.discard(self, f"reset failed: {exc}")

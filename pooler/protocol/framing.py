@@ -77,6 +77,7 @@ class Exchange:
         "be_remaining",
         "tx_status",
         "terminate_at",
+        "ready_count",
     )
 
     def __init__(self) -> None:
@@ -87,6 +88,7 @@ class Exchange:
         self.be_remaining = 0  # body bytes of the current backend message still to come
         self.tx_status = TX_IDLE  # status byte of the last ReadyForQuery
         self.terminate_at = -1  # offset of a Terminate in the last frontend chunk
+        self.ready_count = 0  # ReadyForQuery messages seen (queries answered), ever
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Exchange:
                 if length != 5:
                     raise _bad_length("backend", msg_type, length)
                 self.tx_status = buf[pos + 5]
+                self.ready_count += 1
                 if self.expected > 0:
                     self.expected -= 1
             pos += 1 + length

@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from gevent.event import Event
 
+from pooler import runtime
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
 from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
@@ -108,6 +109,13 @@ class Command(BaseCommand):
             help="close server connections idle longer than this",
         )
         parser.add_argument(
+            "--max-prepared-statements",
+            type=int,
+            default=200,
+            help="named prepared statements kept per server connection in transaction mode "
+            "(0 turns protocol-level prepared statement support off)",
+        )
+        parser.add_argument(
             "--config-poll-interval",
             type=float,
             default=0.5,
@@ -133,6 +141,7 @@ class Command(BaseCommand):
             server_connect_timeout=opts["server_connect_timeout"],
             server_lifetime=opts["server_lifetime"],
             server_idle_timeout=opts["server_idle_timeout"],
+            max_prepared_statements=opts["max_prepared_statements"],
         )
         node = Node(settings)
         sync = ConfigSync(
@@ -163,6 +172,8 @@ class Command(BaseCommand):
             sys.stderr.flush()
             os._exit(1)
         node.apply_snapshot(sync.load_now())
+        runtime.current.node = node
+        runtime.current.listeners = listeners
         start_all(listeners)
         log.info(
             "greenvisor: serving %d tenants (configuration version %s)",

@@ -1,0 +1,534 @@
+"""Named prepared statements under transaction pooling: name mapping, rewriting, reply queue.
+
+Theory of operation
+-------------------
+A client's named statement lives on whatever server it happened to be prepared on; in
+transaction mode the next transaction may run on another server. So (as PgBouncer does):
+
+* every distinct (query text, parameter types) gets ONE server-side name, ``gv_<n>``, for the
+  whole node (:class:`StatementNames`); each server remembers which of those it has
+  prepared, least recently used first, up to ``max_prepared_statements``
+  (:class:`ServerStatements`; evicted ones are closed on the server);
+* each client keeps its own name -> statement map (:class:`PreparedSession`); Parse, Bind,
+  Describe and Close that name a statement are rewritten to the server-side name; a Parse
+  the server already has is not sent and its ParseComplete is faked; a Bind/Describe of a
+  statement the server lacks is preceded by an injected Parse whose reply is swallowed;
+  Close only drops the client's mapping and its CloseComplete is faked;
+* every request that gets a reply is queued, so each reply is matched to its request: that
+  is how fakes are emitted exactly where the client expects them, how injected replies are
+  swallowed, and how a failed Parse is forgotten. After an error the server skips to the
+  next Sync, and so does the queue (PgBouncer's outstanding-request queue, same rules).
+* a duplicate name, or a Bind/Describe of an unknown name, gets the error Postgres gives
+  with the same SQLSTATE and text: a request that is certain to fail is sent instead, so the
+  server itself aborts the transaction and skips to Sync, and its error is replaced by ours.
+
+Messages that must be rewritten are handled whole; everything else (rows, COPY data, large
+Bind parameters) streams through as in :mod:`pooler.protocol.framing`. The caller keeps the
+bytes after the returned offset and offers them again with the next read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict, deque
+
+from pooler.protocol.builders import error_response
+from pooler.protocol.errors import ProtocolError
+from pooler.protocol.framing import HEADER, MAX_MESSAGE_LENGTH, TX_IDLE, Exchange, _bad_length
+
+_unpack_len = struct.Struct("!I").unpack_from
+_pack_len = struct.Struct("!I").pack
+
+FORWARD = 0  # a client request: its replies go to the client
+SKIP = 1  # injected by us: success replies are swallowed (errors still reach the client)
+FAKE = 2  # never sent: ``payload`` is emitted when this entry reaches the head
+REPLACE = 3  # sent to fail on purpose: the ErrorResponse is replaced by ``payload``
+
+PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
+
+# Message types as ints.
+_P, _B, _D, _C, _E, _S, _Q, _F, _H, _X = (ord(c) for c in "PBDCESQFHX")
+_COPY_DATA, _COPY_DONE, _COPY_FAIL = ord("d"), ord("c"), ord("f")
+_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
+_NO_DATA, _ROW_DESCRIPTION, _PARAM_DESCRIPTION = ord("n"), ord("T"), ord("t")
+_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s")
+_ERROR, _READY, _DATA_ROW = ord("E"), ord("Z"), ord("D")
+_COPY_IN, _COPY_BOTH = ord("G"), ord("W")
+
+_REWRITTEN = frozenset((_P, _B, _D, _C))
+#: Backend messages that may be streamed instead of being handled whole.
+_STREAMED_BACKEND = frozenset((_DATA_ROW, _COPY_DATA))
+#: A whole message the client sends that we must rewrite may not exceed this.
+MAX_REWRITE = 64 * 1024 * 1024
+
+_POISON_NAME = b"gv_poison"
+_MISSING_NAME = b"gv_missing_statement"
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + _pack_len(len(body) + 4) + body
+
+
+def parse_message(name: bytes, query_and_types: bytes) -> bytes:
+    """A Parse of ``query_and_types`` (query NUL, int16 count, oids) under ``name``."""
+    return _message(b"P", name + b"\0" + query_and_types)
+
+
+def close_statement_message(name: bytes) -> bytes:
+    return _message(b"C", b"S" + name + b"\0")
+
+
+#: A Parse the server rejects with a syntax error, aborting like the real failure would.
+POISON_PARSE = parse_message(_POISON_NAME, b"greenvisor rejected this statement\0\0\0")
+
+
+def _duplicate_error(name: bytes) -> bytes:
+    shown = name.decode("utf-8", "replace")
+    return error_response("ERROR", "42P05", f'prepared statement "{shown}" already exists')
+
+
+def _missing_error(name: bytes) -> bytes:
+    shown = name.decode("utf-8", "replace")
+    return error_response("ERROR", "26000", f'prepared statement "{shown}" does not exist')
+
+
+class StatementNames:
+    """Node-wide: one server-side name per distinct (query, parameter types)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._names: dict[bytes, bytes] = {}
+        self._counter = 0
+        self._limit = limit
+
+    def name_for(self, key: bytes) -> bytes:
+        name = self._names.get(key)
+        if name is None:
+            if len(self._names) >= self._limit:
+                self._names.clear()  # old names only cost a re-prepare
+            self._counter += 1
+            name = self._names[key] = b"gv_%d" % self._counter
+        return name
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class ServerStatements:
+    """Statements prepared on one server connection, least recently used first."""
+
+    __slots__ = ("names", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.names: OrderedDict[bytes, None] = OrderedDict()
+        self.capacity = capacity
+
+    def has(self, name: bytes) -> bool:
+        if name in self.names:
+            self.names.move_to_end(name)
+            return True
+        return False
+
+    def add(self, name: bytes) -> list[bytes]:
+        """Remember ``name``; return the names evicted to stay within capacity."""
+        self.names[name] = None
+        self.names.move_to_end(name)
+        evicted = []
+        while len(self.names) > self.capacity:
+            evicted.append(self.names.popitem(last=False)[0])
+        return evicted
+
+    def discard(self, name: bytes) -> None:
+        self.names.pop(name, None)
+
+    def clear(self) -> None:
+        self.names.clear()
+
+
+class Request:
+    """One request that owes (or pretends to owe) the client a reply."""
+
+    __slots__ = ("kind", "action", "payload", "registered", "client_name", "client_key")
+
+    def __init__(
+        self,
+        kind: int,
+        action: int = FORWARD,
+        payload: bytes = b"",
+        registered: bytes = b"",
+        client_name: bytes = b"",
+        client_key: bytes | None = None,
+    ) -> None:
+        self.kind = kind
+        self.action = action
+        self.payload = payload
+        self.registered = registered  # server-side name added to the server's cache
+        self.client_name = client_name  # client mapping created (Parse) or dropped (Close)
+        self.client_key = client_key  # for a faked Close: the mapping to restore if skipped
+
+    def __repr__(self) -> str:
+        return f"<Request {chr(self.kind)} action={self.action}>"
+
+
+class PreparedSession:
+    """One client's statements and the request queue of its current server link."""
+
+    __slots__ = ("names", "statements", "queue", "server", "copy_mode", "failed")
+
+    def __init__(self, names: StatementNames) -> None:
+        self.names = names
+        self.statements: dict[bytes, bytes] = {}  # client name -> query_and_types
+        self.queue: deque[Request] = deque()
+        self.server: ServerStatements | None = None
+        self.copy_mode = False
+        self.failed = False
+
+    def link(self, server: ServerStatements) -> None:
+        self.server = server
+        self.queue.clear()
+        self.copy_mode = False
+        self.failed = False
+
+    # -- client -> server -----------------------------------------------------------------
+
+    def frontend(
+        self, view: memoryview, n: int, ex: Exchange, to_server: list, to_client: list
+    ) -> int:
+        """Rewrite ``view[:n]`` from the client; append what to send to each side.
+
+        Returns the offset up to which the input was consumed; the rest (an incomplete
+        message that must be handled whole) is offered again with more bytes. Sets
+        ``ex.terminate_at`` when the client sent Terminate.
+        """
+        pos = 0
+        ex.terminate_at = -1
+        remaining = ex.fe_remaining
+        if remaining:
+            if remaining >= n:
+                ex.fe_remaining = remaining - n
+                to_server.append(view[:n])
+                return n
+            pos = remaining
+            ex.fe_remaining = 0
+        run = 0  # start of bytes to pass through unchanged
+        queue = self.queue
+        try:
+            while n - pos >= HEADER:
+                msg_type = view[pos]
+                length = _unpack_len(view, pos + 1)[0]
+                if length < 4 or length > MAX_MESSAGE_LENGTH:
+                    raise _bad_length("frontend", msg_type, length)
+                end = pos + 1 + length
+                if msg_type in _REWRITTEN:
+                    ex.extended = True
+                    if end > n:
+                        if length > MAX_REWRITE:
+                            raise ProtocolError(
+                                f"a {chr(msg_type)} message of {length} bytes is too large "
+                                "to rewrite; use an unnamed statement for queries this big"
+                            )
+                        if msg_type == _P and n > pos + HEADER and view[pos + HEADER] == 0:
+                            pass  # an unnamed Parse streams like any other message
+                        elif msg_type == _B and self._bind_prefix_streamable(view, pos, n):
+                            pass  # the names are here: rewrite them, stream the rest
+                        else:
+                            break
+                    replacement = self._rewrite(
+                        msg_type, view, pos + HEADER, min(end, n), length, to_client
+                    )
+                    if replacement is not None:
+                        if run < pos:
+                            to_server.append(view[run:pos])
+                        to_server.extend(replacement)
+                        run = min(end, n)
+                    if end > n:
+                        ex.fe_remaining = end - n
+                        pos = n
+                        break
+                    pos = end
+                    continue
+                if msg_type == _S:
+                    queue.append(Request(_S))
+                    ex.extended = False
+                elif msg_type == _E:
+                    queue.append(Request(_E))
+                    ex.extended = True
+                elif msg_type == _Q:
+                    queue.append(Request(_Q))
+                elif msg_type == _H:
+                    ex.extended = True
+                elif msg_type == _COPY_DONE or msg_type == _COPY_FAIL:
+                    queue.append(Request(msg_type))
+                elif msg_type == _F:
+                    queue.append(Request(_F))
+                elif msg_type == _X:
+                    ex.terminate_at = pos
+                    n = pos
+                    break
+                if end > n:
+                    ex.fe_remaining = end - n
+                    pos = n
+                    break
+                pos = end
+        finally:
+            ex.expected = len(queue)
+        if run < pos:
+            to_server.append(view[run:pos])
+        return pos
+
+    def _bind_prefix_streamable(self, view: memoryview, pos: int, n: int) -> bool:
+        """A huge Bind whose names are already in the buffer can be rewritten and streamed."""
+        first = _find_nul(view, pos + HEADER, n)
+        return first >= 0 and _find_nul(view, first + 1, n) >= 0
+
+    def _rewrite(
+        self, msg_type: int, view: memoryview, start: int, stop: int, length: int, to_client: list
+    ) -> list | None:
+        """Handle one P/B/D/C message (body at ``view[start:stop]``, maybe cut short for a
+        streamed Bind); None means: pass it through unchanged."""
+        if msg_type == _B:
+            return self._bind(view, start, stop, length)
+        body = bytes(view[start:stop])
+        if msg_type == _P:
+            return self._parse(body, to_client)
+        if msg_type == _D:
+            return self._describe(body)
+        return self._close(body, to_client)
+
+    def _parse(self, raw: bytes, to_client: list) -> list[bytes] | None:
+        cut = raw.find(b"\0")
+        if cut < 0:
+            raise ProtocolError("malformed Parse message: the statement name is not terminated")
+        name = raw[:cut]
+        if not name:
+            self.queue.append(Request(_P))
+            return None
+        if name in self.statements:
+            self.queue.append(Request(_P, REPLACE, _duplicate_error(name)))
+            return [POISON_PARSE]
+        key = raw[cut + 1 :]
+        self.statements[name] = key
+        server_name = self.names.name_for(key)
+        server = self.server
+        assert server is not None
+        if server.has(server_name):
+            self._fake(Request(_P, FAKE, PARSE_COMPLETE, client_name=name), to_client)
+            return []
+        out = [parse_message(server_name, key)]
+        self.queue.append(Request(_P, FORWARD, registered=server_name, client_name=name))
+        self._register(server_name, out)
+        return out
+
+    def _register(self, server_name: bytes, out: list[bytes]) -> None:
+        assert self.server is not None
+        for evicted in self.server.add(server_name):
+            out.append(close_statement_message(evicted))
+            self.queue.append(Request(_C, SKIP))
+
+    def _ensure(self, server_name: bytes, key: bytes, out: list[bytes]) -> None:
+        assert self.server is not None
+        if self.server.has(server_name):
+            return
+        out.append(parse_message(server_name, key))
+        self.queue.append(Request(_P, SKIP, registered=server_name))
+        self._register(server_name, out)
+
+    def _bind(self, view: memoryview, start: int, stop: int, length: int) -> list | None:
+        portal_end = _find_nul(view, start, stop)
+        if portal_end < 0:
+            raise ProtocolError("malformed Bind message: the portal name is not terminated")
+        name_end = _find_nul(view, portal_end + 1, stop)
+        if name_end < 0:
+            raise ProtocolError("malformed Bind message: the statement name is not terminated")
+        if name_end == portal_end + 1:
+            self.queue.append(Request(_B))
+            return None
+        name = bytes(view[portal_end + 1 : name_end])
+        out: list = []
+        key = self.statements.get(name)
+        if key is None:
+            server_name = _MISSING_NAME
+            self.queue.append(Request(_B, REPLACE, _missing_error(name)))
+        else:
+            server_name = self.names.name_for(key)
+            self._ensure(server_name, key, out)
+            self.queue.append(Request(_B))
+        new_length = length - len(name) + len(server_name)
+        out.append(
+            b"B" + _pack_len(new_length) + bytes(view[start : portal_end + 1]) + server_name + b"\0"
+        )
+        out.append(view[name_end + 1 : stop])
+        return out
+
+    def _describe(self, raw: bytes) -> list[bytes] | None:
+        if len(raw) < 2 or raw[-1] != 0 or raw[:1] not in (b"S", b"P"):
+            raise ProtocolError("malformed Describe message: expected 'S' or 'P' and a name")
+        name = raw[1:-1]
+        if raw[:1] == b"P" or not name:
+            self.queue.append(Request(_D))
+            return None
+        out: list[bytes] = []
+        key = self.statements.get(name)
+        if key is None:
+            server_name = _MISSING_NAME
+            self.queue.append(Request(_D, REPLACE, _missing_error(name)))
+        else:
+            server_name = self.names.name_for(key)
+            self._ensure(server_name, key, out)
+            self.queue.append(Request(_D))
+        out.append(_message(b"D", b"S" + server_name + b"\0"))
+        return out
+
+    def _close(self, raw: bytes, to_client: list) -> list[bytes] | None:
+        if len(raw) < 2 or raw[-1] != 0 or raw[:1] not in (b"S", b"P"):
+            raise ProtocolError("malformed Close message: expected 'S' or 'P' and a name")
+        name = raw[1:-1]
+        if raw[:1] == b"P" or not name:
+            self.queue.append(Request(_C))
+            return None
+        key = self.statements.pop(name, None)
+        self._fake(Request(_C, FAKE, CLOSE_COMPLETE, client_name=name, client_key=key), to_client)
+        return []
+
+    def _fake(self, request: Request, to_client: list) -> None:
+        if self.queue:
+            self.queue.append(request)
+        else:
+            to_client.append(request.payload)
+
+    # -- server -> client -----------------------------------------------------------------
+
+    def backend(self, view: memoryview, n: int, ex: Exchange, to_client: list) -> int:
+        """Match ``view[:n]`` from the server to the queue; append what the client gets.
+
+        Returns the offset consumed; the rest is an incomplete message to offer again.
+        """
+        pos = 0
+        remaining = ex.be_remaining
+        if remaining:
+            if remaining >= n:
+                ex.be_remaining = remaining - n
+                to_client.append(view[:n])
+                return n
+            to_client.append(view[:remaining])
+            pos = remaining
+            ex.be_remaining = 0
+        try:
+            while n - pos >= HEADER:
+                msg_type = view[pos]
+                length = _unpack_len(view, pos + 1)[0]
+                if length < 4 or length > MAX_MESSAGE_LENGTH:
+                    raise _bad_length("backend", msg_type, length)
+                end = pos + 1 + length
+                if end > n:
+                    if msg_type in _STREAMED_BACKEND or length > MAX_REWRITE:
+                        to_client.append(view[pos:n])
+                        ex.be_remaining = end - n
+                        pos = n
+                    break
+                self._reply(msg_type, view, pos, end, ex, to_client)
+                pos = end
+        finally:
+            ex.expected = len(self.queue)
+        return pos
+
+    def _reply(
+        self, msg_type: int, view: memoryview, pos: int, end: int, ex: Exchange, to_client: list
+    ) -> None:
+        forward = True
+        if msg_type == _DATA_ROW or msg_type == _COPY_DATA:
+            pass
+        elif msg_type == _PARSE_COMPLETE:
+            forward = self._pop(_P)
+        elif msg_type == _BIND_COMPLETE:
+            forward = self._pop(_B)
+        elif msg_type == _CLOSE_COMPLETE:
+            forward = self._pop(_C)
+        elif msg_type == _NO_DATA or msg_type == _ROW_DESCRIPTION:
+            self._pop(_D)
+        elif msg_type == _COMMAND_COMPLETE:
+            if self.copy_mode:
+                self.copy_mode = False
+                self._clear_until((_COPY_DONE,))
+            self._command_complete(view, pos, end)
+            self._pop(_E)
+        elif msg_type == _EMPTY_QUERY or msg_type == _PORTAL_SUSPENDED:
+            self._pop(_E)
+        elif msg_type == _ERROR:
+            if self.copy_mode:
+                self.copy_mode = False
+                self._clear_until((_COPY_DONE, _COPY_FAIL))
+            head = self.queue[0] if self.queue else None
+            if head is not None and head.kind != _Q:
+                self.failed = True
+                if head.action == REPLACE:
+                    to_client.append(head.payload)
+                    forward = False
+        elif msg_type == _READY:
+            if not self._pop_ready() and self.failed:
+                self._clear_until((_S,))
+            self.failed = False
+            ex.tx_status = view[pos + 5] if end - pos == 6 else TX_IDLE
+            ex.ready_count += 1
+        elif msg_type == _COPY_IN or msg_type == _COPY_BOTH:
+            self.copy_mode = True
+        if forward:
+            to_client.append(view[pos:end])
+        while self.queue and self.queue[0].action == FAKE:
+            to_client.append(self.queue.popleft().payload)
+
+    def _pop(self, kind: int) -> bool:
+        """Pop the head if it is a ``kind`` request; return whether its reply is forwarded."""
+        queue = self.queue
+        if queue and queue[0].kind == kind:
+            return queue.popleft().action != SKIP
+        return True
+
+    def _pop_ready(self) -> bool:
+        queue = self.queue
+        if queue and queue[0].kind in (_S, _Q, _F):
+            queue.popleft()
+            return True
+        return False
+
+    def _clear_until(self, kinds: tuple[int, ...]) -> None:
+        """Drop requests the server skipped, up to and including one of ``kinds``."""
+        queue = self.queue
+        while queue:
+            request = queue.popleft()
+            self._skipped(request)
+            if request.kind in kinds:
+                return
+
+    def _skipped(self, request: Request) -> None:
+        """The server never ran ``request``: undo what sending it assumed."""
+        if request.registered and self.server is not None:
+            self.server.discard(request.registered)
+        if request.kind == _P and request.client_name and request.action != REPLACE:
+            self.statements.pop(request.client_name, None)
+        elif request.kind == _C and request.client_key is not None:
+            self.statements[request.client_name] = request.client_key
+
+    def _command_complete(self, view: memoryview, pos: int, end: int) -> None:
+        """DEALLOCATE ALL / DISCARD ALL drop every statement of the session."""
+        if end - pos in (1 + 4 + 15, 1 + 4 + 12):
+            tag = bytes(view[pos + HEADER : end - 1])
+            if tag in (b"DEALLOCATE ALL", b"DISCARD ALL"):
+                self.statements.clear()
+                if self.server is not None:
+                    self.server.clear()
+
+    def at_rest(self) -> bool:
+        return not self.queue
+
+
+def _find_nul(view: memoryview, start: int, stop: int) -> int:
+    """Offset of the first NUL in ``view[start:stop]``, or -1 (copies little: names are short)."""
+    i = start
+    while i < stop:
+        j = min(i + 256, stop)
+        k = bytes(view[i:j]).find(b"\0")
+        if k >= 0:
+            return i + k
+        i = j
+    return -1
