@@ -24,6 +24,8 @@ from pooler.config import MODE_SESSION
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
+from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
+from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pooler.client")
 
 SESSION_RESET_QUERY = "DISCARD ALL"
+REPORTED_NAMES = frozenset(REPORTED.values())
 ROLLBACK_QUERY = "ROLLBACK"
 
 
@@ -57,9 +60,22 @@ class Client(netio.Conn):
         "bytes_out",
         "ps",
         "busy_since",
+        "settings",
+        "syncing",
+        "sync_changes",
+        "held",
     )
 
-    def __init__(self, sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes) -> None:
+    def __init__(
+        self,
+        sock: Any,
+        node: Node,
+        pool: Pool,
+        addr: Any,
+        pid: int,
+        key: bytes,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(sock)
         self.node = node
         self.pool = pool
@@ -76,6 +92,10 @@ class Client(netio.Conn):
         self.bytes_in = 0
         self.bytes_out = 0
         self.busy_since = 0.0  # when the current transaction's first bytes arrived
+        self.settings = settings or {}  # session parameters this client expects
+        self.syncing: Replies | None = None  # our SET on a newly linked server, in flight
+        self.sync_changes: list[tuple[str, str | None]] = []
+        self.held: bytes | None = None  # client bytes waiting for that SET to finish
         self.ps: PreparedSession | None = None
         if not self.session_mode and pool.limits.max_prepared_statements > 0:
             self.ps = PreparedSession(node.statement_names)
@@ -134,13 +154,23 @@ class Client(netio.Conn):
                 if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
                     self.disconnect()
                     return
+                if self.ps is not None:
+                    answer = self.ps.answer_without_server(view, n)
+                    if answer is not None:
+                        self.bytes_out += len(answer)
+                        self.busy_since = 0.0
+                        self.write(answer)
+                        return
                 server = self.pool.checkout(self)
                 if server is None:
                     self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()
                     self.stop_reading()
                     return
-                self._link(server)
+                if self._link(server):
+                    self.held = bytes(view[:n])
+                    self.stop_reading()
+                    return
             self._forward_to_server(view, n)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
@@ -170,23 +200,89 @@ class Client(netio.Conn):
                 return
             self.carry = bytes(view[end:n])
 
-    def _link(self, server: ServerConn) -> None:
+    def _link(self, server: ServerConn) -> bool:
+        """Take ``server``; True when it first needs our SET (the caller holds its bytes)."""
         self.server = server
         server.client = self
         self.ex.reset()
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
         server.start_reading(self._on_server_readable)
+        changes = changes_for(self.settings, server.params, server.extra)
+        if not changes:
+            return False
+        self.syncing = Replies()
+        self.sync_changes = changes
+        if not server.write(builders.query(set_statement(changes))):
+            self.stop_reading()
+        return True
+
+    def _on_sync_reply(self, server: ServerConn) -> None:
+        """Replies to our SET: note the values, then let the held client bytes through."""
+        replies = self.syncing
+        assert replies is not None
+        view, n = server.recv()
+        if n == -1:
+            return
+        if n == 0:
+            self._server_lost("the server closed the connection")
+            return
+        used = replies.feed(view, n)
+        if used < n:
+            server.carry = bytes(view[used:n])
+        self._note_statuses(server, replies.statuses)
+        replies.statuses.clear()
+        if replies.ready is None:
+            return
+        self.syncing = None
+        if replies.error is not None or replies.ready != b"I" or server.carry:
+            fields = replies.error or {}
+            self.pool.discard(server, "applying the client's parameters failed")
+            self.server = None
+            self.fatal(
+                fields.get("C") or "22023",
+                f"cannot apply the connection's parameters: {fields.get('M', 'unknown error')}; "
+                "fix the startup parameters or options of this connection",
+            )
+            return
+        for name, value in self.sync_changes:
+            if value is None:
+                server.params.pop(name, None)
+                server.extra.discard(name)
+            elif name in REPORTED_NAMES:
+                # No ParameterStatus means the server already had the canonical form.
+                if name in server.params:
+                    self.settings[name] = server.params[name]
+                else:
+                    server.params[name] = value
+            else:
+                server.params[name] = value
+                server.extra.add(name)
+        self.sync_changes = []
+        data = self.held or b""
+        self.held = None
+        if data:
+            self._forward_to_server(memoryview(data), len(data))
+        if self.server is not None and self.server.outbuf is None and not self.closed:
+            self.start_reading(self._on_client_readable)
+
+    def _note_statuses(self, server: ServerConn, statuses: list[tuple[str, str]]) -> None:
+        """ParameterStatus from the server: both sides now have this value."""
+        for name, value in statuses:
+            server.params[name] = value
+            self.settings[name] = value
 
     # -- waiting for a server (pool.Waiter) -------------------------------------------------
 
     def server_ready(self, server: ServerConn) -> bool:
         if self.closed:
             return False
-        self._link(server)
         data = self.pending or b""
         self.pending = None
         try:
+            if self._link(server):
+                self.held = data
+                return True
             if data:
                 self._forward_to_server(memoryview(data), len(data))
             self.start_reading(self._on_client_readable)
@@ -207,6 +303,9 @@ class Client(netio.Conn):
         if server is None:
             return
         try:
+            if self.syncing is not None:
+                self._on_sync_reply(server)
+                return
             view, n = server.recv()
             if n == -1:
                 return
@@ -224,6 +323,11 @@ class Client(netio.Conn):
                 drained = self.write_many(to_client) if to_client else self.outbuf is None
             if end < n:
                 server.carry = bytes(view[end:n])
+            if ex.statuses:
+                self._note_statuses(
+                    server, [parse_parameter_status(view[a:b]) for a, b in ex.statuses]
+                )
+                ex.statuses = None
             self.bytes_out += end
             if end == n and ex.releasable():
                 self.transactions += 1
@@ -307,7 +411,12 @@ class Client(netio.Conn):
     def _return_server(self, server: ServerConn) -> None:
         ex = self.ex
         server.stop_reading()
-        if server.outbuf is not None or server.carry or not ex.at_rest():
+        if (
+            server.outbuf is not None
+            or server.carry
+            or not ex.at_rest()
+            or self.syncing is not None
+        ):
             self.pool.discard(server, "client left in the middle of an exchange")
         elif self.session_mode:
             server.reset(SESSION_RESET_QUERY)

@@ -29,6 +29,7 @@ from pooler.config import UserConfig
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.protocol.params import REPORTED, client_settings
 from pooler.protocol.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -72,7 +73,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         welcome = _login(gsock, addr, node, mode)
         if welcome is None:
             return
-        pool, pid, key, message = welcome
+        pool, pid, key, message, settings = welcome
         try:
             gsock.sendall(message)
             sock = netio.detach(gsock)
@@ -101,7 +102,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     finally:
         timeout.close()
-    client = Client(sock, node, pool, addr, pid, key)
+    client = Client(sock, node, pool, addr, pid, key, settings)
     node.client_opened(client)
     client.start()
 
@@ -132,7 +133,9 @@ def _read_startup(gsock: Any) -> StartupMessage | CancelRequest:
     raise ProtocolError("too many encryption requests before the startup message")
 
 
-def _login(gsock: Any, addr: Any, node: Node, mode: str) -> tuple[Pool, int, bytes, bytes] | None:
+def _login(
+    gsock: Any, addr: Any, node: Node, mode: str
+) -> tuple[Pool, int, bytes, bytes, dict[str, str]] | None:
     startup = _read_startup(gsock)
     if isinstance(startup, CancelRequest):
         node.cancel(startup.pid, startup.key)
@@ -162,17 +165,32 @@ def _login(gsock: Any, addr: Any, node: Node, mode: str) -> tuple[Pool, int, byt
     try:
         if pool.server_params is None:
             _warm_up(pool)
+        settings = _settings(startup, pool)
         pid, key = node.new_backend_key()
-        message = _welcome(pool, pid, key)
+        message = _welcome(pool, settings, pid, key)
     except BaseException:
         pool.client_left()
         raise
-    return pool, pid, key, message
+    return pool, pid, key, message, settings
 
 
-def _welcome(pool: Pool, pid: int, key: bytes) -> bytes:
+def _settings(startup: StartupMessage, pool: Pool) -> dict[str, str]:
+    """The session parameters this client expects: its own, else what the pool reports."""
+    settings = client_settings(startup.settings())
+    server_params = pool.server_params or {}
+    for name in REPORTED.values():
+        if name not in settings and name in server_params:
+            settings[name] = server_params[name]
+    return settings
+
+
+def _welcome(pool: Pool, settings: dict[str, str], pid: int, key: bytes) -> bytes:
     parts = [builders.authentication_ok()]
-    for name, value in (pool.server_params or {}).items():
+    reported = dict(pool.server_params or {})
+    for name in REPORTED.values():
+        if name in settings:
+            reported[name] = settings[name]
+    for name, value in reported.items():
         parts.append(builders.parameter_status(name, value))
     parts.append(builders.backend_key_data(pid, key))
     parts.append(builders.ready_for_query(b"I"))

@@ -22,7 +22,7 @@ from pooler.auth.md5 import md5_response
 from pooler.auth.scram import ScramClient
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
-from pooler.protocol.framing import TX_IDLE, Exchange
+from pooler.protocol.params import Replies
 from pooler.protocol.prepared import ServerStatements
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ class ServerConn(netio.Conn):
         "client",
         "resetting",
         "statements",
+        "extra",
     )
 
     def __init__(
@@ -98,7 +99,8 @@ class ServerConn(netio.Conn):
         self.key = key
         self.params = params
         self.client: Any = None
-        self.resetting: Exchange | None = None
+        self.resetting: Replies | None = None
+        self.extra: set[str] = set()  # non-reported settings we SET for a client
         capacity = pool.limits.max_prepared_statements
         self.statements = ServerStatements(capacity) if capacity > 0 else None
 
@@ -145,11 +147,11 @@ class ServerConn(netio.Conn):
         """Run ``query`` (e.g. DISCARD ALL or ROLLBACK), swallow its replies, then go back to
         the pool if the server is idle, else close it."""
         self.client = None
-        if self.statements is not None and query.upper().startswith("DISCARD"):
-            self.statements.clear()
-        exchange = Exchange()
-        exchange.expected = 1
-        self.resetting = exchange
+        if query.upper().startswith("DISCARD"):
+            if self.statements is not None:
+                self.statements.clear()
+            self.extra.clear()  # RESET ALL: our non-reported settings are gone too
+        self.resetting = Replies()
         self.start_reading(self._on_reset_readable)
         try:
             complete = self.write(builders.query(query))
@@ -160,8 +162,8 @@ class ServerConn(netio.Conn):
             self.pool.discard(self, "could not send the reset query")
 
     def _on_reset_readable(self) -> None:
-        exchange = self.resetting
-        if exchange is None:
+        replies = self.resetting
+        if replies is None:
             return
         try:
             view, n = self.recv()
@@ -169,20 +171,27 @@ class ServerConn(netio.Conn):
                 return
             if n == 0:
                 raise netio.ConnectionClosed("server closed during reset")
-            end = exchange.backend(view, n)
-            if end < n:
-                self.carry = bytes(view[end:n])
+            used = replies.feed(view, n)
+            if used < n:
+                self.carry = bytes(view[used:n])
         except (OSError, ProtocolError, netio.ConnectionClosed) as exc:
             self.resetting = None
             self.pool.discard(self, f"reset failed: {exc}")
             return
-        if exchange.expected == 0 and not self.carry:
-            self.resetting = None
-            self.stop_reading()
-            if exchange.tx_status == TX_IDLE and exchange.be_remaining == 0:
-                self.pool.checkin(self)
-            else:
-                self.pool.discard(self, "reset left the server in a transaction")
+        self.note_statuses(replies.statuses)
+        replies.statuses.clear()
+        if replies.ready is None:
+            return
+        self.resetting = None
+        self.stop_reading()
+        if replies.ready == b"I" and replies.error is None and not self.carry:
+            self.pool.checkin(self)
+        else:
+            self.pool.discard(self, "the reset query failed or left a transaction open")
+
+    def note_statuses(self, statuses: list[tuple[str, str]]) -> None:
+        for name, value in statuses:
+            self.params[name] = value
 
 
 # -- connecting and logging in -------------------------------------------------------------

@@ -50,6 +50,10 @@ F_COPY_FAIL = ord("f")
 
 # Backend message types.
 B_READY_FOR_QUERY = ord("Z")
+B_PARAMETER_STATUS = ord("S")
+
+#: A ParameterStatus longer than this is streamed unread (no real GUC value is this long).
+MAX_TRACKED_STATUS = 8192
 
 TX_IDLE = ord("I")
 TX_IN_BLOCK = ord("T")
@@ -78,6 +82,7 @@ class Exchange:
         "tx_status",
         "terminate_at",
         "ready_count",
+        "statuses",
     )
 
     def __init__(self) -> None:
@@ -89,6 +94,7 @@ class Exchange:
         self.tx_status = TX_IDLE  # status byte of the last ReadyForQuery
         self.terminate_at = -1  # offset of a Terminate in the last frontend chunk
         self.ready_count = 0  # ReadyForQuery messages seen (queries answered), ever
+        self.statuses: list[tuple[int, int]] | None = None  # ParameterStatus (start, end)
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -172,6 +178,12 @@ class Exchange:
                 self.ready_count += 1
                 if self.expected > 0:
                     self.expected -= 1
+            elif msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
+                if n - pos < 1 + length:
+                    break
+                if self.statuses is None:
+                    self.statuses = []
+                self.statuses.append((pos + HEADER, pos + 1 + length))
             pos += 1 + length
         if pos > n:
             self.be_remaining = pos - n

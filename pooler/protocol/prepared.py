@@ -45,6 +45,7 @@ FAKE = 2  # never sent: ``payload`` is emitted when this entry reaches the head
 REPLACE = 3  # sent to fail on purpose: the ErrorResponse is replaced by ``payload``
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+READY_IDLE = b"Z\x00\x00\x00\x05I"
 CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 
 # Message types as ints.
@@ -55,6 +56,7 @@ _NO_DATA, _ROW_DESCRIPTION, _PARAM_DESCRIPTION = ord("n"), ord("T"), ord("t")
 _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s")
 _ERROR, _READY, _DATA_ROW = ord("E"), ord("Z"), ord("D")
 _COPY_IN, _COPY_BOTH = ord("G"), ord("W")
+_PARAMETER_STATUS = ord("S")
 
 _REWRITTEN = frozenset((_P, _B, _D, _C))
 #: Backend messages that may be streamed instead of being handled whole.
@@ -100,12 +102,14 @@ class StatementNames:
         self._names: dict[bytes, bytes] = {}
         self._counter = 0
         self._limit = limit
+        self.confirmed: set[bytes] = set()  # names some server accepted a Parse for
 
     def name_for(self, key: bytes) -> bytes:
         name = self._names.get(key)
         if name is None:
             if len(self._names) >= self._limit:
                 self._names.clear()  # old names only cost a re-prepare
+                self.confirmed.clear()
             self._counter += 1
             name = self._names[key] = b"gv_%d" % self._counter
         return name
@@ -472,6 +476,10 @@ class PreparedSession:
             ex.ready_count += 1
         elif msg_type == _COPY_IN or msg_type == _COPY_BOTH:
             self.copy_mode = True
+        elif msg_type == _PARAMETER_STATUS:
+            if ex.statuses is None:
+                ex.statuses = []
+            ex.statuses.append((pos + HEADER, end))
         if forward:
             to_client.append(view[pos:end])
         while self.queue and self.queue[0].action == FAKE:
@@ -481,7 +489,10 @@ class PreparedSession:
         """Pop the head if it is a ``kind`` request; return whether its reply is forwarded."""
         queue = self.queue
         if queue and queue[0].kind == kind:
-            return queue.popleft().action != SKIP
+            request = queue.popleft()
+            if request.registered:
+                self.names.confirmed.add(request.registered)
+            return request.action != SKIP
         return True
 
     def _pop_ready(self) -> bool:
@@ -520,6 +531,47 @@ class PreparedSession:
 
     def at_rest(self) -> bool:
         return not self.queue
+
+    def answer_without_server(self, view: memoryview, n: int) -> bytes | None:
+        """Replies for a client that is not linked to a server and only prepares statements
+        some server already accepted (or closes statements), then syncs: exactly what
+        Postgres would answer an idle session, with no server needed. This is what keeps
+        drivers that prepare synchronously (pgbench -M prepared) from waiting for a server
+        that their own pending transactions hold. None: a server is needed."""
+        pos = 0
+        replies = []
+        changes: list[tuple[bytes, bytes | None]] = []
+        while n - pos >= HEADER:
+            msg_type = view[pos]
+            length = _unpack_len(view, pos + 1)[0]
+            end = pos + 1 + length
+            if length < 4 or end > n:
+                return None
+            if msg_type == _P:
+                raw = bytes(view[pos + HEADER : end])
+                cut = raw.find(b"\0")
+                name, key = raw[:cut], raw[cut + 1 :]
+                if cut <= 0 or name in self.statements:
+                    return None
+                if self.names.name_for(key) not in self.names.confirmed:
+                    return None
+                changes.append((name, key))
+                replies.append(PARSE_COMPLETE)
+            elif msg_type == _C and view[pos + HEADER] == ord("S") and length > 6:
+                changes.append((bytes(view[pos + HEADER + 1 : end - 1]), None))
+                replies.append(CLOSE_COMPLETE)
+            elif msg_type == _S and end == n:
+                for name, value in changes:
+                    if value is None:
+                        self.statements.pop(name, None)
+                    else:
+                        self.statements[name] = value
+                replies.append(READY_IDLE)
+                return b"".join(replies)
+            elif msg_type != _H:
+                return None
+            pos = end
+        return None
 
 
 def _find_nul(view: memoryview, start: int, stop: int) -> int:

@@ -314,3 +314,29 @@ def test_simple_query_error_keeps_the_query_outstanding(names: StatementNames) -
     assert not link.ex.releasable()
     link.reply(READY)
     assert link.ex.releasable()
+
+
+def test_prepare_and_sync_without_a_server_when_the_statement_is_known(
+    names: StatementNames,
+) -> None:
+    server = ServerStatements(10)
+    first = Link(names, server)
+    first.send(parse(b"s", b"select 1") + SYNC)
+    first.reply(PARSE_COMPLETE + READY)  # confirmed by a server
+    other = PreparedSession(names)  # a client with no server linked
+    data = parse(b"mine", b"select 1") + close(b"S", b"old") + SYNC
+    answer = other.answer_without_server(memoryview(bytearray(data)), len(data))
+    assert answer == PARSE_COMPLETE + CLOSE_COMPLETE + READY
+    assert other.statements == {b"mine": b"select 1\0\0\0"}
+
+
+def test_unknown_statement_needs_a_server(names: StatementNames) -> None:
+    session = PreparedSession(names)
+    for data in (
+        parse(b"s", b"select 42") + SYNC,
+        parse(b"s", b"select 1"),
+        bind(b"s") + SYNC,
+        msg(b"Q", b"select 1\0"),
+    ):
+        assert session.answer_without_server(memoryview(bytearray(data)), len(data)) is None
+    assert session.statements == {}
