@@ -27,6 +27,7 @@ from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
+from pooler.protocol.sessionstate import refusal_sql, sql_messages, stateful_kind
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -64,6 +65,7 @@ class Client(netio.Conn):
         "syncing",
         "sync_changes",
         "held",
+        "state_policy",
     )
 
     def __init__(
@@ -96,6 +98,7 @@ class Client(netio.Conn):
         self.syncing: Replies | None = None  # our SET on a newly linked server, in flight
         self.sync_changes: list[tuple[str, str | None]] = []
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
+        self.state_policy = None if self.session_mode else pool.limits.state_policy
         self.ps: PreparedSession | None = None
         if not self.session_mode and pool.limits.max_prepared_statements > 0:
             self.ps = PreparedSession(node.statement_names)
@@ -181,6 +184,8 @@ class Client(netio.Conn):
         ex = self.ex
         server = self.server
         assert server is not None
+        if self.state_policy is not None:
+            view, n = self._session_state(view, n, server)
         ps = self.ps
         if ps is None:
             end = ex.frontend(view, n)
@@ -199,6 +204,61 @@ class Client(netio.Conn):
                 self.disconnect()
                 return
             self.carry = bytes(view[end:n])
+
+    def _session_state(
+        self, view: memoryview, n: int, server: ServerConn
+    ) -> tuple[memoryview, int]:
+        """Apply the tenant's policy to statements that would leave session state behind
+        (transaction mode): reset the server before reuse, warn, or refuse the statement."""
+        hits = []
+        for msg_type, start, end in sql_messages(view, n, self.ex.fe_remaining):
+            kind = stateful_kind(bytes(view[start:end]))
+            if kind is not None:
+                hits.append((msg_type, start, end, kind))
+        if not hits:
+            return view, n
+        policy = self.state_policy
+        if policy != "error":
+            server.dirty = True
+            if policy == "warn":
+                for _type, _start, _end, kind in hits:
+                    self.write(
+                        builders.notice_response(
+                            "WARNING",
+                            "01000",
+                            f"{kind} leaves session state on a pooled server connection: it lasts "
+                            "only until this transaction ends (transaction pooling); use session "
+                            "mode (port 5432) to keep it",
+                        )
+                    )
+            return view, n
+        parts: list = []
+        last = 0
+        for msg_type, start, end, kind in hits:
+            if msg_type == ord("Q"):
+                header = start - 5
+                parts.append(view[last:header])
+                parts.append(builders.query(refusal_sql(kind).decode()))
+                last = end + 1
+            else:
+                self.write(
+                    builders.notice_response(
+                        "WARNING",
+                        "0A000",
+                        f"{kind} is not allowed in transaction pooling mode "
+                        "for this tenant; the statement was refused",
+                    )
+                )
+                parts.append(view[last:start])
+                parts.append(b"greenvisor refused this statement")
+                last = end
+        parts.append(view[last:n])
+        data = bytearray()
+        for part in parts:
+            data += part
+        if any(msg_type == ord("P") for msg_type, *_ in hits):
+            data = _fix_lengths(data, self.ex.fe_remaining)
+        return memoryview(data), len(data)
 
     def _link(self, server: ServerConn) -> bool:
         """Take ``server``; True when it first needs our SET (the caller holds its bytes)."""
@@ -349,7 +409,11 @@ class Client(netio.Conn):
         assert server is not None
         self.server = None
         server.stop_reading()
-        self.pool.checkin(server)
+        if server.dirty:
+            server.dirty = False
+            server.reset(SESSION_RESET_QUERY)
+        else:
+            self.pool.checkin(server)
 
     # -- backpressure ---------------------------------------------------------------------
 
@@ -418,9 +482,37 @@ class Client(netio.Conn):
             or self.syncing is not None
         ):
             self.pool.discard(server, "client left in the middle of an exchange")
-        elif self.session_mode:
+        elif self.session_mode or (server.dirty and ex.tx_status == TX_IDLE):
+            server.dirty = False
             server.reset(SESSION_RESET_QUERY)
+        elif server.dirty:
+            self.pool.discard(server, "client left a session-state change in a transaction")
         elif ex.tx_status != TX_IDLE:
             server.reset(ROLLBACK_QUERY)
         else:
             self.pool.checkin(server)
+
+
+def _fix_lengths(data: bytearray, start: int) -> bytearray:
+    """Recompute each whole Parse's length after its SQL was replaced in place."""
+    out = bytearray(data[:start])
+    pos = start
+    n = len(data)
+    while n - pos >= 5:
+        msg_type = data[pos]
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        end = pos + 1 + length
+        if msg_type == ord("P"):
+            # The body's layout is name NUL sql NUL int16 [oids]: find the real end by
+            # parsing instead of trusting the old length.
+            name_end = data.index(0, pos + 5)
+            sql_end = data.index(0, name_end + 1)
+            count = int.from_bytes(data[sql_end + 1 : sql_end + 3], "big")
+            end = sql_end + 3 + 4 * count
+            body = data[pos + 5 : end]
+            out += b"P" + (len(body) + 4).to_bytes(4, "big") + body
+        else:
+            out += data[pos:end]
+        pos = end
+    out += data[pos:]
+    return out

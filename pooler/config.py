@@ -48,6 +48,7 @@ class TenantConfig:
     client_idle_timeout: int = 0  # seconds, 0 = off
     default_parameter_status: Mapping[str, str] = field(default_factory=dict)
     users: tuple[UserConfig, ...] = ()
+    session_state_policy: str = "reset"  # transaction mode: reset | warn | error
 
     def find_user(self, alias: str, mode: str) -> UserConfig | None:
         """The user a client named ``alias`` logs in as on a ``mode`` listener.

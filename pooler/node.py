@@ -122,6 +122,7 @@ class Node:
             server_lifetime=self.settings.server_lifetime,
             server_idle_timeout=self.settings.server_idle_timeout,
             max_prepared_statements=self.settings.max_prepared_statements,
+            state_policy=tenant.session_state_policy,
         )
 
     def _target(self, tenant: TenantConfig, user: UserConfig, database: str) -> Target:

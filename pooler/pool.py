@@ -109,6 +109,7 @@ class PoolLimits:
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
     max_prepared_statements: int = 0  # per server, transaction mode only; 0 = no rewriting
+    state_policy: str = "reset"  # session state in transaction mode: reset | warn | error
 
 
 Connector = Callable[["Pool"], None]

@@ -84,6 +84,7 @@ class ServerConn(netio.Conn):
         "resetting",
         "statements",
         "extra",
+        "dirty",
     )
 
     def __init__(
@@ -101,6 +102,7 @@ class ServerConn(netio.Conn):
         self.client: Any = None
         self.resetting: Replies | None = None
         self.extra: set[str] = set()  # non-reported settings we SET for a client
+        self.dirty = False  # a client left session state: reset before the next one
         capacity = pool.limits.max_prepared_statements
         self.statements = ServerStatements(capacity) if capacity > 0 else None
 

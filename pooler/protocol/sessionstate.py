@@ -1,0 +1,109 @@
+"""Statements that leave state on a server session, which transaction pooling would leak.
+
+In transaction mode the next transaction on a server may belong to another client, so a
+session-level SET, SET ROLE, LISTEN, session advisory lock, SQL PREPARE, temporary table
+that outlives the transaction, or WITH HOLD cursor would be seen by a stranger. This module
+only recognises such statements in SQL text; the relay applies the tenant's policy (reset
+the server before reuse, warn the client, or refuse the statement).
+
+Recognition is lexical and errs on the side of "stateful": string literals, quoted
+identifiers and comments are blanked out first so that a word inside them does not count.
+"""
+
+from __future__ import annotations
+
+import re
+
+POLICIES = ("reset", "warn", "error")
+
+_BLANK = re.compile(
+    rb"'(?:[^']|'')*'"  # string literals
+    rb"|\"(?:[^\"]|\"\")*\""  # quoted identifiers
+    rb"|--[^\n]*"  # line comments
+    rb"|/\*.*?\*/"  # block comments (not nested)
+    rb"|\$([A-Za-z_]*)\$.*?\$\1\$",  # dollar-quoted bodies
+    re.DOTALL,
+)
+
+#: Cheap first look: none of these words, nothing to do (the usual case).
+_HINT = re.compile(
+    rb"set|reset|listen|prepare|advisory|temp|hold|session|discard|deallocate",
+    re.IGNORECASE,
+)
+
+#: Settings the pooler itself follows per client (ParameterStatus), so SET of them is safe.
+_FOLLOWED = (
+    rb"(?:time\s*zone|datestyle|intervalstyle|client_encoding|application_name"
+    rb"|standard_conforming_strings|names)\b"
+)
+
+_RULES: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple(
+    (kind, re.compile(pattern, re.IGNORECASE | re.DOTALL))
+    for kind, pattern in (
+        ("SET ROLE", rb"(?:^|;)\s*(?:set\s+(?:session\s+)?role\b|set\s+session\s+authorization\b)"),
+        (
+            "SET",
+            rb"(?:^|;)\s*(?:set|reset)\s+(?!local\b|transaction\b|constraints\b)"
+            rb"(?:session\s+)?(?!" + _FOLLOWED + rb")\w",
+        ),
+        ("SET", rb"\bset_config\s*\([^)]*,\s*false\s*\)"),
+        ("LISTEN", rb"(?:^|;)\s*listen\b"),
+        ("advisory lock", rb"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\("),
+        ("PREPARE", rb"(?:^|;)\s*prepare\s+\w"),
+        (
+            "temporary table",
+            rb"(?:^|;)\s*create\s+(?:(?:global|local)\s+)?temp(?:orary)?\s+"
+            rb"(?:table|view|sequence)\b(?![^;]*\bon\s+commit\s+drop\b)",
+        ),
+        ("WITH HOLD cursor", rb"(?:^|;)\s*declare\b[^;]*\bwith\s+hold\b"),
+    )
+)
+
+
+def stateful_kind(sql: bytes) -> str | None:
+    """What kind of session state ``sql`` leaves behind, or None."""
+    if not _HINT.search(sql):
+        return None
+    text = _BLANK.sub(b"''", sql)
+    for kind, pattern in _RULES:
+        if pattern.search(text):
+            return kind
+    return None
+
+
+def refusal_sql(kind: str) -> bytes:
+    """A statement that makes the server itself refuse, so errors and transaction state
+    behave exactly as for any failed statement (the error-policy response)."""
+    message = (
+        f"{kind} is not allowed in transaction pooling mode for this tenant: its session "
+        "state would leak to other clients; use session mode (port 5432), SET LOCAL, "
+        "transaction-level advisory locks or ON COMMIT DROP instead"
+    )
+    quoted = message.replace("'", "''")
+    return (
+        f"DO $greenvisor$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', "
+        f"MESSAGE = '{quoted}'; END$greenvisor$"
+    ).encode()
+
+
+def sql_messages(view: memoryview, n: int, start: int) -> list[tuple[int, int, int]]:
+    """(type, sql start, end) of each whole Query or Parse in ``view[start:n]``; the SQL of
+    a Parse starts after its statement name. Stops at the first incomplete message."""
+    found = []
+    pos = start
+    while n - pos >= 5:
+        msg_type = view[pos]
+        end = pos + 1 + int.from_bytes(view[pos + 1 : pos + 5], "big")
+        if end > n or end < pos + 5:
+            break
+        if msg_type == 0x51:  # Query
+            found.append((msg_type, pos + 5, end - 1))
+        elif msg_type == 0x50:  # Parse: name NUL query NUL ...
+            name_end = bytes(view[pos + 5 : min(end, pos + 5 + 1024)]).find(b"\0")
+            if name_end >= 0:
+                sql_start = pos + 5 + name_end + 1
+                sql_end = bytes(view[sql_start:end]).find(b"\0")
+                if sql_end >= 0:
+                    found.append((msg_type, sql_start, sql_start + sql_end))
+        pos = end
+    return found
