@@ -409,11 +409,7 @@ class Client(netio.Conn):
         assert server is not None
         self.server = None
         server.stop_reading()
-        if server.dirty:
-            server.dirty = False
-            server.reset(SESSION_RESET_QUERY)
-        else:
-            self.pool.checkin(server)
+        server.release()
 
     # -- backpressure ---------------------------------------------------------------------
 
@@ -490,7 +486,7 @@ class Client(netio.Conn):
         elif ex.tx_status != TX_IDLE:
             server.reset(ROLLBACK_QUERY)
         else:
-            self.pool.checkin(server)
+            server.release()
 
 
 def _fix_lengths(data: bytearray, start: int) -> bytearray:

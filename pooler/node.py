@@ -188,7 +188,11 @@ class Node:
         if server is None:
             return
         target = server.target
-        send_cancel(target.host, target.port, server.pid, server.key)
+        server.cancels += 1
+        try:
+            send_cancel(target.host, target.port, server.pid, server.key)
+        finally:
+            server.cancel_done()
 
     # -- housekeeping ---------------------------------------------------------------------
 

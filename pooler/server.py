@@ -85,6 +85,8 @@ class ServerConn(netio.Conn):
         "statements",
         "extra",
         "dirty",
+        "cancels",
+        "held_back",
     )
 
     def __init__(
@@ -103,6 +105,8 @@ class ServerConn(netio.Conn):
         self.resetting: Replies | None = None
         self.extra: set[str] = set()  # non-reported settings we SET for a client
         self.dirty = False  # a client left session state: reset before the next one
+        self.cancels = 0  # CancelRequests on their way to this server's backend
+        self.held_back = False  # released while a cancel was in flight: not pooled yet
         capacity = pool.limits.max_prepared_statements
         self.statements = ServerStatements(capacity) if capacity > 0 else None
 
@@ -142,6 +146,32 @@ class ServerConn(netio.Conn):
         if self.pool.forget_idle(self):
             log.info("idle server pid=%s of %s went away; dropped", self.pid, self.pool.key)
         self.close_socket()
+
+    # -- giving it back ---------------------------------------------------------------------
+
+    def release(self) -> None:
+        """A client is done with this server: reset it if needed, then back to the pool.
+
+        While a cancel for the last client is still on its way, the server is held back, so
+        a late cancel can never interrupt the next client's query."""
+        self.client = None
+        if self.cancels:
+            self.held_back = True
+            return
+        if self.dirty:
+            self.dirty = False
+            self.reset("DISCARD ALL")
+        else:
+            self.pool.checkin(self)
+
+    def cancel_done(self) -> None:
+        self.cancels -= 1
+        if not self.cancels and self.held_back:
+            self.held_back = False
+            if self.closed:
+                self.pool.discard(self, "closed while a cancel was in flight")
+            else:
+                self.release()
 
     # -- reset before reuse ---------------------------------------------------------------
 
@@ -187,7 +217,7 @@ class ServerConn(netio.Conn):
         self.resetting = None
         self.stop_reading()
         if replies.ready == b"I" and replies.error is None and not self.carry:
-            self.pool.checkin(self)
+            self.release()
         else:
             self.pool.discard(self, "the reset query failed or left a transaction open")
 
