@@ -27,7 +27,12 @@ from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
-from pooler.protocol.sessionstate import refusal_sql, sql_messages, stateful_kind
+from pooler.protocol.sessionstate import (
+    might_be_stateful,
+    refusal_sql,
+    sql_messages,
+    stateful_kind,
+)
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -210,6 +215,8 @@ class Client(netio.Conn):
     ) -> tuple[memoryview, int]:
         """Apply the tenant's policy to statements that would leave session state behind
         (transaction mode): reset the server before reuse, warn, or refuse the statement."""
+        if not might_be_stateful(view, self.ex.fe_remaining, n):
+            return view, n
         hits = []
         for msg_type, start, end in sql_messages(view, n, self.ex.fe_remaining):
             kind = stateful_kind(bytes(view[start:end]))
@@ -268,6 +275,8 @@ class Client(netio.Conn):
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
         server.start_reading(self._on_server_readable)
+        if not server.extra and self.settings.items() <= server.params.items():
+            return False
         changes = changes_for(self.settings, server.params, server.extra)
         if not changes:
             return False

@@ -57,6 +57,7 @@ _COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s"
 _ERROR, _READY, _DATA_ROW = ord("E"), ord("Z"), ord("D")
 _COPY_IN, _COPY_BOTH = ord("G"), ord("W")
 _PARAMETER_STATUS = ord("S")
+_S_KIND, _P_KIND = ord("S"), ord("P")  # Describe/Close: statement or portal
 
 _REWRITTEN = frozenset((_P, _B, _D, _C))
 #: Backend messages that may be streamed instead of being handled whole.
@@ -173,6 +174,14 @@ class Request:
     def __repr__(self) -> str:
         return f"<Request {chr(self.kind)} action={self.action}>"
 
+    def __eq__(self, other: object) -> bool:
+        """Compares like its kind, so a queue can mix plain kinds (ints) and requests."""
+        if isinstance(other, int):
+            return self.kind == other
+        return self is other
+
+    __hash__ = object.__hash__
+
 
 class PreparedSession:
     """One client's statements and the request queue of its current server link."""
@@ -182,7 +191,9 @@ class PreparedSession:
     def __init__(self, names: StatementNames) -> None:
         self.names = names
         self.statements: dict[bytes, bytes] = {}  # client name -> query_and_types
-        self.queue: deque[Request] = deque()
+        # Plain forwarded requests are queued as their type (an int); the ones that need
+        # special handling as Request objects.
+        self.queue: deque[int | Request] = deque()
         self.server: ServerStatements | None = None
         self.copy_mode = False
         self.failed = False
@@ -252,19 +263,19 @@ class PreparedSession:
                     pos = end
                     continue
                 if msg_type == _S:
-                    queue.append(Request(_S))
+                    queue.append(_S)
                     ex.extended = False
                 elif msg_type == _E:
-                    queue.append(Request(_E))
+                    queue.append(_E)
                     ex.extended = True
                 elif msg_type == _Q:
-                    queue.append(Request(_Q))
+                    queue.append(_Q)
                 elif msg_type == _H:
                     ex.extended = True
                 elif msg_type == _COPY_DONE or msg_type == _COPY_FAIL:
-                    queue.append(Request(msg_type))
+                    queue.append(msg_type)
                 elif msg_type == _F:
-                    queue.append(Request(_F))
+                    queue.append(_F)
                 elif msg_type == _X:
                     ex.terminate_at = pos
                     n = pos
@@ -290,6 +301,18 @@ class PreparedSession:
     ) -> list | None:
         """Handle one P/B/D/C message (body at ``view[start:stop]``, maybe cut short for a
         streamed Bind); None means: pass it through unchanged."""
+        # The common case first: unnamed statements and portals only need a queue entry.
+        if stop - start >= 2:
+            first, second = view[start], view[start + 1]
+            if msg_type == _P and first == 0:
+                self.queue.append(_P)
+                return None
+            if msg_type == _B and first == 0 and second == 0:
+                self.queue.append(_B)
+                return None
+            if msg_type == _D and (first == _P_KIND or second == 0):
+                self.queue.append(_D)
+                return None
         if msg_type == _B:
             return self._bind(view, start, stop, length)
         body = bytes(view[start:stop])
@@ -305,7 +328,7 @@ class PreparedSession:
             raise ProtocolError("malformed Parse message: the statement name is not terminated")
         name = raw[:cut]
         if not name:
-            self.queue.append(Request(_P))
+            self.queue.append(_P)
             return None
         if name in self.statements:
             self.queue.append(Request(_P, REPLACE, _duplicate_error(name)))
@@ -345,7 +368,7 @@ class PreparedSession:
         if name_end < 0:
             raise ProtocolError("malformed Bind message: the statement name is not terminated")
         if name_end == portal_end + 1:
-            self.queue.append(Request(_B))
+            self.queue.append(_B)
             return None
         name = bytes(view[portal_end + 1 : name_end])
         out: list = []
@@ -356,7 +379,7 @@ class PreparedSession:
         else:
             server_name = self.names.name_for(key)
             self._ensure(server_name, key, out)
-            self.queue.append(Request(_B))
+            self.queue.append(_B)
         new_length = length - len(name) + len(server_name)
         out.append(
             b"B" + _pack_len(new_length) + bytes(view[start : portal_end + 1]) + server_name + b"\0"
@@ -369,7 +392,7 @@ class PreparedSession:
             raise ProtocolError("malformed Describe message: expected 'S' or 'P' and a name")
         name = raw[1:-1]
         if raw[:1] == b"P" or not name:
-            self.queue.append(Request(_D))
+            self.queue.append(_D)
             return None
         out: list[bytes] = []
         key = self.statements.get(name)
@@ -379,7 +402,7 @@ class PreparedSession:
         else:
             server_name = self.names.name_for(key)
             self._ensure(server_name, key, out)
-            self.queue.append(Request(_D))
+            self.queue.append(_D)
         out.append(_message(b"D", b"S" + server_name + b"\0"))
         return out
 
@@ -388,7 +411,7 @@ class PreparedSession:
             raise ProtocolError("malformed Close message: expected 'S' or 'P' and a name")
         name = raw[1:-1]
         if raw[:1] == b"P" or not name:
-            self.queue.append(Request(_C))
+            self.queue.append(_C)
             return None
         key = self.statements.pop(name, None)
         self._fake(Request(_C, FAKE, CLOSE_COMPLETE, client_name=name, client_key=key), to_client)
@@ -463,9 +486,9 @@ class PreparedSession:
                 self.copy_mode = False
                 self._clear_until((_COPY_DONE, _COPY_FAIL))
             head = self.queue[0] if self.queue else None
-            if head is not None and head.kind != _Q:
+            if head is not None and head != _Q:
                 self.failed = True
-                if head.action == REPLACE:
+                if head.__class__ is Request and head.action == REPLACE:
                     to_client.append(head.payload)
                     forward = False
         elif msg_type == _READY:
@@ -482,13 +505,21 @@ class PreparedSession:
             ex.statuses.append((pos + HEADER, end))
         if forward:
             to_client.append(view[pos:end])
-        while self.queue and self.queue[0].action == FAKE:
-            to_client.append(self.queue.popleft().payload)
+        queue = self.queue
+        while queue and queue[0].__class__ is Request and queue[0].action == FAKE:
+            to_client.append(queue.popleft().payload)
 
     def _pop(self, kind: int) -> bool:
         """Pop the head if it is a ``kind`` request; return whether its reply is forwarded."""
         queue = self.queue
-        if queue and queue[0].kind == kind:
+        if not queue:
+            return True
+        head = queue[0]
+        if head.__class__ is int:
+            if head == kind:
+                queue.popleft()
+            return True
+        if head.kind == kind:
             request = queue.popleft()
             if request.registered:
                 self.names.confirmed.add(request.registered)
@@ -497,7 +528,7 @@ class PreparedSession:
 
     def _pop_ready(self) -> bool:
         queue = self.queue
-        if queue and queue[0].kind in (_S, _Q, _F):
+        if queue and queue[0] in (_S, _Q, _F):
             queue.popleft()
             return True
         return False
@@ -507,6 +538,10 @@ class PreparedSession:
         queue = self.queue
         while queue:
             request = queue.popleft()
+            if request.__class__ is int:
+                if request in kinds:
+                    return
+                continue
             self._skipped(request)
             if request.kind in kinds:
                 return

@@ -60,6 +60,11 @@ _RULES: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple(
 )
 
 
+def might_be_stateful(chunk: memoryview, start: int, end: int) -> bool:
+    """One pass over a whole chunk: False means no statement in it can be stateful."""
+    return _HINT.search(chunk, start, end) is not None
+
+
 def stateful_kind(sql: bytes) -> str | None:
     """What kind of session state ``sql`` leaves behind, or None."""
     if not _HINT.search(sql):
