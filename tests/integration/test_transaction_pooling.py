@@ -245,15 +245,19 @@ def test_copy_in_and_out_with_failures(tp: PoolerProcess) -> None:
                 out += chunk
         assert out.count(b"\n") == 5000
         # A duplicate key fails the COPY after CopyDone; the connection stays usable.
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            with conn.cursor().copy("COPY items (id, body) FROM STDIN") as copy:
-                copy.write_row((1, "dup"))
+        with (
+            pytest.raises(psycopg.errors.UniqueViolation),
+            conn.cursor().copy("COPY items (id, body) FROM STDIN") as copy,
+        ):
+            copy.write_row((1, "dup"))
         conn.rollback()
         # CopyFail from the client (an exception inside the block).
-        with pytest.raises(ZeroDivisionError):
-            with conn.cursor().copy("COPY items (id, body) FROM STDIN") as copy:
-                copy.write_row((99999, "x"))
-                raise ZeroDivisionError
+        with (
+            pytest.raises(ZeroDivisionError),
+            conn.cursor().copy("COPY items (id, body) FROM STDIN") as copy,
+        ):
+            copy.write_row((99999, "x"))
+            raise ZeroDivisionError
         conn.rollback()
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (5000,)
 
