@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pooler import netio
 from pooler.config import MODE_SESSION
+from pooler.node import SHUTDOWN_MESSAGE
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
@@ -71,6 +72,9 @@ class Client(netio.Conn):
         "sync_changes",
         "held",
         "state_policy",
+        "idle_since",
+        "tx_idle_since",
+        "watch_idle_tx",
     )
 
     def __init__(
@@ -104,12 +108,28 @@ class Client(netio.Conn):
         self.sync_changes: list[tuple[str, str | None]] = []
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
         self.state_policy = None if self.session_mode else pool.limits.state_policy
+        self.idle_since = time.monotonic()  # last time it had no transaction running
+        self.tx_idle_since = 0.0  # last ReadyForQuery inside a transaction block
+        self.watch_idle_tx = node.settings.idle_transaction_timeout > 0
         self.ps: PreparedSession | None = None
         if not self.session_mode and pool.limits.max_prepared_statements > 0:
             self.ps = PreparedSession(node.statement_names)
 
     def __repr__(self) -> str:
         return f"<Client {self.addr} {self.pool.key}>"
+
+    def idle_in_transaction_since(self, now: float) -> float:
+        """Seconds this client has sat idle inside a transaction (0 when it is not)."""
+        ex = self.ex
+        if (
+            self.server is None
+            or not self.tx_idle_since
+            or ex.tx_status == TX_IDLE
+            or not ex.at_rest()
+            or self.syncing is not None
+        ):
+            return 0.0
+        return now - self.tx_idle_since
 
     @property
     def state(self) -> str:
@@ -400,12 +420,20 @@ class Client(netio.Conn):
             self.bytes_out += end
             if end == n and ex.releasable():
                 self.transactions += 1
+                now = time.monotonic()
+                self.idle_since = now
                 if self.busy_since:
-                    self.pool.stats.xact_time.observe(time.monotonic() - self.busy_since)
+                    self.pool.stats.xact_time.observe(now - self.busy_since)
                     self.busy_since = 0.0
                 if not self.session_mode:
                     self._release()
+                if self.node.shutting_down:
+                    self.fatal("57P01", SHUTDOWN_MESSAGE)
                     return
+                if not self.session_mode:
+                    return
+            elif self.watch_idle_tx and end == n and ex.at_rest():
+                self.tx_idle_since = time.monotonic()
             if not drained:
                 server.stop_reading()
         except ProtocolError as exc:

@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.node")
 
+#: Login failures worth waiting out (the database is restarting, failing over or full);
+#: anything else (wrong password, no such database or role) fails the waiting clients now.
+SHUTDOWN_MESSAGE = (
+    "terminating connection due to administrator command: Greenvisor is "
+    "shutting down; reconnect to reach another node or this one once restarted"
+)
+
+RETRYABLE_SQLSTATES = frozenset(("08006", "08001", "08004", "57P01", "57P02", "57P03", "53300"))
+
 
 @dataclass(frozen=True, slots=True)
 class NodeSettings:
@@ -41,6 +50,9 @@ class NodeSettings:
     server_idle_timeout: float = 600.0
     application_name: str = "greenvisor"
     max_prepared_statements: int = 200  # per server connection; 0 turns rewriting off
+    query_wait_timeout: float = 30.0  # longest wait for a server (caps pool_checkout_timeout)
+    idle_transaction_timeout: float = 0.0  # close clients idle in a transaction (0 = off)
+    connect_retry_interval: float = 0.25  # while a tenant database does not answer
 
 
 class Registry:
@@ -59,6 +71,7 @@ class Node:
         self.mock_key = os.urandom(32)
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self.statement_names = StatementNames()
+        self.shutting_down = False
 
     # -- config ---------------------------------------------------------------------------
 
@@ -118,7 +131,9 @@ class Node:
         return PoolLimits(
             size=user.pool_size or tenant.default_pool_size,
             max_clients=user.max_clients or tenant.default_max_clients,
-            checkout_timeout=user.pool_checkout_timeout / 1000.0,
+            checkout_timeout=min(
+                user.pool_checkout_timeout / 1000.0, self.settings.query_wait_timeout
+            ),
             server_lifetime=self.settings.server_lifetime,
             server_idle_timeout=self.settings.server_idle_timeout,
             max_prepared_statements=self.settings.max_prepared_statements,
@@ -142,11 +157,14 @@ class Node:
 
     def _open_server(self, pool: Pool) -> None:
         target = pool.upstream
+        retry = self.settings.connect_retry_interval
         try:
             server = open_server(pool, target)
         except UpstreamError as exc:
             log.warning("cannot open a server for %s: %s", pool.key, exc.message)
-            pool.open_failed(exc.sqlstate, exc.message)
+            pool.open_failed(
+                exc.sqlstate, exc.message, retry if exc.sqlstate in RETRYABLE_SQLSTATES else 0.0
+            )
             return
         except (ProtocolError, AuthError) as exc:
             log.warning("cannot open a server for %s: %s", pool.key, exc.message)
@@ -157,6 +175,7 @@ class Node:
             pool.open_failed(
                 "08006",
                 f"could not open a connection to the tenant database: {exc.__class__.__name__}",
+                retry,
             )
             return
         if pool.server_params is None:
@@ -197,7 +216,8 @@ class Node:
     # -- housekeeping ---------------------------------------------------------------------
 
     def janitor(self, interval: float = 0.1) -> None:
-        """Fail waiters past their checkout timeout; close idle servers past their time."""
+        """Fail waiters past their checkout timeout, retry logins, close idle servers past
+        their time, and enforce the client idle timeouts."""
         ticks = 0
         while True:
             gevent.sleep(interval)
@@ -206,8 +226,65 @@ class Node:
             for pool in list(self.pools.values()):
                 if pool.waiters:
                     pool.expire_waiters(now)
+                    pool.retry_due(now)
                 if ticks % 10 == 0 and pool.idle:
                     pool.close_idle(now)
+            if ticks % 10 == 0:
+                self._client_timeouts(now)
+
+    def _client_timeouts(self, now: float) -> None:
+        idle_tx = self.settings.idle_transaction_timeout
+        snapshot = self.registry.snapshot
+        for client in list(self.clients.values()):
+            if client.server is None:
+                if client.pending is not None:
+                    continue
+                tenant = snapshot.tenant(client.pool.key.tenant)
+                limit = tenant.client_idle_timeout if tenant is not None else 0
+                if limit and now - client.idle_since > limit:
+                    client.fatal(
+                        "57P05",
+                        f"terminating connection due to client_idle_timeout "
+                        f"({limit} s without a query); reconnect when needed",
+                    )
+            elif idle_tx and client.idle_in_transaction_since(now) > idle_tx:
+                client.fatal(
+                    "25P03",
+                    "terminating connection due to idle_transaction_timeout "
+                    f"({idle_tx:g} s idle inside a transaction); its transaction was "
+                    "rolled back",
+                )
+
+    # -- operations -----------------------------------------------------------------------
+
+    def pools_of(self, tenant: str) -> list[Pool]:
+        return [pool for key, pool in self.pools.items() if key.tenant == tenant]
+
+    def pause_tenant(self, tenant: str) -> int:
+        """PAUSE: new transactions wait; running ones finish. Returns servers still busy."""
+        for pool in self.pools_of(tenant):
+            pool.pause()
+        return sum(pool.active for pool in self.pools_of(tenant))
+
+    def resume_tenant(self, tenant: str) -> None:
+        for pool in self.pools_of(tenant):
+            pool.resume()
+
+    def reconnect_tenant(self, tenant: str) -> None:
+        """RECONNECT: every server is replaced as soon as it is released."""
+        for pool in self.pools_of(tenant):
+            pool.bump_generation()
+
+    def begin_shutdown(self) -> None:
+        """Stop serving: idle and waiting clients get 57P01 now; clients in a transaction
+        get it when the transaction ends (see Client)."""
+        self.shutting_down = True
+        for client in list(self.clients.values()):
+            if client.server is None:
+                client.fatal("57P01", SHUTDOWN_MESSAGE)
+
+    def busy_clients(self) -> int:
+        return sum(1 for client in self.clients.values() if client.server is not None)
 
     def stats(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]

@@ -129,6 +129,9 @@ class Pool:
     connecting: int = 0
     clients: int = 0  # logged-in clients of this pool
     stats: PoolStats = field(default_factory=PoolStats)
+    last_error: tuple[str, str] | None = None  # why the last login upstream failed
+    retry_at: float = 0.0  # no new login attempt before this (monotonic), after a failure
+    paused: bool = False  # PAUSE: no checkouts until resumed
     server_params: dict[str, str] | None = None  # ParameterStatus of the first login
     upstream: Any = None  # where servers of this pool log in (opaque to the pool)
     closed: bool = False
@@ -171,7 +174,7 @@ class Pool:
 
     def checkout(self, waiter: Waiter) -> PoolServer | None:
         """An idle server now, or None after queueing ``waiter`` (FIFO)."""
-        if self.idle and not self.waiters:
+        if self.idle and not self.waiters and not self.paused:
             server = self.idle.pop()  # LIFO: the warmest connection
             self.active += 1
             self.stats.checkouts += 1
@@ -202,15 +205,32 @@ class Pool:
     def opened(self, server: PoolServer) -> None:
         """The connector finished a login."""
         self.connecting -= 1
+        self.last_error = None
+        self.retry_at = 0.0
         self.stats.servers_opened += 1
         self._offer(server)
 
-    def open_failed(self, sqlstate: str, message: str) -> None:
-        """The connector could not log in: every waiter that no server will reach fails."""
+    def open_failed(self, sqlstate: str, message: str, retry_in: float = 0.0) -> None:
+        """The connector could not log in.
+
+        With ``retry_in`` (the database may be restarting or failing over) the waiters keep
+        waiting, up to their checkout timeout, and a new login is tried after ``retry_in``
+        seconds: connection buffering. Otherwise (wrong password, no such database) every
+        waiter that no server will reach fails now with the database's own error."""
         self.connecting -= 1
         self.stats.connect_failures += 1
+        self.last_error = (sqlstate, message)
+        if retry_in > 0 and not self.closed:
+            self.retry_at = time.monotonic() + retry_in
+            return
         while self.waiters and len(self.waiters) > self.connecting + len(self.idle):
             self.waiters.pop().checkout_failed(sqlstate, message)
+
+    def retry_due(self, now: float) -> None:
+        """Called by the janitor: try again to open servers for waiting clients."""
+        if self.retry_at and now >= self.retry_at:
+            self.retry_at = 0.0
+            self._grow()
 
     def _offer(self, server: PoolServer) -> None:
         if self.closed or server.generation != self.generation or self._expired(server):
@@ -218,16 +238,23 @@ class Pool:
             self.stats.servers_closed += 1
             self._grow()
             return
-        while self.waiters:
-            waiter = self.waiters.popleft()
+        if not self.paused:
             self.active += 1
-            if waiter.server_ready(server):
-                self.stats.checkouts += 1
-                self.stats.checkout_wait.observe(time.monotonic() - waiter.wait_started)
+            if self._offer_to_waiters(server):
                 return
             self.active -= 1
         server.park()
         self.idle.append(server)
+
+    def _offer_to_waiters(self, server: PoolServer) -> bool:
+        """Hand ``server`` (already counted active) to the first waiter that takes it."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if waiter.server_ready(server):
+                self.stats.checkouts += 1
+                self.stats.checkout_wait.observe(time.monotonic() - waiter.wait_started)
+                return True
+        return False
 
     def _expired(self, server: PoolServer) -> bool:
         lifetime = self.limits.server_lifetime
@@ -235,7 +262,7 @@ class Pool:
 
     def _grow(self) -> None:
         """Open servers while waiters outnumber the servers on their way."""
-        if self.closed:
+        if self.closed or self.paused or self.retry_at:
             return
         while (
             self.waiters and self.connecting < len(self.waiters) and self.total < self.limits.size
@@ -253,13 +280,31 @@ class Pool:
             waiter = self.waiters.popleft()
             failed += 1
             self.stats.checkout_timeouts += 1
-            waiter.checkout_failed(
-                "53300",
-                f"no server connection became free within pool_checkout_timeout "
-                f"({int(timeout * 1000)} ms) for {self.key}: retry later, raise pool_size, "
-                "or shorten the transactions that hold the connections",
-            )
+            waiter.checkout_failed(*self._timeout_error(timeout))
         return failed
+
+    def _timeout_error(self, timeout: float) -> tuple[str, str]:
+        waited = f"{int(timeout * 1000)} ms"
+        if self.last_error is not None and not self.idle and not self.active:
+            sqlstate, reason = self.last_error
+            return (
+                sqlstate if sqlstate == "57P03" else "08006",
+                f"the tenant database did not accept connections within {waited} "
+                f"(query_wait_timeout / pool_checkout_timeout) for {self.key}: {reason}; "
+                "retry when it is back",
+            )
+        if self.paused:
+            return (
+                "57P03",
+                f"{self.key} is paused and was not resumed within {waited}; "
+                "retry after the operator resumes it",
+            )
+        return (
+            "53300",
+            f"no server connection became free within pool_checkout_timeout ({waited}) for "
+            f"{self.key}: retry later, raise pool_size, or shorten the transactions that "
+            "hold the connections",
+        )
 
     def close_idle(self, now: float) -> None:
         """Close idle servers past server_idle_timeout or server_lifetime."""
@@ -282,6 +327,21 @@ class Pool:
             return False
         self.stats.servers_closed += 1
         return True
+
+    def pause(self) -> None:
+        """PAUSE: stop lending servers; waiters queue until resume()."""
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        while self.idle and self.waiters:
+            server = self.idle.pop()
+            self.active += 1
+            if not self._offer_to_waiters(server):
+                self.active -= 1
+                self.idle.append(server)
+                break
+        self._grow()
 
     def close(self, reason: str) -> None:
         self.closed = True

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import gevent
@@ -18,7 +19,7 @@ from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
 from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
 from pooler.login import handle_client
-from pooler.node import Node, NodeSettings
+from pooler.node import SHUTDOWN_MESSAGE, Node, NodeSettings
 
 log = logging.getLogger("pooler")
 
@@ -116,6 +117,25 @@ class Command(BaseCommand):
             "(0 turns protocol-level prepared statement support off)",
         )
         parser.add_argument(
+            "--query-wait-timeout",
+            type=float,
+            default=30.0,
+            help="longest a query waits for a server connection, e.g. while the tenant "
+            "database restarts (caps each user's pool_checkout_timeout)",
+        )
+        parser.add_argument(
+            "--idle-transaction-timeout",
+            type=float,
+            default=0.0,
+            help="close clients idle inside a transaction this long (0 = off)",
+        )
+        parser.add_argument(
+            "--shutdown-timeout",
+            type=float,
+            default=30.0,
+            help="on SIGTERM, how long running transactions may take before clients are cut",
+        )
+        parser.add_argument(
             "--config-poll-interval",
             type=float,
             default=0.5,
@@ -142,6 +162,8 @@ class Command(BaseCommand):
             server_lifetime=opts["server_lifetime"],
             server_idle_timeout=opts["server_idle_timeout"],
             max_prepared_statements=opts["max_prepared_statements"],
+            query_wait_timeout=opts["query_wait_timeout"],
+            idle_transaction_timeout=opts["idle_transaction_timeout"],
         )
         node = Node(settings)
         sync = ConfigSync(
@@ -183,16 +205,36 @@ class Command(BaseCommand):
         housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
 
         stop = Event()
+        signals = [0]
+
+        def on_signal() -> None:
+            signals[0] += 1
+            if signals[0] > 1:
+                log.warning("greenvisor: second signal, exiting now")
+                os._exit(1)
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, stop.set)
+            gevent.signal_handler(signum, on_signal)
         stop.wait()
-        log.info("greenvisor: stopping")
+        self._shut_down(node, listeners, housekeeping, opts["shutdown_timeout"])
+
+    def _shut_down(
+        self, node: Node, listeners: list[Any], housekeeping: list[Any], timeout: float
+    ) -> None:
+        """Stop accepting, let running transactions finish, then leave."""
+        log.info(
+            "greenvisor: stopping: no new connections; waiting up to %.0f s for %d "
+            "clients in a transaction",
+            timeout,
+            node.busy_clients(),
+        )
         stop_all(listeners)
-        gevent.killall(housekeeping, timeout=1)
+        node.begin_shutdown()
+        deadline = time.monotonic() + timeout
+        while node.busy_clients() and time.monotonic() < deadline:
+            gevent.sleep(0.05)
         for client in list(node.clients.values()):
-            client.fatal(
-                "57P01",
-                "terminating connection due to administrator command: "
-                "Greenvisor is shutting down; reconnect",
-            )
+            client.fatal("57P01", SHUTDOWN_MESSAGE)
+        gevent.killall(housekeeping, timeout=1)
         log.info("greenvisor: stopped")
