@@ -514,6 +514,8 @@ class Client(netio.Conn):
             or not ex.at_rest()
             or self.syncing is not None
         ):
+            if ex.expected:
+                self.node.cancel_server(server)  # do not let the orphaned query run on
             self.pool.discard(server, "client left in the middle of an exchange")
         elif self.session_mode or (server.dirty and ex.tx_status == TX_IDLE):
             server.dirty = False

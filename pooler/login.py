@@ -283,11 +283,7 @@ def _warm_up(pool: Pool) -> None:
         if server is None:
             waiter.result.wait(timeout=pool.limits.checkout_timeout)
             if not waiter.result.ready():
-                raise LoginFailed(
-                    "53300",
-                    f"no server connection for {pool.key} within pool_checkout_timeout: "
-                    "the tenant database may be overloaded; retry later",
-                )
+                raise LoginFailed(*pool.timeout_error(pool.limits.checkout_timeout))
             server = waiter.result.get()
     finally:
         if server is None:

@@ -161,7 +161,11 @@ class Node:
         try:
             server = open_server(pool, target)
         except UpstreamError as exc:
-            log.warning("cannot open a server for %s: %s", pool.key, exc.message)
+            # One warning per outage, not one per retry.
+            level = (
+                logging.DEBUG if pool.last_error == (exc.sqlstate, exc.message) else logging.WARNING
+            )
+            log.log(level, "cannot open a server for %s: %s", pool.key, exc.message)
             pool.open_failed(
                 exc.sqlstate, exc.message, retry if exc.sqlstate in RETRYABLE_SQLSTATES else 0.0
             )
@@ -180,6 +184,8 @@ class Node:
             return
         if pool.server_params is None:
             pool.server_params = server.params
+        if pool.last_error is not None:
+            log.warning("server connections for %s work again", pool.key)
         pool.opened(server)
 
     # -- clients --------------------------------------------------------------------------
@@ -212,6 +218,11 @@ class Node:
             send_cancel(target.host, target.port, server.pid, server.key)
         finally:
             server.cancel_done()
+
+    def cancel_server(self, server: Any) -> None:
+        """Cancel whatever ``server``'s backend runs (its client has gone)."""
+        target = server.target
+        gevent.spawn(send_cancel, target.host, target.port, server.pid, server.key)
 
     # -- housekeeping ---------------------------------------------------------------------
 

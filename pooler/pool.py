@@ -280,10 +280,11 @@ class Pool:
             waiter = self.waiters.popleft()
             failed += 1
             self.stats.checkout_timeouts += 1
-            waiter.checkout_failed(*self._timeout_error(timeout))
+            waiter.checkout_failed(*self.timeout_error(timeout))
         return failed
 
-    def _timeout_error(self, timeout: float) -> tuple[str, str]:
+    def timeout_error(self, timeout: float) -> tuple[str, str]:
+        """The error for a client that waited ``timeout`` seconds for a server in vain."""
         waited = f"{int(timeout * 1000)} ms"
         if self.last_error is not None and not self.idle and not self.active:
             sqlstate, reason = self.last_error

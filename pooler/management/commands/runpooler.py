@@ -194,16 +194,6 @@ class Command(BaseCommand):
             sys.stderr.flush()
             os._exit(1)
         node.apply_snapshot(sync.load_now())
-        runtime.current.node = node
-        runtime.current.listeners = listeners
-        start_all(listeners)
-        log.info(
-            "greenvisor: serving %d tenants (configuration version %s)",
-            len(node.registry.snapshot.tenants),
-            node.registry.snapshot.version,
-        )
-        housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
-
         stop = Event()
         signals = [0]
 
@@ -216,6 +206,16 @@ class Command(BaseCommand):
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, on_signal)
+        runtime.current.node = node
+        runtime.current.listeners = listeners
+        start_all(listeners)
+        log.info(
+            "greenvisor: serving %d tenants (configuration version %s)",
+            len(node.registry.snapshot.tenants),
+            node.registry.snapshot.version,
+        )
+        housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
+
         stop.wait()
         self._shut_down(node, listeners, housekeeping, opts["shutdown_timeout"])
 

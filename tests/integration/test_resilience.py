@@ -1,0 +1,180 @@
+"""Resilience: connection buffering across a database restart, timeouts, graceful shutdown.
+
+These tests stop and start Postgres, so they use a cluster of their own, not the shared one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import psycopg2
+import pytest
+
+from tests.support.pg import PgCluster, find_bindir
+from tests.support.pooler import PoolerProcess, tenant_doc, user_doc
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PW = "resilPw4tests"
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[PgCluster]:
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed")
+    cluster = PgCluster("superPw4resil", bindir)
+    try:
+        cluster.start()
+        cluster.create_role("resil", PW)
+        cluster.create_database("resil", owner="resil")
+        cluster.execute("CREATE TABLE runs (id serial primary key, tag text)", dbname="resil")
+        cluster.execute("ALTER TABLE runs OWNER TO resil", dbname="resil")
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def doc(cluster: PgCluster, **tenant_fields: Any) -> dict[str, Any]:
+    return {
+        "tenants": [
+            tenant_doc(
+                "rs",
+                "resil",
+                cluster.port,
+                [
+                    user_doc("resil", PW, "transaction", pool_size=2),
+                    user_doc("resil", PW, "session", pool_size=2),
+                ],
+                **tenant_fields,
+            )
+        ]
+    }
+
+
+@pytest.fixture(scope="module")
+def rs(pooler_factory: Any, own_pg: PgCluster) -> PoolerProcess:
+    return pooler_factory(doc(own_pg), extra_args=["--query-wait-timeout", "20"])
+
+
+def dsn(pooler: PoolerProcess, mode: str = "transaction") -> str:
+    return pooler.dsn("resil.rs", PW, "resil", mode)
+
+
+def test_transaction_waits_out_a_restart_and_runs_once(
+    rs: PoolerProcess, own_pg: PgCluster
+) -> None:
+    with psycopg.connect(dsn(rs), autocommit=True) as warm:
+        warm.execute("SELECT 1")  # the pool has servers, which the restart will kill
+    own_pg.stop("fast")
+    outcome: dict[str, Any] = {}
+
+    def client() -> None:
+        started = time.monotonic()
+        try:
+            with psycopg.connect(dsn(rs), autocommit=True) as conn:
+                conn.execute("INSERT INTO runs (tag) VALUES ('buffered')")
+            outcome["ok"] = time.monotonic() - started
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    time.sleep(2.0)
+    assert thread.is_alive(), f"the query did not wait for the database: {outcome}"
+    own_pg.start()
+    back = time.monotonic()
+    thread.join(20)
+    assert "error" not in outcome, outcome.get("error")
+    assert "ok" in outcome
+    assert time.monotonic() - back < 3.0  # serving again promptly once Postgres accepts
+    rows = own_pg.execute("SELECT count(*) FROM runs WHERE tag = 'buffered'", dbname="resil")
+    assert rows == [(1,)]  # exactly once
+
+
+def test_database_down_past_the_wait_gives_a_clear_error(
+    pooler_factory: Any, own_pg: PgCluster
+) -> None:
+    short = pooler_factory(doc(own_pg), extra_args=["--query-wait-timeout", "1.5"])
+    own_pg.stop("fast")
+    try:
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as info:
+            with psycopg.connect(dsn(short), autocommit=True) as conn:
+                conn.execute("SELECT 1")
+        waited = time.monotonic() - started
+        assert waited < 6, f"took {waited:.1f} s: a hang, not an error"
+        message = str(info.value)
+        assert "did not accept connections" in message or "could not connect" in message
+    finally:
+        own_pg.start()
+
+
+def test_graceful_shutdown_lets_transactions_finish(pooler_factory: Any, own_pg: PgCluster) -> None:
+    pooler = pooler_factory(doc(own_pg), extra_args=["--shutdown-timeout", "10"])
+    idle = psycopg2.connect(dsn(pooler))
+    idle.autocommit = True
+    idle.cursor().execute("SELECT 1")
+    busy = psycopg2.connect(dsn(pooler))
+    cur = busy.cursor()
+    cur.execute("INSERT INTO runs (tag) VALUES ('during-shutdown')")  # transaction open
+    assert pooler.proc is not None
+    pooler.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert pooler.alive(), "exited before the running transaction finished"
+    busy.commit()  # the transaction completes through the stopping pooler
+    rows = own_pg.execute("SELECT count(*) FROM runs WHERE tag = 'during-shutdown'", dbname="resil")
+    assert rows == [(1,)]
+    with pytest.raises(psycopg2.Error):
+        idle.cursor().execute("SELECT 1")  # idle clients were told 57P01 and closed
+    assert pooler.proc.wait(10) == 0
+    idle.close()
+    busy.close()
+
+
+def test_second_signal_exits_at_once(pooler_factory: Any, own_pg: PgCluster) -> None:
+    pooler = pooler_factory(doc(own_pg), extra_args=["--shutdown-timeout", "30"])
+    busy = psycopg2.connect(dsn(pooler))
+    busy.cursor().execute("SELECT 1")  # in a transaction: shutdown would wait 30 s for it
+    assert pooler.proc is not None
+    pooler.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    started = time.monotonic()
+    pooler.proc.send_signal(signal.SIGTERM)
+    pooler.proc.wait(5)
+    assert time.monotonic() - started < 5
+    busy.close()
+
+
+def test_idle_transaction_timeout_rolls_back(pooler_factory: Any, own_pg: PgCluster) -> None:
+    pooler = pooler_factory(doc(own_pg), extra_args=["--idle-transaction-timeout", "1"])
+    conn = psycopg2.connect(dsn(pooler))
+    cur = conn.cursor()
+    cur.execute("INSERT INTO runs (tag) VALUES ('abandoned')")
+    time.sleep(2.5)
+    with pytest.raises(psycopg2.Error):
+        cur.execute("SELECT 1")
+    conn.close()
+    rows = own_pg.execute("SELECT count(*) FROM runs WHERE tag = 'abandoned'", dbname="resil")
+    assert rows == [(0,)]
+    assert "idle_transaction_timeout" in pooler.log_text()
+
+
+def test_client_idle_timeout(pooler_factory: Any, own_pg: PgCluster) -> None:
+    pooler = pooler_factory(doc(own_pg, client_idle_timeout=1))
+    conn = psycopg2.connect(dsn(pooler))
+    conn.autocommit = True
+    conn.cursor().execute("SELECT 1")
+    time.sleep(2.5)
+    with pytest.raises(psycopg2.Error):
+        conn.cursor().execute("SELECT 1")
+    conn.close()
+    with psycopg2.connect(dsn(pooler)) as fresh:
+        cur = fresh.cursor()
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
