@@ -104,9 +104,11 @@ def test_database_down_past_the_wait_gives_a_clear_error(
     own_pg.stop("fast")
     try:
         started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError) as info:
-            with psycopg.connect(dsn(short), autocommit=True) as conn:
-                conn.execute("SELECT 1")
+        with (
+            pytest.raises(psycopg.OperationalError) as info,
+            psycopg.connect(dsn(short), autocommit=True) as conn,
+        ):
+            conn.execute("SELECT 1")
         waited = time.monotonic() - started
         assert waited < 6, f"took {waited:.1f} s: a hang, not an error"
         message = str(info.value)
