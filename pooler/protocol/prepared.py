@@ -60,6 +60,8 @@ _PARAMETER_STATUS = ord("S")
 _S_KIND, _P_KIND = ord("S"), ord("P")  # Describe/Close: statement or portal
 
 _REWRITTEN = frozenset((_P, _B, _D, _C))
+#: Sizes of CommandComplete "DEALLOCATE ALL" and "DISCARD ALL" messages.
+_RESET_TAG_SIZES = (1 + 4 + 15, 1 + 4 + 12)
 #: Backend messages that may be streamed instead of being handled whole.
 _STREAMED_BACKEND = frozenset((_DATA_ROW, _COPY_DATA))
 #: A whole message the client sends that we must rewrite may not exceed this.
@@ -428,7 +430,9 @@ class PreparedSession:
     def backend(self, view: memoryview, n: int, ex: Exchange, to_client: list) -> int:
         """Match ``view[:n]`` from the server to the queue; append what the client gets.
 
-        Returns the offset consumed; the rest is an incomplete message to offer again.
+        Replies that pass unchanged are sent as one run (one slice of the buffer); only a
+        swallowed, replaced or faked reply breaks the run. Returns the offset consumed; the
+        rest is an incomplete message to offer again.
         """
         pos = 0
         remaining = ex.be_remaining
@@ -437,9 +441,9 @@ class PreparedSession:
                 ex.be_remaining = remaining - n
                 to_client.append(view[:n])
                 return n
-            to_client.append(view[:remaining])
             pos = remaining
             ex.be_remaining = 0
+        run = 0
         try:
             while n - pos >= HEADER:
                 msg_type = view[pos]
@@ -449,36 +453,51 @@ class PreparedSession:
                 end = pos + 1 + length
                 if end > n:
                     if msg_type in _STREAMED_BACKEND or length > MAX_REWRITE:
-                        to_client.append(view[pos:n])
                         ex.be_remaining = end - n
                         pos = n
                     break
-                self._reply(msg_type, view, pos, end, ex, to_client)
+                if msg_type != _DATA_ROW:
+                    special = self._reply(msg_type, view, pos, end, ex)
+                    if special is not None:
+                        if run < pos:
+                            to_client.append(view[run:pos])
+                        to_client.extend(special)
+                        run = end
                 pos = end
         finally:
             ex.expected = len(self.queue)
+        if run < pos:
+            to_client.append(view[run:pos])
         return pos
 
     def _reply(
-        self, msg_type: int, view: memoryview, pos: int, end: int, ex: Exchange, to_client: list
-    ) -> None:
+        self, msg_type: int, view: memoryview, pos: int, end: int, ex: Exchange
+    ) -> list | None:
+        """Account for one whole reply. None: pass it on unchanged; otherwise what to send
+        in its place (empty to swallow it; the reply plus fakes that come due after it)."""
         forward = True
-        if msg_type == _DATA_ROW or msg_type == _COPY_DATA:
-            pass
-        elif msg_type == _PARSE_COMPLETE:
+        replacement = None
+        if msg_type == _PARSE_COMPLETE:
             forward = self._pop(_P)
         elif msg_type == _BIND_COMPLETE:
             forward = self._pop(_B)
-        elif msg_type == _CLOSE_COMPLETE:
-            forward = self._pop(_C)
-        elif msg_type == _NO_DATA or msg_type == _ROW_DESCRIPTION:
-            self._pop(_D)
         elif msg_type == _COMMAND_COMPLETE:
             if self.copy_mode:
                 self.copy_mode = False
                 self._clear_until((_COPY_DONE,))
-            self._command_complete(view, pos, end)
+            if end - pos in _RESET_TAG_SIZES:
+                self._command_complete(view, pos, end)
             self._pop(_E)
+        elif msg_type == _READY:
+            if not self._pop_ready() and self.failed:
+                self._clear_until((_S,))
+            self.failed = False
+            ex.tx_status = view[pos + 5] if end - pos == 6 else TX_IDLE
+            ex.ready_count += 1
+        elif msg_type == _NO_DATA or msg_type == _ROW_DESCRIPTION:
+            self._pop(_D)
+        elif msg_type == _CLOSE_COMPLETE:
+            forward = self._pop(_C)
         elif msg_type == _EMPTY_QUERY or msg_type == _PORTAL_SUSPENDED:
             self._pop(_E)
         elif msg_type == _ERROR:
@@ -489,25 +508,23 @@ class PreparedSession:
             if head is not None and head != _Q:
                 self.failed = True
                 if head.__class__ is Request and head.action == REPLACE:
-                    to_client.append(head.payload)
+                    replacement = head.payload
                     forward = False
-        elif msg_type == _READY:
-            if not self._pop_ready() and self.failed:
-                self._clear_until((_S,))
-            self.failed = False
-            ex.tx_status = view[pos + 5] if end - pos == 6 else TX_IDLE
-            ex.ready_count += 1
         elif msg_type == _COPY_IN or msg_type == _COPY_BOTH:
             self.copy_mode = True
         elif msg_type == _PARAMETER_STATUS:
             if ex.statuses is None:
                 ex.statuses = []
             ex.statuses.append((pos + HEADER, end))
-        if forward:
-            to_client.append(view[pos:end])
         queue = self.queue
+        if forward and not (queue and queue[0].__class__ is Request):
+            return None  # the common case: no fake due, nothing swallowed
+        out: list = [view[pos:end]] if forward else []
+        if replacement is not None:
+            out.append(replacement)
         while queue and queue[0].__class__ is Request and queue[0].action == FAKE:
-            to_client.append(queue.popleft().payload)
+            out.append(queue.popleft().payload)
+        return out
 
     def _pop(self, kind: int) -> bool:
         """Pop the head if it is a ``kind`` request; return whether its reply is forwarded."""
@@ -557,7 +574,7 @@ class PreparedSession:
 
     def _command_complete(self, view: memoryview, pos: int, end: int) -> None:
         """DEALLOCATE ALL / DISCARD ALL drop every statement of the session."""
-        if end - pos in (1 + 4 + 15, 1 + 4 + 12):
+        if end - pos in _RESET_TAG_SIZES:
             tag = bytes(view[pos + HEADER : end - 1])
             if tag in (b"DEALLOCATE ALL", b"DISCARD ALL"):
                 self.statements.clear()

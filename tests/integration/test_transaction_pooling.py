@@ -203,21 +203,19 @@ def test_failed_parse_is_forgotten(tp: PoolerProcess) -> None:
 
 
 def run_pipeline(conn: psycopg.Connection) -> list[Any]:
+    """A pipeline of three queries, then a pipeline that fails in its middle, then more."""
     outcome: list[Any] = []
-    with conn.pipeline() as pipeline:
+    with conn.pipeline():
         cursors = [conn.execute("SELECT %s::int", (i,)) for i in range(3)]
-        pipeline.sync()
-        for cur in cursors:
-            outcome.append(cur.fetchone())
-        try:
-            conn.execute("SELECT 1/0")
-            conn.execute("SELECT 42")
-            pipeline.sync()
-        except psycopg.errors.DivisionByZero:
-            outcome.append("division_by_zero")
+    outcome.extend(cur.fetchone() for cur in cursors)
+    # Leaving the block syncs and raises the pipeline's first error, deterministically.
+    with pytest.raises(psycopg.errors.DivisionByZero), conn.pipeline():
+        conn.execute("SELECT 1/0")
+        conn.execute("SELECT 42")
+    outcome.append("division_by_zero")
+    with conn.pipeline():
         later = conn.execute("SELECT 'after'")
-        pipeline.sync()
-        outcome.append(later.fetchone())
+    outcome.append(later.fetchone())
     return outcome
 
 
