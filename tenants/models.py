@@ -137,6 +137,13 @@ class Tenant(models.Model):
     default_parameter_status = models.JSONField(
         default=dict, blank=True, validators=[validate_parameter_status]
     )
+    session_state_policy = models.CharField(
+        max_length=8,
+        choices=[("reset", "reset"), ("warn", "warn"), ("error", "error")],
+        default="reset",
+        help_text="Transaction mode: what a statement that leaves session state (SET, LISTEN, "
+        "advisory locks...) gets: reset the server afterwards, also warn, or refuse it.",
+    )
     inserted_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -56,6 +56,7 @@ TENANT_FIELDS: dict[str, _Spec] = {
     "allow_list": _Spec(_LIST),
     "client_idle_timeout": _Spec(_INT),
     "default_parameter_status": _Spec(_OBJECT),
+    "session_state_policy": _Spec(_STR),
 }
 USER_FIELDS: dict[str, _Spec] = {
     "db_user_alias": _Spec(_STR, nullable=True),

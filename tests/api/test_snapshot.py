@@ -58,6 +58,7 @@ FULL_TENANT = tenant_doc(
     allow_list=["10.0.0.0/8", "2001:db8::/32"],
     client_idle_timeout=300,
     default_parameter_status={"server_version": "15.6"},
+    session_state_policy="warn",
 )
 
 
@@ -83,6 +84,7 @@ def test_snapshot_holds_the_pooler_dataclasses() -> None:
         allow_list=("10.0.0.0/8", "2001:db8::/32"),
         client_idle_timeout=300,
         default_parameter_status={"server_version": "15.6"},
+        session_state_policy="warn",
         users=acme.users,
     )
     assert type(acme.allow_list) is tuple
@@ -97,6 +99,7 @@ def test_bare_tenant_gets_the_model_defaults() -> None:
     assert (bare.db_port, bare.default_pool_size, bare.default_max_clients) == (5432, 15, 1000)
     assert (bare.require_user, bare.enforce_ssl, bare.ip_version) == (True, False, "auto")
     assert (bare.sni_hostname, bare.auth_query, bare.client_idle_timeout) == (None, None, 0)
+    assert bare.session_state_policy == "reset"
     assert bare.allow_list == ("0.0.0.0/0", "::/0")
     assert bare.users == ()
 
@@ -233,3 +236,10 @@ def test_delete_unknown_tenant_returns_false_and_keeps_the_version() -> None:
     version = config_version()
     assert delete_tenant("nope") is False
     assert config_version() == version
+
+
+def test_session_state_policy_is_validated() -> None:
+    with pytest.raises(TenantConfigError) as info:
+        apply_tenants({"tenants": [tenant_doc("bad", session_state_policy="sometimes")]})
+    assert "session_state_policy" in str(info.value)
+    assert not Tenant.objects.filter(external_id="bad").exists()

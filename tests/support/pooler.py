@@ -21,6 +21,8 @@ from tests.support.net import free_port, port_open
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
+#: A fixed 32-character key for the tests' metadata DBs (never used outside tests).
+TEST_VAULT_KEY = "greenvisor-tests-vault-key-32chr"
 
 
 class PoolerError(RuntimeError):
@@ -33,6 +35,7 @@ def manage_env(database_url: str, extra: Mapping[str, str] | None = None) -> dic
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["DATABASE_URL"] = database_url
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("VAULT_ENC_KEY", TEST_VAULT_KEY)  # db_password is encrypted at rest
     env.update(extra or {})
     return env
 
