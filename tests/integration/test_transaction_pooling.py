@@ -58,6 +58,16 @@ def tp(pooler_factory: Any, pg: PgCluster) -> PoolerProcess:
                     user_doc("app1user", PW, "transaction", pool_size=1),
                 ],
             ),
+            *(
+                tenant_doc(
+                    name,
+                    DB,
+                    pg.port,
+                    [user_doc("app1user", PW, "transaction", pool_size=1)],
+                    session_state_policy=policy,
+                )
+                for name, policy in (("warnp", "warn"), ("errp", "error"))
+            ),
         ]
     }
     return pooler_factory(doc)
@@ -444,6 +454,38 @@ def test_session_state_never_reaches_another_client(tp: PoolerProcess, pg: PgClu
     finally:
         a.close()
         b.close()
+
+
+def test_warn_policy_tells_the_client_and_still_isolates(tp: PoolerProcess) -> None:
+    a = psycopg2.connect(tp.dsn("app1user.warnp", PW, DB))
+    b = psycopg2.connect(tp.dsn("app1user.warnp", PW, DB))
+    a.autocommit = b.autocommit = True
+    try:
+        a.cursor().execute("SET search_path = nowhere")
+        assert any("leaves session state" in notice for notice in a.notices)
+        cur = b.cursor()
+        cur.execute("SELECT current_setting('search_path')")
+        assert cur.fetchone() == ('"$user", public',)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_error_policy_refuses_session_state(tp: PoolerProcess) -> None:
+    conn = psycopg2.connect(tp.dsn("app1user.errp", PW, DB))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        with pytest.raises(psycopg2.errors.FeatureNotSupported) as info:
+            cur.execute("SELECT pg_advisory_lock(7)")
+        assert "not allowed in transaction pooling mode" in str(info.value)
+        conn.rollback()  # the transaction was aborted exactly as by any failed statement
+        cur.execute("SET LOCAL statement_timeout = 1000")  # transaction-scoped: allowed
+        cur.execute("SELECT 2")
+        assert cur.fetchone() == (2,)
+        conn.commit()
+    finally:
+        conn.close()
 
 
 def test_listen_notify_in_session_mode(tp: PoolerProcess) -> None:
