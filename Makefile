@@ -23,10 +23,16 @@ setup:  ## the Debian packages, only if missing
 deps: setup
 	$(PYTHON) -m pip install -q -r requirements.txt
 
+# Passwords are stored encrypted under VAULT_ENC_KEY; the demo keeps a generated key in
+# .demo/vault.key unless you set VAULT_ENC_KEY yourself.
+DEMO_KEY = $${VAULT_ENC_KEY:-$$(cat .demo/vault.key)}
+
 run: deps
-	$(PYTHON) manage.py migrate --noinput
-	$(PYTHON) manage.py demodb
-	$(PYTHON) manage.py runpooler --proxy-port-session $(SESSION_PORT)
+	@mkdir -p .demo && { [ -n "$$VAULT_ENC_KEY" ] || [ -s .demo/vault.key ] || \
+		$(PYTHON) -c "import secrets; print(secrets.token_hex(32))" > .demo/vault.key; }
+	VAULT_ENC_KEY=$(DEMO_KEY) $(PYTHON) manage.py migrate --noinput
+	VAULT_ENC_KEY=$(DEMO_KEY) $(PYTHON) manage.py demodb
+	VAULT_ENC_KEY=$(DEMO_KEY) $(PYTHON) manage.py runpooler --proxy-port-session $(SESSION_PORT)
 
 test: deps
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -433,7 +433,10 @@ def _manage(argv: list[str], env: dict[str, str], what: str) -> None:
 
 
 def greenvisor_env(base: Path) -> dict[str, str]:
-    return dict(os.environ, DATABASE_URL=f"sqlite:///{base / 'greenvisor' / 'meta.sqlite3'}")
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{base / 'greenvisor' / 'meta.sqlite3'}")
+    # Passwords are stored encrypted: a throwaway key for this throwaway metadata DB.
+    env.setdefault("VAULT_ENC_KEY", secrets.token_hex(32))
+    return env
 
 
 def tenants_document(cluster: Cluster, pool_size: int) -> dict[str, Any]:
