@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pooler import netio
 from pooler.config import MODE_SESSION
@@ -189,7 +189,7 @@ class Client(netio.Conn):
                         self.busy_since = 0.0
                         self.write(answer)
                         return
-                server = self.pool.checkout(self)
+                server = cast("ServerConn | None", self.pool.checkout(self))
                 if server is None:
                     self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()
@@ -363,7 +363,7 @@ class Client(netio.Conn):
 
     # -- waiting for a server (pool.Waiter) -------------------------------------------------
 
-    def server_ready(self, server: ServerConn) -> bool:
+    def server_ready(self, server: Any) -> bool:  # pool.Waiter: a ServerConn
         if self.closed:
             return False
         data = self.pending or b""

@@ -522,8 +522,12 @@ class PreparedSession:
         out: list = [view[pos:end]] if forward else []
         if replacement is not None:
             out.append(replacement)
-        while queue and queue[0].__class__ is Request and queue[0].action == FAKE:
-            out.append(queue.popleft().payload)
+        while queue:
+            head = queue[0]
+            if not isinstance(head, Request) or head.action != FAKE:
+                break
+            out.append(head.payload)
+            queue.popleft()
         return out
 
     def _pop(self, kind: int) -> bool:
@@ -532,15 +536,15 @@ class PreparedSession:
         if not queue:
             return True
         head = queue[0]
-        if head.__class__ is int:
+        if not isinstance(head, Request):
             if head == kind:
                 queue.popleft()
             return True
         if head.kind == kind:
-            request = queue.popleft()
-            if request.registered:
-                self.names.confirmed.add(request.registered)
-            return request.action != SKIP
+            queue.popleft()
+            if head.registered:
+                self.names.confirmed.add(head.registered)
+            return head.action != SKIP
         return True
 
     def _pop_ready(self) -> bool:
@@ -555,7 +559,7 @@ class PreparedSession:
         queue = self.queue
         while queue:
             request = queue.popleft()
-            if request.__class__ is int:
+            if not isinstance(request, Request):
                 if request in kinds:
                     return
                 continue

@@ -1,0 +1,1 @@
+"""PgBouncer drop-in: pgbouncer.ini and auth_file readers (no sockets, no Django)."""
