@@ -20,7 +20,7 @@ from gevent.server import StreamServer
 log = logging.getLogger("pooler.listener")
 
 #: How many logins may be in progress at once per listener.
-LOGIN_CONCURRENCY = 2000
+LOGIN_CONCURRENCY = 10000
 
 
 class ListenError(Exception):
