@@ -434,9 +434,12 @@ def _manage(argv: list[str], env: dict[str, str], what: str) -> None:
 
 def greenvisor_env(base: Path) -> dict[str, str]:
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{base / 'greenvisor' / 'meta.sqlite3'}")
-    # Passwords are stored encrypted: a throwaway key for this throwaway metadata DB.
-    env.setdefault("VAULT_ENC_KEY", secrets.token_hex(32))
+    # Passwords are stored encrypted: one throwaway key for this run's throwaway metadata DB.
+    env.setdefault("VAULT_ENC_KEY", _RUN_VAULT_KEY)
     return env
+
+
+_RUN_VAULT_KEY = secrets.token_hex(32)
 
 
 def tenants_document(cluster: Cluster, pool_size: int) -> dict[str, Any]:
