@@ -58,6 +58,17 @@ _ERROR, _READY, _DATA_ROW = ord("E"), ord("Z"), ord("D")
 _COPY_IN, _COPY_BOTH = ord("G"), ord("W")
 _PARAMETER_STATUS = ord("S")
 _S_KIND, _P_KIND = ord("S"), ord("P")  # Describe/Close: statement or portal
+#: Replies that simply answer a plain (int) request at the head of the queue.
+_PLAIN_REPLY = {
+    _PARSE_COMPLETE: _P,
+    _BIND_COMPLETE: _B,
+    _ROW_DESCRIPTION: _D,
+    _NO_DATA: _D,
+    _COMMAND_COMPLETE: _E,
+    _EMPTY_QUERY: _E,
+    _PORTAL_SUSPENDED: _E,
+    _CLOSE_COMPLETE: _C,
+}
 
 _REWRITTEN = frozenset((_P, _B, _D, _C))
 #: Sizes of CommandComplete "DEALLOCATE ALL" and "DISCARD ALL" messages.
@@ -238,6 +249,18 @@ class PreparedSession:
                 end = pos + 1 + length
                 if msg_type in _REWRITTEN:
                     ex.extended = True
+                    if end <= n and length >= 6:
+                        # Unnamed statements and portals (most drivers, most of the time)
+                        # only need a queue entry: no call, no copy.
+                        first = view[pos + HEADER]
+                        if (
+                            (msg_type == _P and first == 0)
+                            or (msg_type == _B and first == 0 and view[pos + HEADER + 1] == 0)
+                            or (msg_type == _D and (first == _P_KIND or view[pos + 6] == 0))
+                        ):
+                            queue.append(msg_type)
+                            pos = end
+                            continue
                     if end > n:
                         if length > MAX_REWRITE:
                             raise ProtocolError(
@@ -444,6 +467,7 @@ class PreparedSession:
             pos = remaining
             ex.be_remaining = 0
         run = 0
+        queue = self.queue
         try:
             while n - pos >= HEADER:
                 msg_type = view[pos]
@@ -456,13 +480,38 @@ class PreparedSession:
                         ex.be_remaining = end - n
                         pos = n
                     break
-                if msg_type != _DATA_ROW:
-                    special = self._reply(msg_type, view, pos, end, ex)
-                    if special is not None:
+                if msg_type == _DATA_ROW:
+                    pos = end
+                    continue
+                if queue:
+                    # The common replies to plain requests: pop and pass on, no call.
+                    head = queue[0]
+                    if (
+                        head.__class__ is int
+                        and _PLAIN_REPLY.get(msg_type) == head
+                        and (
+                            msg_type != _COMMAND_COMPLETE
+                            or (not self.copy_mode and end - pos not in _RESET_TAG_SIZES)
+                        )
+                    ):
+                        queue.popleft()
+                        if not queue or queue[0].__class__ is int:
+                            pos = end
+                            continue
+                        # A Request is next (perhaps a fake that is due now).
+                        due = self._due(view[pos:end])
                         if run < pos:
                             to_client.append(view[run:pos])
-                        to_client.extend(special)
+                        to_client.extend(due)
                         run = end
+                        pos = end
+                        continue
+                special = self._reply(msg_type, view, pos, end, ex)
+                if special is not None:
+                    if run < pos:
+                        to_client.append(view[run:pos])
+                    to_client.extend(special)
+                    run = end
                 pos = end
         finally:
             ex.expected = len(self.queue)
@@ -522,6 +571,12 @@ class PreparedSession:
         out: list = [view[pos:end]] if forward else []
         if replacement is not None:
             out.append(replacement)
+        return self._due(*out)
+
+    def _due(self, *first: memoryview | bytes) -> list:
+        """``first``, then every faked reply now at the head of the queue."""
+        out = list(first)
+        queue = self.queue
         while queue:
             head = queue[0]
             if not isinstance(head, Request) or head.action != FAKE:
