@@ -28,12 +28,7 @@ from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
-from pooler.protocol.sessionstate import (
-    might_be_stateful,
-    refusal_sql,
-    sql_messages,
-    stateful_kind,
-)
+from pooler.protocol.sessionstate import refusal_sql, sql_messages, stateful_kind
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -108,6 +103,7 @@ class Client(netio.Conn):
         self.sync_changes: list[tuple[str, str | None]] = []
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
         self.state_policy = None if self.session_mode else pool.limits.state_policy
+        self.ex.inspect = self.state_policy is not None
         self.idle_since = time.monotonic()  # last time it had no transaction running
         self.tx_idle_since = 0.0  # last ReadyForQuery inside a transaction block
         self.watch_idle_tx = node.settings.idle_transaction_timeout > 0
@@ -209,17 +205,21 @@ class Client(netio.Conn):
         ex = self.ex
         server = self.server
         assert server is not None
-        if self.state_policy is not None:
-            view, n = self._session_state(view, n, server)
+        if self.state_policy == "error":
+            view, n = self._refuse_session_state(view, n)
         ps = self.ps
         if ps is None:
             end = ex.frontend(view, n)
+            if ex.sql_at:
+                self._note_session_state(view, server)
             if end and not server.write(view[:end]):
                 self.stop_reading()
         else:
             to_server: list = []
             to_client: list = []
             end = ps.frontend(view, n, ex, to_server, to_client)
+            if ex.sql_at:
+                self._note_session_state(view, server)
             if to_client:
                 self.write_many(to_client)
             if to_server and not server.write_many(to_server):
@@ -230,34 +230,39 @@ class Client(netio.Conn):
                 return
             self.carry = bytes(view[end:n])
 
-    def _session_state(
-        self, view: memoryview, n: int, server: ServerConn
-    ) -> tuple[memoryview, int]:
-        """Apply the tenant's policy to statements that would leave session state behind
-        (transaction mode): reset the server before reuse, warn, or refuse the statement."""
-        if not might_be_stateful(view, self.ex.fe_remaining, n):
-            return view, n
+    def _note_session_state(self, view: memoryview, server: ServerConn) -> None:
+        """Policies reset and warn: statements that leave session state (recorded by the
+        scanner) make the server dirty, so it is reset before anyone else gets it."""
+        ex = self.ex
+        found = ex.sql_at
+        ex.sql_at = None
+        if self.state_policy is None or not found:
+            return
+        for msg_type, start, end in found:
+            kind = stateful_kind(_sql_text(view, msg_type, start, end))
+            if kind is None:
+                continue
+            server.dirty = True
+            if self.state_policy == "warn":
+                self.write(
+                    builders.notice_response(
+                        "WARNING",
+                        "01000",
+                        f"{kind} leaves session state on a pooled server connection: it lasts "
+                        "only until this transaction ends (transaction pooling); use session "
+                        "mode (port 5432) to keep it",
+                    )
+                )
+
+    def _refuse_session_state(self, view: memoryview, n: int) -> tuple[memoryview, int]:
+        """Policy error: replace each statement that would leave session state by one the
+        server refuses itself (0A000), before anything is forwarded."""
         hits = []
         for msg_type, start, end in sql_messages(view, n, self.ex.fe_remaining):
             kind = stateful_kind(bytes(view[start:end]))
             if kind is not None:
                 hits.append((msg_type, start, end, kind))
         if not hits:
-            return view, n
-        policy = self.state_policy
-        if policy != "error":
-            server.dirty = True
-            if policy == "warn":
-                for _type, _start, _end, kind in hits:
-                    self.write(
-                        builders.notice_response(
-                            "WARNING",
-                            "01000",
-                            f"{kind} leaves session state on a pooled server connection: it lasts "
-                            "only until this transaction ends (transaction pooling); use session "
-                            "mode (port 5432) to keep it",
-                        )
-                    )
             return view, n
         parts: list = []
         last = 0
@@ -551,3 +556,13 @@ def _fix_lengths(data: bytearray, start: int) -> bytearray:
         pos = end
     out += data[pos:]
     return out
+
+
+def _sql_text(view: memoryview, msg_type: int, start: int, end: int) -> bytes:
+    """The SQL of a Query (``start``..``end`` is its body) or a Parse (skip the name)."""
+    body = bytes(view[start:end])
+    if msg_type == ord("P"):
+        name_end = body.find(b"\0")
+        sql_end = body.find(b"\0", name_end + 1)
+        return body[name_end + 1 : sql_end if sql_end >= 0 else len(body)]
+    return body[:-1] if body.endswith(b"\0") else body

@@ -83,6 +83,8 @@ class Exchange:
         "terminate_at",
         "ready_count",
         "statuses",
+        "inspect",
+        "sql_at",
     )
 
     def __init__(self) -> None:
@@ -95,6 +97,8 @@ class Exchange:
         self.terminate_at = -1  # offset of a Terminate in the last frontend chunk
         self.ready_count = 0  # ReadyForQuery messages seen (queries answered), ever
         self.statuses: list[tuple[int, int]] | None = None  # ParameterStatus (start, end)
+        self.inspect = False  # record where whole Query/Parse messages are (session state)
+        self.sql_at: list[tuple[int, int, int]] | None = None  # (type, body start, end)
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -128,9 +132,13 @@ class Exchange:
                     syncs = 0
                 elif msg_type in _EXTENDED:
                     extended = True
+                    if msg_type == F_PARSE and self.inspect and pos + 1 + length <= n:
+                        self.record_sql(msg_type, pos, length)
                 elif msg_type == F_QUERY:
                     expected += 1
                     syncs = 0
+                    if self.inspect and pos + 1 + length <= n:
+                        self.record_sql(msg_type, pos, length)
                 elif msg_type in (F_COPY_DONE, F_COPY_FAIL):
                     expected -= syncs
                     syncs = 0
@@ -150,6 +158,11 @@ class Exchange:
             return n
         self.fe_remaining = 0
         return pos
+
+    def record_sql(self, msg_type: int, pos: int, length: int) -> None:
+        if self.sql_at is None:
+            self.sql_at = []
+        self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
 
     # -- server -> client ---------------------------------------------------------------
 

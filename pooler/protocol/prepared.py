@@ -249,6 +249,8 @@ class PreparedSession:
                 end = pos + 1 + length
                 if msg_type in _REWRITTEN:
                     ex.extended = True
+                    if msg_type == _P and ex.inspect and end <= n:
+                        ex.record_sql(_P, pos, length)
                     if end <= n and length >= 6:
                         # Unnamed statements and portals (most drivers, most of the time)
                         # only need a queue entry: no call, no copy.
@@ -295,6 +297,8 @@ class PreparedSession:
                     ex.extended = True
                 elif msg_type == _Q:
                     queue.append(_Q)
+                    if ex.inspect and end <= n:
+                        ex.record_sql(_Q, pos, length)
                 elif msg_type == _H:
                     ex.extended = True
                 elif msg_type == _COPY_DONE or msg_type == _COPY_FAIL:

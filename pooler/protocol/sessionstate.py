@@ -25,11 +25,8 @@ _BLANK = re.compile(
     re.DOTALL,
 )
 
-#: Cheap first look: none of these words, nothing to do (the usual case).
-_HINT = re.compile(
-    rb"set|reset|listen|prepare|advisory|temp|hold|session|discard|deallocate",
-    re.IGNORECASE,
-)
+#: Cheap first look (plain substring tests): none of these, nothing to do (the usual case).
+_HINT_WORDS = (b"set", b"listen", b"prepare", b"advisory", b"temp", b"hold", b"session")
 
 #: Settings the pooler itself follows per client (ParameterStatus), so SET of them is safe.
 _FOLLOWED = (
@@ -60,14 +57,10 @@ _RULES: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple(
 )
 
 
-def might_be_stateful(chunk: memoryview, start: int, end: int) -> bool:
-    """One pass over a whole chunk: False means no statement in it can be stateful."""
-    return _HINT.search(chunk, start, end) is not None
-
-
 def stateful_kind(sql: bytes) -> str | None:
     """What kind of session state ``sql`` leaves behind, or None."""
-    if not _HINT.search(sql):
+    lowered = sql.lower()
+    if not any(word in lowered for word in _HINT_WORDS):
         return None
     text = _BLANK.sub(b"''", sql)
     for kind, pattern in _RULES:
