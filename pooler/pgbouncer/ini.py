@@ -109,6 +109,7 @@ def _k(
 
 
 _NO_TLS = "Greenvisor does not terminate TLS (see client_tls_sslmode / server_tls_sslmode)"
+_TRACKED = "IntervalStyle is tracked already"
 _AUTH_QUERY = (
     "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
     "FROM pg_authid WHERE rolname=$1 AND rolcanlogin"
@@ -128,7 +129,7 @@ KEYS: tuple[Key, ...] = (
     _k("auth_user", "str", None, PLANNED, "runs auth_query"),
     _k("autodb_idle_timeout", "time", "3600", IGNORED, "pools of * databases stay"),
     _k("cancel_wait_timeout", "time", "10", IGNORED, "cancels are forwarded at once"),
-    _k("client_idle_timeout", "time", "0", SUPPORTED, "TenantConfig.client_idle_timeout"),
+    _k("client_idle_timeout", "time", "0", SUPPORTED, "TenantConfig.client_idle_timeout (s)"),
     _k("client_login_timeout", "time", "60", SUPPORTED, "NodeSettings.client_login_timeout"),
     _k("client_tls13_ciphers", "str", None, IGNORED, _NO_TLS),
     _k("client_tls_ca_file", "path", "", IGNORED, _NO_TLS),
@@ -157,7 +158,7 @@ KEYS: tuple[Key, ...] = (
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
     _k("logfile", "path", "", PLANNED, "log to a file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
-    _k("max_client_conn", "count", "100", SUPPORTED, "TenantConfig.default_max_clients"),
+    _k("max_client_conn", "count", "100", SUPPORTED, "TenantConfig.default_max_clients (per db)"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
     _k("max_db_connections", "count", "0", PLANNED, "servers per database"),
     _k("max_packet_size", "uint", "2147483647", IGNORED, "messages of any size are streamed"),
@@ -171,7 +172,7 @@ KEYS: tuple[Key, ...] = (
     _k("pidfile", "path", "", PLANNED, "write the process id", reload=False),
     _k("pkt_buf", "int", "4096", IGNORED, "Greenvisor sizes its own buffers", reload=False),
     _k("pool_idle_timeout", "time", "0", IGNORED, "pools stay"),
-    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction, statement"),
+    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction; statement planned"),
     _k("query_timeout", "time", "0", PLANNED, "cancel long queries"),
     _k("query_wait_notify", "int", "5", IGNORED, "no wait notice"),
     _k("query_wait_timeout", "time", "120", SUPPORTED, "NodeSettings.query_wait_timeout"),
@@ -212,7 +213,7 @@ KEYS: tuple[Key, ...] = (
     _k("tcp_keepintvl", "int", "0", IGNORED, "kernel defaults"),
     _k("tcp_socket_buffer", "int", "0", IGNORED, "kernel defaults"),
     _k("tcp_user_timeout", "int", "0", IGNORED, "kernel defaults"),
-    _k("track_extra_parameters", "list", "IntervalStyle", IGNORED, "tracked", reload=False),
+    _k("track_extra_parameters", "list", "IntervalStyle", IGNORED, _TRACKED, reload=False),
     _k("transaction_timeout", "time", "0", PLANNED, "end long transactions"),
     _k("unix_socket_dir", "str", "/tmp", IGNORED, "TCP only: no Unix socket", reload=False),
     _k("unix_socket_group", "str", "", IGNORED, "TCP only", reload=False),
@@ -585,6 +586,11 @@ _DB_LATER_KEYS = (
     "auth_dbname", "auth_query", "query_wait_timeout", "max_db_client_connections",
     "server_lifetime", "load_balance_hosts",
 )  # fmt: skip
+#: Known [databases] keys Greenvisor records but does not apply yet (a warning each).
+_DB_NOT_APPLIED = (
+    "min_pool_size", "reserve_pool", "reserve_pool_size", "max_db_connections", "auth_user",
+    "client_encoding", "datestyle", "timezone", "application_name",
+)  # fmt: skip
 _USER_LATER_KEYS = (
     "pool_size", "reserve_pool_size", "transaction_timeout", "idle_transaction_timeout",
     "query_timeout", "query_wait_timeout", "client_idle_timeout", "max_user_client_connections",
@@ -646,11 +652,12 @@ class _Sections:
                 values["pool_mode"] = _pool_mode(text)
             elif lower in _DB_LATER_KEYS:
                 extra[lower] = text
-                self._warn(item, lower, "accepted but not applied by Greenvisor yet")
             elif lower == "connect_query":
                 raise ValueError("connect_query is not supported by Greenvisor")
             else:
                 raise ValueError(f"unknown connection parameter {key}")
+            if lower in _DB_NOT_APPLIED or lower in _DB_LATER_KEYS:
+                self._not_applied(item, lower)
         values["extra"] = extra
         return values
 
@@ -675,9 +682,10 @@ class _Sections:
                     values["pool_mode"] = _pool_mode(text)
                 elif lower == "max_user_connections":
                     values["max_user_connections"] = _count(text)
+                    self._not_applied(item, lower)
                 elif lower in _USER_LATER_KEYS:
                     extra[lower] = text
-                    self._warn(item, lower, "accepted but not applied by Greenvisor yet")
+                    self._not_applied(item, lower)
                 else:
                     raise ValueError(f"unknown user parameter {key}")
         except ValueError as exc:
@@ -687,6 +695,9 @@ class _Sections:
 
     def _warn(self, item: _Item, key: str, message: str) -> None:
         self.warnings.append(f"{item.file}:{item.line}: {key}: {message}")
+
+    def _not_applied(self, item: _Item, parameter: str) -> None:
+        self._warn(item, item.key or "", f"{parameter} is accepted but not applied yet")
 
 
 # -- the whole configuration ------------------------------------------------------------------
@@ -732,7 +743,12 @@ class PgBouncerConfig:
         """SHOW CONFIG rows: (key, value, default, changeable), as PgBouncer prints them."""
         rows = []
         for key in KEYS:
-            value = self.path if key.name == "conffile" else _show(key, self.values[key.name])
+            if key.name == "conffile":
+                value: str | None = self.path
+            elif key.kind in ("str", "path", "list"):
+                value = self.texts[key.name]  # PgBouncer shows strings as written
+            else:
+                value = _show(key, self.values[key.name])
             rows.append((key.name, value, key.default, key.reload))
         return rows
 
@@ -792,14 +808,17 @@ def _show(key: Key, value: Any) -> str | None:
         return "1" if value else "0"
     if key.kind == "time":
         return f"{value:g}"
-    if key.kind == "list":
-        return ",".join(value)
     return str(value)
 
 
-_DEFAULT_VALUES: Mapping[str, Any] = {
-    k.name: None if k.default is None else parse_value(k, k.default) for k in KEYS
-}
+def _initial(key: Key) -> Any:
+    """PgBouncer's value for a key never set: its default, else 0 for numbers, else NULL."""
+    if key.default is not None:
+        return parse_value(key, key.default)
+    return parse_value(key, "0") if key.kind in ("int", "count", "uint", "bool") else None
+
+
+_DEFAULT_VALUES: Mapping[str, Any] = {key.name: _initial(key) for key in KEYS}
 
 
 def _defaults() -> tuple[dict[str, Any], dict[str, str | None]]:
