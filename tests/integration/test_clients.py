@@ -100,7 +100,7 @@ def pgbench_db(pg: PgCluster, bindir: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["extended", "prepared"])
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared"])
 def test_pgbench_through_the_transaction_port(
     pooler: PoolerProcess, bindir: Path, pgbench_db: str, protocol: str
 ) -> None:
