@@ -14,7 +14,7 @@ help:
 apt-deps:  ## Debian/Ubuntu packages the tests and the demo need (run as root)
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-		postgresql postgresql-client pgbouncer zookeeper make
+		postgresql postgresql-client pgbouncer zookeeper make chromium chromium-driver
 
 setup:  ## the Debian packages, only if missing
 	@command -v pgbouncer >/dev/null 2>&1 && [ -x /usr/share/zookeeper/bin/zkServer.sh ] \

@@ -125,16 +125,44 @@ LOGGING = {
     },
 }
 
-# Placeholders: the REST API and its schema arrive in a later issue.
+# The REST API (tenants/api): JSON only, every route behind a bearer JWT signed with
+# API_JWT_SECRET (read per request; unset -> the routes answer 503 saying so). Health and
+# Swagger UI opt out in their views.
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.api.auth.BearerJWTAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "tenants.api.views.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Greenvisor API",
-    "DESCRIPTION": "Tenant management for the Greenvisor Postgres connection pooler.",
+    "DESCRIPTION": (
+        "Tenant management for the Greenvisor Postgres connection pooler (Supavisor's "
+        "routes). Send `Authorization: Bearer <JWT>`: HS256, signed with API_JWT_SECRET, "
+        "with an `exp` claim; mint one with `python manage.py minttoken`. Passwords are "
+        "accepted, stored encrypted and never returned."
+    ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PUBLIC": False,
+    "SERVE_AUTHENTICATION": ["tenants.api.auth.BearerJWTAuthentication"],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "deepLinking": True},
     "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tenants.api.schema.strip_trailing_slashes",
+    ],
+    "ENUM_NAME_OVERRIDES": {"PoolModeEnum": "tenants.models.TenantUser.MODES"},
 }
+
+# /metrics: open unless METRICS_JWT_SECRET is set (then a bearer JWT signed with it is
+# needed, like Supavisor). Greenvisor's own collector (pooler.metrics) is registered by
+# runpooler on the default registry next to django-prometheus's HTTP and DB metrics.
+PROMETHEUS_EXPORT_MIGRATIONS = False  # no per-app migration gauges (a DB query at start)

@@ -14,6 +14,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
+from tenants import crypto
 
 EXTERNAL_ID_PATTERN = r"\A[A-Za-z0-9_-]{1,63}\Z"
 EXTERNAL_ID_MESSAGE = (
@@ -58,13 +59,13 @@ def validate_parameter_status(value: Any) -> None:
 
 
 def _encode_secret(plaintext: str) -> str:
-    """Stored form of a secret. Plaintext for now; AES-256-GCM encryption will go here."""
-    return plaintext
+    """Stored form of a secret: AES-256-GCM under VAULT_ENC_KEY (see tenants.crypto)."""
+    return crypto.encrypt(plaintext)
 
 
 def _decode_secret(stored: str) -> str:
-    """Inverse of :func:`_encode_secret`."""
-    return stored
+    """Inverse of :func:`_encode_secret`; raises crypto.VaultKeyError for a wrong key."""
+    return crypto.decrypt(stored)
 
 
 class SecretField(models.TextField):

@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from gevent.event import Event
 
-from pooler import runtime
+from pooler import metrics, runtime
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
 from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
@@ -148,8 +148,17 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         if not logging.getLogger().handlers and not log.handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        if not opts["no_migrate"]:
-            call_command("migrate", interactive=False, verbosity=0)
+        from tenants.crypto import VaultKeyError, check_key, current_cipher
+
+        try:
+            current_cipher()  # a missing or malformed key stops us before anything runs
+            if not opts["no_migrate"]:
+                call_command("migrate", interactive=False, verbosity=0)
+            check_key()  # ... and so does a key that does not decrypt the stored passwords
+        except VaultKeyError as exc:
+            sys.stderr.write(f"greenvisor: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
 
         from django.core.wsgi import get_wsgi_application
 
@@ -207,6 +216,7 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(signum, on_signal)
         runtime.current.node = node
+        metrics.install(node)
         runtime.current.listeners = listeners
         start_all(listeners)
         log.info(

@@ -1,0 +1,1 @@
+"""The management REST API: Supavisor's routes under /api, bearer-JWT protected."""

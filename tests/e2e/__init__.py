@@ -1,0 +1,1 @@
+"""End-to-end tests: real clients and a real browser against a running pooler."""
