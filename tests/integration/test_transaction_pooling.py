@@ -95,7 +95,7 @@ def test_psycopg3_prepared_statements_across_servers(tp: PoolerProcess) -> None:
     def work(n: int) -> None:
         try:
             with p3(tp, prepare_threshold=0) as conn:
-                for i in range(30):
+                for i in range(10):
                     with conn.transaction():
                         row = conn.execute("SELECT %s::int * 2, %s::text", (i, f"c{n}")).fetchone()
                         assert row == (i * 2, f"c{n}")
@@ -104,7 +104,7 @@ def test_psycopg3_prepared_statements_across_servers(tp: PoolerProcess) -> None:
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(10)]
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(50)]
     for thread in threads:
         thread.start()
     for thread in threads:
