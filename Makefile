@@ -18,6 +18,7 @@ apt-deps:  ## Debian/Ubuntu packages the tests and the demo need (run as root)
 
 setup:  ## the Debian packages, only if missing
 	@command -v pgbouncer >/dev/null 2>&1 && [ -x /usr/share/zookeeper/bin/zkServer.sh ] \
+		&& command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
 		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(SUDO) $(MAKE) apt-deps
 
 deps: setup
