@@ -164,7 +164,10 @@ def _login(
         )
     try:
         if pool.server_params is None:
-            _warm_up(pool)
+            # Leave time to tell the client why, before client_login_timeout cuts it off.
+            _warm_up(
+                pool, min(pool.limits.checkout_timeout, node.settings.client_login_timeout * 0.8)
+            )
         settings = _settings(startup, pool)
         pid, key = node.new_backend_key()
         message = _welcome(pool, settings, pid, key)
@@ -274,16 +277,16 @@ class _LoginWaiter:
         self.result.set_exception(LoginFailed(sqlstate, message))
 
 
-def _warm_up(pool: Pool) -> None:
+def _warm_up(pool: Pool, wait: float) -> None:
     """Make sure one server of the pool has logged in, so its ParameterStatus is known and
     a wrong upstream setting is reported to the first client at once."""
     waiter = _LoginWaiter()
     server = pool.checkout(waiter)
     try:
         if server is None:
-            waiter.result.wait(timeout=pool.limits.checkout_timeout)
+            waiter.result.wait(timeout=wait)
             if not waiter.result.ready():
-                raise LoginFailed(*pool.timeout_error(pool.limits.checkout_timeout))
+                raise LoginFailed(*pool.timeout_error(wait))
             server = waiter.result.get()
     finally:
         if server is None:
