@@ -6,6 +6,7 @@ These tests stop and start Postgres, so they use a cluster of their own, not the
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -180,3 +181,48 @@ def test_client_idle_timeout(pooler_factory: Any, own_pg: PgCluster) -> None:
         cur = fresh.cursor()
         cur.execute("SELECT 2")
         assert cur.fetchone() == (2,)
+
+
+def test_switching_db_host_under_load_loses_no_transaction(
+    pooler_factory: Any, own_pg: PgCluster
+) -> None:
+    """Change the tenant's upstream address while pgbench runs: old server connections drain
+    as they are released, new transactions use the new address, none fails. (The "new"
+    address is the same server under another name, which is enough to exercise the drain.)"""
+    env = {"PGPASSWORD": PW, "PATH": "/usr/bin:/bin"}
+    subprocess.run([str(own_pg.bindir / "pgbench"), "-i", "-s", "1", "-q", "-h", own_pg.host,
+                    "-p", str(own_pg.port), "-U", "resil", "resil"], check=True, env=env,
+                   capture_output=True, timeout=120)  # fmt: skip
+    pooler = pooler_factory(doc(own_pg))
+    bench = subprocess.Popen(
+        [str(own_pg.bindir / "pgbench"), "-n", "-M", "extended", "-c", "20", "-j", "2",
+         "-T", "6", "-h", pooler.host, "-p", str(pooler.transaction_port), "-U", "resil.rs",
+         "resil"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2)
+        before = _backends(own_pg)
+        assert before, "pgbench should be running through the pooler by now"
+        pooler.apply(
+            doc(own_pg)
+            | {
+                "tenants": [
+                    doc(own_pg)["tenants"][0] | {"db_host": "localhost", "ip_version": "v4"}
+                ]
+            }
+        )
+        out, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 0, err[-2000:]
+    assert "number of failed transactions: 0 " in out, out
+    after = _backends(own_pg)
+    assert after, "the pool keeps its new server connections"
+    assert not (before & after), "a server connection of the old address was reused"
+
+
+def _backends(cluster: PgCluster) -> set[int]:
+    rows = cluster.execute("SELECT pid FROM pg_stat_activity WHERE usename = 'resil'")
+    return {row[0] for row in rows}
