@@ -129,6 +129,19 @@ class TerminateResponseSerializer(serializers.Serializer):
     data = TerminateResultSerializer()
 
 
+class PoolActionResultSerializer(serializers.Serializer):
+    external_id = serializers.CharField()
+    action = serializers.ChoiceField(choices=["pause", "resume", "reconnect"])
+    pools = serializers.IntegerField(help_text="pools of the tenant on this node")
+    busy_servers = serializers.IntegerField(
+        help_text="server connections still running a transaction (pause: wait for 0)"
+    )
+
+
+class PoolActionResponseSerializer(serializers.Serializer):
+    data = PoolActionResultSerializer()
+
+
 class ListenerSerializer(serializers.Serializer):
     name = serializers.CharField()
     host = serializers.CharField()

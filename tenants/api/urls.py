@@ -16,6 +16,15 @@ urlpatterns = [
         views.TenantTerminateView.as_view(),
         name="api-tenant-terminate",
     ),
+    re_path(rf"^tenants/{_ID}/pause/?$", views.TenantPauseView.as_view(), name="api-tenant-pause"),
+    re_path(
+        rf"^tenants/{_ID}/resume/?$", views.TenantResumeView.as_view(), name="api-tenant-resume"
+    ),
+    re_path(
+        rf"^tenants/{_ID}/reconnect/?$",
+        views.TenantReconnectView.as_view(),
+        name="api-tenant-reconnect",
+    ),
     re_path(
         rf"^tenants/{_ID}/clients/?$", views.TenantClientsView.as_view(), name="api-tenant-clients"
     ),

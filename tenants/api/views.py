@@ -342,6 +342,64 @@ class TenantTerminateView(APIView):
         return Response({"data": {"external_id": tenant.external_id, "clients_closed": closed}})
 
 
+class TenantPoolActionView(APIView):
+    """PgBouncer's PAUSE, RESUME and RECONNECT for one tenant's pools on this node."""
+
+    action = "pause"
+
+    @extend_schema(
+        tags=["tenants"],
+        request=None,
+        responses={
+            200: s.PoolActionResponseSerializer,
+            404: NOT_FOUND,
+            503: NO_POOLER,
+            **AUTH_ERRORS,
+        },
+        summary="Pause, resume or reconnect the tenant's pools on this node",
+        description=(
+            "pause: new transactions wait (up to query_wait_timeout) while running ones "
+            "finish; poll until busy_servers is 0 before switching the database. resume: "
+            "waiting transactions go on. reconnect: every server connection is replaced as "
+            "soon as it is released (use after moving the database)."
+        ),
+    )
+    def post(self, request: Request, external_id: str) -> Response:
+        tenant = _get_tenant(external_id)
+        node = _node()
+        name = tenant.external_id
+        if self.action == "pause":
+            node.pause_tenant(name)
+        elif self.action == "resume":
+            node.resume_tenant(name)
+        else:
+            node.reconnect_tenant(name)
+        pools = node.pools_of(name)
+        log.info("tenant %s: %s through the API", name, self.action)
+        return Response(
+            {
+                "data": {
+                    "external_id": name,
+                    "action": self.action,
+                    "pools": len(pools),
+                    "busy_servers": sum(pool.active for pool in pools),
+                }
+            }
+        )
+
+
+class TenantPauseView(TenantPoolActionView):
+    action = "pause"
+
+
+class TenantResumeView(TenantPoolActionView):
+    action = "resume"
+
+
+class TenantReconnectView(TenantPoolActionView):
+    action = "reconnect"
+
+
 class TenantClientsView(APIView):
     @extend_schema(
         operation_id="list_tenant_clients",

@@ -38,6 +38,9 @@ PROTECTED = [
     ("patch", "/api/tenants/t1", {"tenant": {"default_pool_size": 2}}),
     ("delete", "/api/tenants/t1", None),
     ("post", "/api/tenants/t1/terminate", None),
+    ("post", "/api/tenants/t1/pause", None),
+    ("post", "/api/tenants/t1/resume", None),
+    ("post", "/api/tenants/t1/reconnect", None),
     ("get", "/api/tenants/t1/clients", None),
     ("get", "/api/openapi", None),
 ]

@@ -26,6 +26,9 @@ SUPAVISOR_ROUTES = {
     "/api/tenants": {"get"},
     "/api/tenants/{external_id}": {"get", "put", "patch", "delete"},
     "/api/tenants/{external_id}/terminate": {"post"},
+    "/api/tenants/{external_id}/pause": {"post"},
+    "/api/tenants/{external_id}/resume": {"post"},
+    "/api/tenants/{external_id}/reconnect": {"post"},
     "/api/tenants/{external_id}/clients": {"get"},
     "/api/health": {"get"},
 }

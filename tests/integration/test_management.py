@@ -337,3 +337,40 @@ def test_admin_live_pools_page_shows_real_numbers(
     # database, user, mode, cl_active, cl_waiting, sv_active, sv_idle, sv_login, pool_size
     assert cells[:9] == [DB, USER, "transaction", "1", "0", "0", "1", "0", "3"], cells
     assert "1 client connection on this node" in page.text
+
+
+def test_pause_holds_new_transactions_until_resume(
+    api: Api, pooler: PoolerProcess, connections: list[Any]
+) -> None:
+    """PgBouncer's PAUSE/RESUME through the API: a transaction that starts while the pools
+    are paused waits, then runs once they are resumed; RECONNECT replaces the servers."""
+    put_tenant(api, "apipause")
+    conn = connect(pooler, "apipause")
+    connections.append(conn)
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    (first_pid,) = cur.fetchone()
+    paused = api("POST", "/api/tenants/apipause/pause")
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["data"] == {
+        "external_id": "apipause", "action": "pause", "pools": 1, "busy_servers": 0,
+    }  # fmt: skip
+    done: list[float] = []
+
+    def query() -> None:
+        started = time.monotonic()
+        cur.execute("SELECT 1")
+        done.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=query)
+    waiter.start()
+    time.sleep(0.8)
+    assert not done, "a transaction ran while the pool was paused"
+    assert api("POST", "/api/tenants/apipause/resume").status_code == 200
+    waiter.join(10)
+    assert done and done[0] >= 0.7
+    assert api("POST", "/api/tenants/apipause/reconnect").status_code == 200
+    cur.execute("SELECT pg_backend_pid()")
+    (second_pid,) = cur.fetchone()
+    assert second_pid != first_pid  # the old server was replaced, not reused
+    assert api("POST", "/api/tenants/nosuch/pause").status_code == 404
