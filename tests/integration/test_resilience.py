@@ -226,3 +226,46 @@ def test_switching_db_host_under_load_loses_no_transaction(
 def _backends(cluster: PgCluster) -> set[int]:
     rows = cluster.execute("SELECT pid FROM pg_stat_activity WHERE usename = 'resil'")
     return {row[0] for row in rows}
+
+
+def test_server_idle_timeout_and_lifetime(pooler_factory: Any, own_pg: PgCluster) -> None:
+    pooler = pooler_factory(
+        doc(own_pg), extra_args=["--server-idle-timeout", "1", "--server-lifetime", "2"]
+    )
+    with psycopg.connect(dsn(pooler), autocommit=True) as conn:
+        (first,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert _backends(own_pg) == {first}
+        deadline = time.monotonic() + 5
+        while _backends(own_pg) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _backends(own_pg), "an idle server outlived server_idle_timeout"
+        # server_lifetime: a busy server is replaced once it is older than 2 s.
+        (second,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+        for _ in range(25):
+            conn.execute("SELECT pg_sleep(0.1)")
+        (third,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert second != first and third != second
+
+
+def test_server_connect_timeout(pooler_factory: Any, own_pg: PgCluster) -> None:
+    """An upstream that accepts TCP but never answers: the client gets a clear error in
+    about server_connect_timeout (x the retries allowed by query_wait_timeout), no hang."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        tenant = doc(own_pg)["tenants"][0] | {"db_port": port}
+        pooler = pooler_factory(
+            {"tenants": [tenant]},
+            extra_args=["--server-connect-timeout", "0.5", "--query-wait-timeout", "2"],
+        )
+        started = time.monotonic()
+        with pytest.raises(psycopg.OperationalError) as info:
+            psycopg.connect(dsn(pooler), autocommit=True).execute("SELECT 1")
+        assert time.monotonic() - started < 8
+        assert "timed out logging in to the tenant database" in str(info.value)
+    finally:
+        silent.close()
