@@ -41,16 +41,18 @@ def own_pg() -> Iterator[PgCluster]:
         cluster.destroy()
 
 
-def doc(cluster: PgCluster, **tenant_fields: Any) -> dict[str, Any]:
+def doc(cluster: PgCluster, role: str = "resil", **tenant_fields: Any) -> dict[str, Any]:
+    """Tenant 'rs' on database ``role`` as role ``role`` (tests that count backends use a
+    role of their own: the other poolers of this module stay connected as 'resil')."""
     return {
         "tenants": [
             tenant_doc(
                 "rs",
-                "resil",
+                role,
                 cluster.port,
                 [
-                    user_doc("resil", PW, "transaction", pool_size=2),
-                    user_doc("resil", PW, "session", pool_size=2),
+                    user_doc(role, PW, "transaction", pool_size=2),
+                    user_doc(role, PW, "session", pool_size=2),
                 ],
                 **tenant_fields,
             )
@@ -58,13 +60,20 @@ def doc(cluster: PgCluster, **tenant_fields: Any) -> dict[str, Any]:
     }
 
 
+def own_role(cluster: PgCluster, role: str) -> str:
+    """A role with a database of its own, so its backends can be counted alone."""
+    cluster.create_role(role, PW)
+    cluster.create_database(role, owner=role)
+    return role
+
+
 @pytest.fixture(scope="module")
 def rs(pooler_factory: Any, own_pg: PgCluster) -> PoolerProcess:
     return pooler_factory(doc(own_pg), extra_args=["--query-wait-timeout", "20"])
 
 
-def dsn(pooler: PoolerProcess, mode: str = "transaction") -> str:
-    return pooler.dsn("resil.rs", PW, "resil", mode)
+def dsn(pooler: PoolerProcess, mode: str = "transaction", role: str = "resil") -> str:
+    return pooler.dsn(f"{role}.rs", PW, role, mode)
 
 
 def test_transaction_waits_out_a_restart_and_runs_once(
@@ -189,56 +198,53 @@ def test_switching_db_host_under_load_loses_no_transaction(
     """Change the tenant's upstream address while pgbench runs: old server connections drain
     as they are released, new transactions use the new address, none fails. (The "new"
     address is the same server under another name, which is enough to exercise the drain.)"""
+    role = own_role(own_pg, "resil_switch")
     env = {"PGPASSWORD": PW, "PATH": "/usr/bin:/bin"}
     subprocess.run([str(own_pg.bindir / "pgbench"), "-i", "-s", "1", "-q", "-h", own_pg.host,
-                    "-p", str(own_pg.port), "-U", "resil", "resil"], check=True, env=env,
+                    "-p", str(own_pg.port), "-U", role, role], check=True, env=env,
                    capture_output=True, timeout=120)  # fmt: skip
-    pooler = pooler_factory(doc(own_pg))
+    pooler = pooler_factory(doc(own_pg, role))
     bench = subprocess.Popen(
         [str(own_pg.bindir / "pgbench"), "-n", "-M", "extended", "-c", "20", "-j", "2",
-         "-T", "6", "-h", pooler.host, "-p", str(pooler.transaction_port), "-U", "resil.rs",
-         "resil"],
+         "-T", "6", "-h", pooler.host, "-p", str(pooler.transaction_port), "-U", f"{role}.rs",
+         role],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         time.sleep(2)
-        before = _backends(own_pg)
+        before = _backends(own_pg, role)
         assert before, "pgbench should be running through the pooler by now"
-        pooler.apply(
-            doc(own_pg)
-            | {
-                "tenants": [
-                    doc(own_pg)["tenants"][0] | {"db_host": "localhost", "ip_version": "v4"}
-                ]
-            }
-        )
+        moved = doc(own_pg, role)["tenants"][0] | {"db_host": "localhost", "ip_version": "v4"}
+        pooler.apply({"tenants": [moved]})
         out, err = bench.communicate(timeout=60)
+        after = _backends(own_pg, role)
     finally:
         if bench.poll() is None:
             bench.kill()
+        pooler.stop()
     assert bench.returncode == 0, err[-2000:]
     assert "number of failed transactions: 0 " in out, out
-    after = _backends(own_pg)
     assert after, "the pool keeps its new server connections"
     assert not (before & after), "a server connection of the old address was reused"
 
 
-def _backends(cluster: PgCluster) -> set[int]:
-    rows = cluster.execute("SELECT pid FROM pg_stat_activity WHERE usename = 'resil'")
+def _backends(cluster: PgCluster, role: str) -> set[int]:
+    rows = cluster.execute("SELECT pid FROM pg_stat_activity WHERE usename = %s", (role,))
     return {row[0] for row in rows}
 
 
 def test_server_idle_timeout_and_lifetime(pooler_factory: Any, own_pg: PgCluster) -> None:
+    role = own_role(own_pg, "resil_life")
     pooler = pooler_factory(
-        doc(own_pg), extra_args=["--server-idle-timeout", "1", "--server-lifetime", "2"]
+        doc(own_pg, role), extra_args=["--server-idle-timeout", "1", "--server-lifetime", "2"]
     )
-    with psycopg.connect(dsn(pooler), autocommit=True) as conn:
+    with psycopg.connect(dsn(pooler, role=role), autocommit=True) as conn:
         (first,) = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert _backends(own_pg) == {first}
+        assert _backends(own_pg, role) == {first}
         deadline = time.monotonic() + 5
-        while _backends(own_pg) and time.monotonic() < deadline:
+        while _backends(own_pg, role) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _backends(own_pg), "an idle server outlived server_idle_timeout"
+        assert not _backends(own_pg, role), "an idle server outlived server_idle_timeout"
         # server_lifetime: a busy server is replaced once it is older than 2 s.
         (second,) = conn.execute("SELECT pg_backend_pid()").fetchone()
         for _ in range(25):
