@@ -28,7 +28,7 @@ from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
-from pooler.protocol.sessionstate import refusal_sql, sql_messages, stateful_kind
+from pooler.protocol.sessionstate import refusal_sql, sql_messages, sql_text, stateful_kind
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -164,13 +164,14 @@ class Client(netio.Conn):
 
     def _on_client_readable(self) -> None:
         try:
+            carried = len(self.carry)  # already counted when it arrived
             view, n = self.recv()
             if n == -1:
                 return
             if n == 0:
                 self.disconnect()
                 return
-            self.bytes_in += n
+            self.bytes_in += n - carried
             if not self.busy_since:
                 self.busy_since = time.monotonic()
             server = self.server
@@ -239,7 +240,7 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            kind = stateful_kind(_sql_text(view, msg_type, start, end))
+            kind = stateful_kind(sql_text(view, msg_type, start, end))
             if kind is None:
                 continue
             server.dirty = True
@@ -556,13 +557,3 @@ def _fix_lengths(data: bytearray, start: int) -> bytearray:
         pos = end
     out += data[pos:]
     return out
-
-
-def _sql_text(view: memoryview, msg_type: int, start: int, end: int) -> bytes:
-    """The SQL of a Query (``start``..``end`` is its body) or a Parse (skip the name)."""
-    body = bytes(view[start:end])
-    if msg_type == ord("P"):
-        name_end = body.find(b"\0")
-        sql_end = body.find(b"\0", name_end + 1)
-        return body[name_end + 1 : sql_end if sql_end >= 0 else len(body)]
-    return body[:-1] if body.endswith(b"\0") else body

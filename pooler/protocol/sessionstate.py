@@ -84,6 +84,17 @@ def refusal_sql(kind: str) -> bytes:
     ).encode()
 
 
+def sql_text(view: memoryview, msg_type: int, start: int, end: int) -> bytes:
+    """The SQL of a whole Query or Parse whose body is ``view[start:end]`` (a Parse's
+    statement name is skipped; the terminating NUL is dropped)."""
+    body = bytes(view[start:end])
+    if msg_type == 0x50:  # Parse: name NUL query NUL ...
+        name_end = body.find(b"\0")
+        sql_end = body.find(b"\0", name_end + 1)
+        return body[name_end + 1 : sql_end if sql_end >= 0 else len(body)]
+    return body[:-1] if body.endswith(b"\0") else body
+
+
 def sql_messages(view: memoryview, n: int, start: int) -> list[tuple[int, int, int]]:
     """(type, sql start, end) of each whole Query or Parse in ``view[start:n]``; the SQL of
     a Parse starts after its statement name. Stops at the first incomplete message."""

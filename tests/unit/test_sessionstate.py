@@ -75,3 +75,12 @@ def test_refusal_is_a_single_server_side_error() -> None:
     sql = refusal_sql("LISTEN")
     assert sql.startswith(b"DO $greenvisor$") and b"ERRCODE = '0A000'" in sql
     assert b"LISTEN is not allowed in transaction pooling mode" in sql
+
+
+def test_sql_text_of_query_and_parse() -> None:
+    from pooler.protocol.sessionstate import sql_text
+
+    query = memoryview(bytearray(b"SET x = 1\0"))
+    assert sql_text(query, ord("Q"), 0, len(query)) == b"SET x = 1"
+    parse = memoryview(bytearray(b"stmt\0LISTEN jobs\0\0\0"))
+    assert sql_text(parse, ord("P"), 0, len(parse)) == b"LISTEN jobs"
