@@ -102,7 +102,10 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     finally:
         timeout.close()
-    client = Client(sock, node, pool, addr, pid, key, settings)
+    client_class = Client
+    if pool.key.mode == "statement":
+        from pooler.pgbouncer.statement import StatementClient as client_class
+    client = client_class(sock, node, pool, addr, pid, key, settings)
     node.client_opened(client)
     client.start()
 
@@ -143,6 +146,8 @@ def _login(
     if startup.minor > 0 or startup.protocol_options:
         gsock.sendall(builders.negotiate_protocol_version(0, sorted(startup.protocol_options)))
     user_name, tenant_id = split_tenant(startup.user)
+    if node.pgbouncer is not None and not node.pgbouncer.is_db_tenant(tenant_id):
+        return node.pgbouncer.login(gsock, startup)  # pgbouncer.ini: route by database
     if tenant_id is None:
         raise LoginFailed(
             "08P01",

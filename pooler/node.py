@@ -72,11 +72,14 @@ class Node:
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self.statement_names = StatementNames()
         self.shutting_down = False
+        self.pgbouncer: Any = None  # pooler.pgbouncer.dropin.DropIn (runpooler --pgbouncer-ini)
 
     # -- config ---------------------------------------------------------------------------
 
     def apply_snapshot(self, snapshot: ConfigSnapshot) -> None:
         """Swap in a new configuration and bring the pools in line with it."""
+        if self.pgbouncer is not None:
+            snapshot = self.pgbouncer.overlay(snapshot)  # pgbouncer.ini tenants join in
         old = self.registry.snapshot
         self.registry.snapshot = snapshot
         for key, pool in list(self.pools.items()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket as pysocket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -53,6 +53,8 @@ class Target:
     ip_version: str = "auto"
     connect_timeout: float = 10.0
     application_name: str = "greenvisor"
+    #: (ClientKey, ServerKey) for SCRAM pass-through (pgbouncer.ini SCRAM auth_file entries).
+    scram_keys: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:  # never show the password
         return f"Target({self.user}@{self.host}:{self.port}/{self.database})"
@@ -333,7 +335,12 @@ def _answer_auth(
         mechanisms = [m for m in data.split(b"\0") if m]
         if b"SCRAM-SHA-256" not in mechanisms:
             raise UpstreamError("08P01", "the tenant database offers no SASL mechanism we support")
-        scram = ScramClient(target.password)
+        keys = target.scram_keys
+        scram = (
+            ScramClient(client_key=keys[0], server_key=keys[1])
+            if keys
+            else ScramClient(target.password)
+        )
         sock.sendall(builders.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
         return scram
     if code == AUTH_SASL_CONTINUE and scram is not None:

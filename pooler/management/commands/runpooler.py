@@ -142,6 +142,12 @@ class Command(BaseCommand):
             help="seconds between checks for tenant configuration changes",
         )
         parser.add_argument(
+            "--pgbouncer-ini",
+            default=None,
+            help="run from a pgbouncer.ini (its listen_addr/listen_port replace the two "
+            "proxy ports); see docs/PGBOUNCER.md",
+        )
+        parser.add_argument(
             "--no-migrate", action="store_true", help="do not apply metadata DB migrations at start"
         )
 
@@ -174,6 +180,11 @@ class Command(BaseCommand):
             query_wait_timeout=opts["query_wait_timeout"],
             idle_transaction_timeout=opts["idle_transaction_timeout"],
         )
+        if opts["pgbouncer_ini"]:
+            from pooler.pgbouncer.serve import serve
+
+            serve(self, opts, settings)
+            return
         node = Node(settings)
         sync = ConfigSync(
             node, _db_call(config_version), _db_call(build_snapshot), opts["config_poll_interval"]

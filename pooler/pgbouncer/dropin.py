@@ -1,0 +1,244 @@
+"""The running PgBouncer drop-in: one pgbouncer.ini + auth_file, routing and logging clients in.
+
+Theory of operation
+-------------------
+:class:`DropIn` is attached to the node (``node.pgbouncer``) by ``runpooler
+--pgbouncer-ini``. It holds the loaded :class:`~pooler.pgbouncer.ini.PgBouncerConfig`, its
+auth_file and the tenants they make (one per ``[databases]`` entry, ``*`` included), and:
+
+* merges those tenants into every snapshot the node applies (:meth:`overlay`, called by
+  ``Node.apply_snapshot``), so tenants from the metadata DB and from the ini live side by
+  side in one process. An ini database whose name is also a metadata-DB tenant id wins
+  (a warning is logged); the metadata-DB tenant is then unreachable in this process.
+* routes logins (:meth:`login`, called by ``pooler.login`` for every user name that does
+  not end in ``.<metadata-DB tenant>``): the startup packet's database picks the
+  ``[databases]`` entry (or ``*``), the user name is authenticated against the auth_file
+  following ``auth_type`` (:mod:`pooler.pgbouncer.clientauth`), the pool is the forced
+  user's (``user=``) or the client's own, its mode the [users] / database / ``pool_mode``
+  one. Database ``pgbouncer`` is the admin console (:mod:`pooler.pgbouncer.console`).
+* re-reads both files on :meth:`reload` (SIGHUP and the console's RELOAD) and applies them
+  to the running node without dropping clients: the node settings are replaced and the
+  merged snapshot applied (changed databases get new servers once the old are released).
+  A file that does not load leaves the running configuration untouched.
+* remembers the console's PAUSE/KILL/SUSPEND/DISABLE state per database, so pools created
+  later (a new user of a paused database) start paused too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
+from pooler.node import NodeSettings
+from pooler.pgbouncer.authfile import AuthFile, load_auth_file
+from pooler.pgbouncer.ini import UNUSABLE_PASSWORD, IniError, PgBouncerConfig, diff, load
+
+if TYPE_CHECKING:
+    from pooler.node import Node
+    from pooler.pool import Pool
+    from pooler.protocol.startup import StartupMessage
+
+log = logging.getLogger("pooler.pgbouncer")
+
+CONSOLE_DATABASE = "pgbouncer"
+#: query_wait_timeout = 0 (wait forever) becomes this many seconds.
+FOREVER = 10.0 * 365 * 24 * 3600
+
+
+class DropInError(Exception):
+    """The configuration cannot be used; the message names the file (and line)."""
+
+
+def load_files(path: str | Path) -> tuple[PgBouncerConfig, AuthFile]:
+    """pgbouncer.ini and its auth_file, checked; DropInError with file:line:key if unusable."""
+    from pooler.pgbouncer.authfile import AuthFileError
+
+    try:
+        config = load(path)
+    except IniError as exc:
+        raise DropInError(str(exc)) from None
+    except OSError as exc:
+        raise DropInError(f"{path}: cannot read: {exc.strerror}") from None
+    settings = config.settings
+    if settings.auth_type == "hba":
+        raise DropInError(
+            f"{config.path}: auth_type: hba is not supported by Greenvisor (auth_hba_file is "
+            "not read); use md5 or scram-sha-256 (and pg_hba.conf on the database side)"
+        )
+    if settings.auth_file:
+        try:
+            authfile = load_auth_file(settings.auth_file)
+        except AuthFileError as exc:
+            raise DropInError(str(exc)) from None
+    elif settings.auth_type != "trust":
+        raise DropInError(
+            f"{config.path}: auth_file: not set; auth_type {settings.auth_type} needs an "
+            "auth_file with the users' passwords"
+        )
+    else:
+        authfile = AuthFile("")
+    return config, authfile
+
+
+def node_settings(config: PgBouncerConfig, base: NodeSettings) -> NodeSettings:
+    """The process-wide knobs pgbouncer.ini sets (times in seconds)."""
+    s = config.settings
+    return replace(
+        base,
+        client_login_timeout=s.client_login_timeout or FOREVER,
+        server_connect_timeout=s.server_connect_timeout or FOREVER,
+        server_lifetime=s.server_lifetime,
+        server_idle_timeout=s.server_idle_timeout,
+        max_prepared_statements=s.max_prepared_statements,
+        query_wait_timeout=s.query_wait_timeout or FOREVER,
+        idle_transaction_timeout=s.idle_transaction_timeout,
+        connect_retry_interval=s.server_login_retry or base.connect_retry_interval,
+    )
+
+
+class DropIn:
+    """pgbouncer.ini tenants, logins and console state of one node."""
+
+    def __init__(self, node: Node, config: PgBouncerConfig, authfile: AuthFile) -> None:
+        self.node = node
+        self.config = config
+        self.authfile = authfile
+        self.ini_tenants: dict[str, TenantConfig] = dict(config.to_snapshot(authfile).tenants)
+        self.db_snapshot = ConfigSnapshot()
+        self.paused: set[str | None] = set()  # database names; None: every database
+        self.disabled: set[str] = set()
+        self.suspended = False
+        self.consoles = 0  # admin console sessions open
+        self.console: Any = None  # pooler.admin.AdminConsole, made at the first console login
+        self.shutdown_hook: Any = None  # set by serve: callable(wait_for_clients: bool)
+        self._shadowed: set[str] = set()
+        node.pgbouncer = self
+        node.settings = node_settings(config, node.settings)
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def overlay(self, snapshot: ConfigSnapshot) -> ConfigSnapshot:
+        """``snapshot`` (from the metadata DB) with the ini's tenants added."""
+        self.db_snapshot = snapshot
+        shadowed = set(snapshot.tenants) & set(self.ini_tenants)
+        for name in sorted(shadowed - self._shadowed):
+            log.warning(
+                "metadata-DB tenant %r has the name of a pgbouncer.ini database; the ini "
+                "database wins on this node (rename one of them)",
+                name,
+            )
+        self._shadowed = shadowed
+        return ConfigSnapshot(snapshot.version, {**snapshot.tenants, **self.ini_tenants})
+
+    def is_db_tenant(self, tenant_id: str | None) -> bool:
+        """A ``user.<tenant>`` login goes to the metadata DB's tenant of that id."""
+        return (
+            tenant_id is not None
+            and tenant_id in self.db_snapshot.tenants
+            and tenant_id not in self.ini_tenants
+        )
+
+    def reload(self) -> None:
+        """Re-read pgbouncer.ini and the auth_file and apply them; DropInError if unusable."""
+        config, authfile = load_files(self.config.path)
+        changes = diff(self.config, config)
+        for warning in (*config.warnings, *authfile.warnings):
+            log.warning("pgbouncer.ini: %s", warning)
+        if changes.restart_required:
+            log.warning(
+                "pgbouncer.ini: %s changed: takes effect only after a restart",
+                ", ".join(changes.restart_required),
+            )
+        self.config, self.authfile = config, authfile
+        self.ini_tenants = dict(config.to_snapshot(authfile).tenants)
+        self.node.settings = node_settings(config, self.node.settings)
+        self.node.apply_snapshot(self.db_snapshot)
+        log.info(
+            "pgbouncer.ini reloaded from %s (%d databases, %d auth_file users)",
+            config.path,
+            len(self.ini_tenants),
+            len(authfile),
+        )
+
+    # -- logins ----------------------------------------------------------------------------
+
+    def login(self, gsock: Any, startup: StartupMessage) -> Any:
+        """Authenticate and route a plain-user login; what ``pooler.login._login`` returns."""
+        from pooler.login import LoginFailed, _settings, _warm_up, _welcome
+        from pooler.pgbouncer.clientauth import authenticate
+
+        config = self.config
+        name = startup.user
+        database = startup.database
+        iterations = config.settings.scram_iterations
+        if database == CONSOLE_DATABASE:
+            from pooler.pgbouncer.console import open_console
+
+            entry = self.authfile.get(name)
+            authenticate(gsock, self.node, config.settings.auth_type, name, entry, iterations)
+            open_console(self, gsock, name)
+            return None
+        db_entry = config.database(database)
+        if db_entry is None:
+            raise LoginFailed("3D000", f"no such database: {database}")
+        keys = authenticate(
+            gsock, self.node, config.settings.auth_type, name, self.authfile.get(name), iterations
+        )
+        if database in self.disabled:
+            raise LoginFailed("55000", f'database "{database}" does not allow connections')
+        tenant_id = db_entry.name if db_entry.name in config.databases else "*"
+        tenant = self.node.registry.snapshot.tenant(tenant_id)
+        pool_user = config.pool_user(database, name)
+        user = _find(tenant, pool_user)
+        if tenant is None or user is None:
+            raise LoginFailed(
+                "28000",
+                f'no upstream credentials for user "{pool_user}" of database "{database}": '
+                "add the user to the auth_file or set user=/password= in [databases]",
+            )
+        pool = self.node.pool_for(tenant, user, db_entry.dbname or database, user.mode_type)
+        self._prepare(pool, user, keys if pool_user == name else None)
+        if not pool.client_joined():
+            raise LoginFailed(
+                "53300",
+                f"no more connections allowed (max_client_conn {pool.limits.max_clients}) "
+                f"for {pool.key}: close idle connections or raise max_client_conn",
+            )
+        try:
+            if pool.server_params is None:
+                wait = min(pool.limits.checkout_timeout, self.node.settings.client_login_timeout)
+                _warm_up(pool, wait * 0.8)
+            settings = _settings(startup, pool)
+            pid, key = self.node.new_backend_key()
+            message = _welcome(pool, settings, pid, key)
+        except BaseException:
+            pool.client_left()
+            raise
+        return pool, pid, key, message, settings
+
+    def _prepare(self, pool: Pool, user: UserConfig, keys: tuple[bytes, bytes] | None) -> None:
+        """SCRAM pass-through keys for the upstream login; console pause state."""
+        if keys is not None and user.db_password == UNUSABLE_PASSWORD:
+            target = pool.upstream
+            if target.scram_keys != keys:
+                pool.upstream = replace(target, scram_keys=keys)
+        database = self.database_of(pool)
+        if None in self.paused or database in self.paused or self.suspended:
+            pool.pause()
+
+    def database_of(self, pool: Pool) -> str:
+        """The PgBouncer database name of a pool (what the console shows and takes)."""
+        key = pool.key
+        return key.database if key.tenant == "*" else key.tenant
+
+
+def _find(tenant: TenantConfig | None, alias: str) -> UserConfig | None:
+    if tenant is None:
+        return None
+    for user in tenant.users:
+        if user.db_user_alias == alias:
+            return user
+    return None
