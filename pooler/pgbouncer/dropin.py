@@ -63,11 +63,6 @@ def load_files(path: str | Path) -> tuple[PgBouncerConfig, AuthFile]:
     except OSError as exc:
         raise DropInError(f"{path}: cannot read: {exc.strerror}") from None
     settings = config.settings
-    if settings.auth_type == "hba":
-        raise DropInError(
-            f"{config.path}: auth_type: hba is not supported by Greenvisor (auth_hba_file is "
-            "not read); use md5 or scram-sha-256 (and pg_hba.conf on the database side)"
-        )
     if settings.auth_file:
         try:
             authfile = load_auth_file(settings.auth_file)
@@ -200,7 +195,7 @@ class DropIn:
                 "add the user to the auth_file or set user=/password= in [databases]",
             )
         pool = self.node.pool_for(tenant, user, db_entry.dbname or database, user.mode_type)
-        self._prepare(pool, user, keys if pool_user == name else None)
+        self._pass_through(pool, user, keys if pool_user == name else None)
         if not pool.client_joined():
             raise LoginFailed(
                 "53300",
@@ -211,6 +206,7 @@ class DropIn:
             if pool.server_params is None:
                 wait = min(pool.limits.checkout_timeout, self.node.settings.client_login_timeout)
                 _warm_up(pool, wait * 0.8)
+            self._pause_if_paused(pool)  # after the warm-up: a new pool needs one server
             settings = _settings(startup, pool)
             pid, key = self.node.new_backend_key()
             message = _welcome(pool, settings, pid, key)
@@ -219,14 +215,18 @@ class DropIn:
             raise
         return pool, pid, key, message, settings
 
-    def _prepare(self, pool: Pool, user: UserConfig, keys: tuple[bytes, bytes] | None) -> None:
-        """SCRAM pass-through keys for the upstream login; console pause state."""
+    @staticmethod
+    def _pass_through(pool: Pool, user: UserConfig, keys: tuple[bytes, bytes] | None) -> None:
+        """SCRAM pass-through keys for the upstream login of a SCRAM-only user."""
         if keys is not None and user.db_password == UNUSABLE_PASSWORD:
             target = pool.upstream
             if target.scram_keys != keys:
                 pool.upstream = replace(target, scram_keys=keys)
+
+    def _pause_if_paused(self, pool: Pool) -> None:
+        """A pool created while its database is paused (PAUSE, KILL, SUSPEND) starts paused."""
         database = self.database_of(pool)
-        if None in self.paused or database in self.paused or self.suspended:
+        if not pool.paused and (None in self.paused or database in self.paused or self.suspended):
             pool.pause()
 
     def database_of(self, pool: Pool) -> str:

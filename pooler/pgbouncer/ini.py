@@ -60,7 +60,7 @@ MAX_INCLUDE_DEPTH = 10
 SECTIONS = ("pgbouncer", "databases", "users", "peers")
 POOL_MODES = ("session", "transaction", "statement")
 AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "pam", "scram-sha-256")
-AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256", "hba")
+AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256")  # hba: no HBA file reader
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLMODES_REFUSED = ("require", "verify-ca", "verify-full")
 RESERVED_DATABASE = "pgbouncer"
@@ -70,7 +70,7 @@ NO_TIMEOUT_MS = 2**31 - 1
 #: (a SCRAM secret): random per process, so nobody can log in or upstream with it.
 UNUSABLE_PASSWORD = "!unusable!" + secrets.token_hex(24)
 
-SUPPORTED = "supported"  # Greenvisor applies it (once runpooler --pgbouncer-ini is wired)
+SUPPORTED = "supported"  # Greenvisor applies it (runpooler --pgbouncer-ini)
 PLANNED = "planned"  # parsed and checked; Greenvisor has no mechanism for it yet
 IGNORED = "ignored"  # accepted; no effect in Greenvisor (and no need for one)
 
@@ -121,11 +121,11 @@ KEYS: tuple[Key, ...] = (
     _k("application_name_add_host", "bool", "0", IGNORED, "Greenvisor names its own servers"),
     _k("auth_dbname", "str", None, PLANNED, "database auth_query runs in"),
     _k("auth_file", "path", None, SUPPORTED, "read by pooler.pgbouncer.authfile"),
-    _k("auth_hba_file", "path", "", PLANNED, "auth_type = hba rules (HBA file not read yet)"),
+    _k("auth_hba_file", "path", "", IGNORED, "auth_type = hba is refused at start-up"),
     _k("auth_ident_file", "path", None, IGNORED, "no ident/peer authentication (TCP only)"),
     _k("auth_ldap_options", "str", None, IGNORED, "no LDAP authentication"),
     _k("auth_query", "str", _AUTH_QUERY, PLANNED, "users missing from auth_file"),
-    _k("auth_type", "choice", "md5", SUPPORTED, "trust, plain, md5, scram-sha-256, hba"),
+    _k("auth_type", "choice", "md5", SUPPORTED, "trust, plain, md5, scram-sha-256"),
     _k("auth_user", "str", None, PLANNED, "runs auth_query"),
     _k("autodb_idle_timeout", "time", "3600", IGNORED, "pools of * databases stay"),
     _k("cancel_wait_timeout", "time", "10", IGNORED, "cancels are forwarded at once"),
@@ -156,7 +156,7 @@ KEYS: tuple[Key, ...] = (
     _k("log_disconnections", "bool", "1", IGNORED, "Python logging decides"),
     _k("log_pooler_errors", "bool", "1", IGNORED, "Python logging decides"),
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
-    _k("logfile", "path", "", PLANNED, "log to a file"),
+    _k("logfile", "path", "", SUPPORTED, "the log also goes to this file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
     _k("max_client_conn", "count", "100", SUPPORTED, "TenantConfig.default_max_clients (per db)"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
@@ -169,10 +169,10 @@ KEYS: tuple[Key, ...] = (
     _k("max_user_connections", "count", "0", PLANNED, "servers per user"),
     _k("min_pool_size", "count", "0", PLANNED, "servers kept open"),
     _k("peer_id", "int", "0", IGNORED, "no peering"),
-    _k("pidfile", "path", "", PLANNED, "write the process id", reload=False),
+    _k("pidfile", "path", "", SUPPORTED, "the process id, removed at exit", reload=False),
     _k("pkt_buf", "int", "4096", IGNORED, "Greenvisor sizes its own buffers", reload=False),
     _k("pool_idle_timeout", "time", "0", IGNORED, "pools stay"),
-    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction; statement planned"),
+    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction, statement"),
     _k("query_timeout", "time", "0", PLANNED, "cancel long queries"),
     _k("query_wait_notify", "int", "5", IGNORED, "no wait notice"),
     _k("query_wait_timeout", "time", "120", SUPPORTED, "NodeSettings.query_wait_timeout"),

@@ -84,8 +84,7 @@ class DropInView:
         return [pool for pool in pools if self._db(pool) == database]
 
     def _known(self, database: str) -> None:
-        config = self.dropin.config
-        if database not in config.databases and config.autodb is None and not self._pools(database):
+        if database not in self.dropin.config.databases and not self._pools(database):
             raise AdminError(f"no such database: {database}")
 
     def _servers(self) -> Iterator[tuple[Any, str, Any]]:

@@ -79,12 +79,12 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
     except DropInError as exc:
         _fail(str(exc))
     settings = config.settings
-    if settings.logfile:
-        handler = logging.FileHandler(settings.logfile)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger().addHandler(handler)
-    for warning in (*config.warnings, *authfile.warnings):
-        log.warning("pgbouncer.ini: %s", warning)
+    pidfile = Path(settings.pidfile) if settings.pidfile else None
+    if pidfile is not None:
+        try:
+            pidfile.write_text(f"{os.getpid()}\n")
+        except OSError as exc:
+            _fail(f"{config.path}: pidfile: cannot write {pidfile}: {exc.strerror}")
 
     node = Node(base)
     dropin = DropIn(node, config, authfile)
@@ -104,17 +104,24 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
         ]
         listeners.append(http_listener(opts["listen"], opts["http_port"], get_wsgi_application()))
     except ListenError as exc:
+        if pidfile is not None:
+            pidfile.unlink(missing_ok=True)
         sys.stderr.write(f"{exc}\n")
         sys.stderr.flush()
         os._exit(1)
-    node.apply_snapshot(sync.load_now())
-
-    pidfile = Path(settings.pidfile) if settings.pidfile else None
-    if pidfile is not None:
+    # After get_wsgi_application(): Django's logging setup would drop the file handler.
+    if settings.logfile:
         try:
-            pidfile.write_text(f"{os.getpid()}\n")
+            handler = logging.FileHandler(settings.logfile)
         except OSError as exc:
-            _fail(f"{config.path}: pidfile: cannot write {pidfile}: {exc.strerror}")
+            _fail(f"{config.path}: logfile: cannot open {settings.logfile}: {exc.strerror}")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        for name in ("", "greenvisor", "pooler", "tenants"):  # project/settings.py's loggers
+            logging.getLogger(name).addHandler(handler)
+    for warning in (*config.warnings, *authfile.warnings):
+        log.warning("pgbouncer.ini: %s", warning)
+
+    node.apply_snapshot(sync.load_now())
 
     stop = Event()
     signals = [0]

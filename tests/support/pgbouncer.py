@@ -40,7 +40,7 @@ class IniPoolerProcess(PoolerProcess):
             if all(port_open(self.host, port) for port in ports):
                 return
             time.sleep(0.05)
-        raise PoolerError(f"runpooler did not open ports {ports} in {timeout} s:\n{self.log_tail()}")
+        raise PoolerError(f"runpooler did not open {ports} in {timeout} s:\n{self.log_tail()}")
 
     def port(self, mode: str = "") -> int:
         return self.listen_port
@@ -54,7 +54,8 @@ class IniPoolerProcess(PoolerProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_text()
-            if text.count("pgbouncer.ini reloaded") > before or text.count("reload failed") > failed:
+            done = text.count("pgbouncer.ini reloaded") > before
+            if done or text.count("reload failed") > failed:
                 return
             time.sleep(0.05)
         raise PoolerError(f"no reload within {timeout} s:\n{self.log_tail()}")
