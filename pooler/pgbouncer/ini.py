@@ -167,13 +167,13 @@ KEYS: tuple[Key, ...] = (
     ),
     _k("max_user_client_connections", "count", "0", PLANNED, "clients per user"),
     _k("max_user_connections", "count", "0", PLANNED, "servers per user"),
-    _k("min_pool_size", "count", "0", PLANNED, "servers kept open"),
+    _k("min_pool_size", "count", "0", SUPPORTED, "servers kept open (pooler.pgbouncer.upkeep)"),
     _k("peer_id", "int", "0", IGNORED, "no peering"),
     _k("pidfile", "path", "", SUPPORTED, "the process id, removed at exit", reload=False),
     _k("pkt_buf", "int", "4096", IGNORED, "Greenvisor sizes its own buffers", reload=False),
     _k("pool_idle_timeout", "time", "0", IGNORED, "pools stay"),
     _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction, statement"),
-    _k("query_timeout", "time", "0", PLANNED, "cancel long queries"),
+    _k("query_timeout", "time", "0", SUPPORTED, "cancel and cut long queries (0.5 s ticks)"),
     _k("query_wait_notify", "int", "5", IGNORED, "no wait notice"),
     _k("query_wait_timeout", "time", "120", SUPPORTED, "NodeSettings.query_wait_timeout"),
     _k("reserve_pool_size", "count", "0", PLANNED, "extra servers under load"),
@@ -588,7 +588,7 @@ _DB_LATER_KEYS = (
 )  # fmt: skip
 #: Known [databases] keys Greenvisor records but does not apply yet (a warning each).
 _DB_NOT_APPLIED = (
-    "min_pool_size", "reserve_pool", "reserve_pool_size", "max_db_connections", "auth_user",
+    "reserve_pool", "reserve_pool_size", "max_db_connections", "auth_user",
     "client_encoding", "datestyle", "timezone", "application_name",
 )  # fmt: skip
 _USER_LATER_KEYS = (

@@ -38,6 +38,7 @@ from pooler.config import MODE_TRANSACTION
 from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
 from pooler.login import handle_client
 from pooler.node import Node, NodeSettings
+from pooler.pgbouncer import upkeep
 from pooler.pgbouncer.dropin import DropIn, DropInError, load_files
 
 log = logging.getLogger("pooler")
@@ -79,6 +80,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
     except DropInError as exc:
         _fail(str(exc))
     settings = config.settings
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not fatal before the reload handler is set
     pidfile = Path(settings.pidfile) if settings.pidfile else None
     if pidfile is not None:
         try:
@@ -168,6 +170,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
         len(dropin.db_snapshot.tenants),
     )
     housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
+    housekeeping.append(gevent.spawn(upkeep.run, dropin))  # query_timeout, min_pool_size
     try:
         stop.wait()
         command._shut_down(node, listeners, housekeeping, opts["shutdown_timeout"])

@@ -302,6 +302,33 @@ def test_sighup_applies_changes_without_dropping_clients(
         _rewrite(gv, pg)
 
 
+def test_query_timeout_and_min_pool_size_after_a_reload(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    minpool = f"minpool = host={HOST} port={pg.port} dbname=app1 min_pool_size=2\n"
+    try:
+        _rewrite(gv, pg, query_timeout="1", extra_databases=minpool)
+        conn = connect(gv, "app1user", PASSWORDS["app1user"], "app1")
+        try:
+            with pytest.raises(psycopg2.OperationalError):
+                one(conn, "select pg_sleep(5)")
+        finally:
+            conn.close()
+        assert "08P01 query_timeout: no answer within 1 s" in gv.log_text()
+        assert whoami(gv, "app1user", PASSWORDS["app1user"], "app1")[0] == "app1user"
+        whoami(gv, "app1user", PASSWORDS["app1user"], "minpool")
+        deadline = time.monotonic() + 10
+        while True:
+            reply = console(gv.listen_port, ADMIN, ADMIN_PW, ["SHOW POOLS"])["SHOW POOLS"]
+            row = next(r for r in reply.rows() if r[0] == "minpool")
+            if int(row[6] or 0) + int(row[9] or 0) >= 2:  # sv_active + sv_idle
+                break
+            assert time.monotonic() < deadline, row
+            time.sleep(0.2)
+    finally:
+        _rewrite(gv, pg)
+
+
 # -- the admin console ------------------------------------------------------------------------
 
 

@@ -37,7 +37,8 @@ class IniPoolerProcess(PoolerProcess):
             code = self.proc.poll()
             if code is not None:
                 raise PoolerError(f"runpooler exited with {code} at start:\n{self.log_tail()}")
-            if all(port_open(self.host, port) for port in ports):
+            serving = "serving pgbouncer.ini" in self.log_text()  # signal handlers set
+            if serving and all(port_open(self.host, port) for port in ports):
                 return
             time.sleep(0.05)
         raise PoolerError(f"runpooler did not open {ports} in {timeout} s:\n{self.log_tail()}")
