@@ -158,7 +158,7 @@ KEYS: tuple[Key, ...] = (
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
     _k("logfile", "path", "", SUPPORTED, "the log also goes to this file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
-    _k("max_client_conn", "count", "100", SUPPORTED, "TenantConfig.default_max_clients (per db)"),
+    _k("max_client_conn", "count", "100", SUPPORTED, "clients per pool (PgBouncer: per process)"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
     _k("max_db_connections", "count", "0", PLANNED, "servers per database"),
     _k("max_packet_size", "uint", "2147483647", IGNORED, "messages of any size are streamed"),
