@@ -4,6 +4,7 @@ port, start-up errors. One Greenvisor for the module (real Postgres, real client
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -315,6 +316,15 @@ def test_query_timeout_and_min_pool_size_after_a_reload(
         finally:
             conn.close()
         assert "08P01 query_timeout: no answer within 1 s" in gv.log_text()
+        with WireClient(HOST, gv.listen_port) as client:
+            assert client.login("app1user", PASSWORDS["app1user"], "app1") == {}
+            client.send(b"Q", b"select pg_sleep(5)\0")
+            kind, body = client.read_message()
+            while kind != b"E":
+                kind, body = client.read_message()
+            fields = parse_error_fields(body)
+            assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+            assert fields["M"].startswith("query_timeout: no answer within 1 s")
         assert whoami(gv, "app1user", PASSWORDS["app1user"], "app1")[0] == "app1user"
         whoami(gv, "app1user", PASSWORDS["app1user"], "minpool")
         deadline = time.monotonic() + 10
@@ -341,6 +351,18 @@ def test_console_logins_admin_stats_and_everyone_else(gv: IniPoolerProcess) -> N
     assert replies["SHOW POOLS"].rows()
     assert replies["PAUSE"].error()["M"] == "admin access needed"
     assert replies["KILL app1"].error()["M"] == "admin access needed"
+
+
+def test_psql_on_the_console(gv: IniPoolerProcess, pg: PgCluster) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = ADMIN_PW
+    psql = [str(pg.bindir / "psql"), "-X", "-At", "-h", HOST, "-p", str(gv.listen_port)]
+    out = subprocess.run(
+        [*psql, "-U", ADMIN, "-d", "pgbouncer", "-c", "SHOW VERSION", "-c", "SHOW USERS"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("PgBouncer 1.18.0") and "gv_scram|" in out.stdout
 
 
 def test_malformed_console_commands_get_errors(gv: IniPoolerProcess) -> None:
