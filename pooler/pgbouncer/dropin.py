@@ -33,8 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.node import NodeSettings
-from pooler.pgbouncer.authfile import AuthFile, load_auth_file
-from pooler.pgbouncer.ini import UNUSABLE_PASSWORD, IniError, PgBouncerConfig, diff, load
+from pooler.pgbouncer.authfile import AuthEntry, AuthFile, load_auth_file
+from pooler.pgbouncer.ini import (
+    UNUSABLE_PASSWORD,
+    DatabaseEntry,
+    IniError,
+    PgBouncerConfig,
+    diff,
+    load,
+)
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -101,7 +108,9 @@ class DropIn:
         self.node = node
         self.config = config
         self.authfile = authfile
-        self.ini_tenants: dict[str, TenantConfig] = dict(config.to_snapshot(authfile).tenants)
+        #: auth_query users by tenant id: kept across reloads, so their clients stay.
+        self.query_users: dict[str, dict[str, UserConfig]] = {}
+        self.ini_tenants = self._tenants()
         self.db_snapshot = ConfigSnapshot()
         self.paused: set[str | None] = set()  # database names; None: every database
         self.disabled: set[str] = set()
@@ -148,7 +157,7 @@ class DropIn:
                 ", ".join(changes.restart_required),
             )
         self.config, self.authfile = config, authfile
-        self.ini_tenants = dict(config.to_snapshot(authfile).tenants)
+        self.ini_tenants = self._tenants()
         self.node.settings = node_settings(config, self.node.settings)
         self.node.apply_snapshot(self.db_snapshot)
         log.info(
@@ -157,6 +166,31 @@ class DropIn:
             len(self.ini_tenants),
             len(authfile),
         )
+
+    def _tenants(self) -> dict[str, TenantConfig]:
+        """The ini's tenants, auth_query users included."""
+        tenants = dict(self.config.to_snapshot(self.authfile).tenants)
+        for tenant_id, users in self.query_users.items():
+            tenant = tenants.get(tenant_id)
+            if tenant is not None:
+                known = {user.db_user_alias for user in tenant.users}
+                extra = tuple(u for name, u in users.items() if name not in known)
+                tenants[tenant_id] = replace(tenant, users=tenant.users + extra)
+        return tenants
+
+    def _remember(self, db_entry: DatabaseEntry, name: str, entry: AuthEntry) -> None:
+        """An auth_query user becomes a user of its database's tenant (its own pool)."""
+        config = self.config
+        tenant_id = db_entry.name if db_entry.name in config.databases else "*"
+        source = config.databases.get(tenant_id) or config.autodb
+        if source is None or db_entry.user:
+            return  # a forced user= pool needs no per-user entry
+        user = config.make_user(source, name, entry.upstream_password())
+        users = self.query_users.setdefault(tenant_id, {})
+        if users.get(name) != user:
+            users[name] = user
+            self.ini_tenants = self._tenants()
+            self.node.apply_snapshot(self.db_snapshot)
 
     # -- logins ----------------------------------------------------------------------------
 
@@ -179,9 +213,14 @@ class DropIn:
         db_entry = config.database(database)
         if db_entry is None:
             raise LoginFailed("3D000", f"no such database: {database}")
-        keys = authenticate(
-            gsock, self.node, config.settings.auth_type, name, self.authfile.get(name), iterations
-        )
+        entry = self.authfile.get(name)
+        if entry is None:  # auth_user + auth_query, when the database has an auth_user
+            from pooler.pgbouncer.authquery import lookup
+
+            entry = lookup(self, db_entry, name)
+            if entry is not None:
+                self._remember(db_entry, name, entry)
+        keys = authenticate(gsock, self.node, config.settings.auth_type, name, entry, iterations)
         if database in self.disabled:
             raise LoginFailed("55000", f'database "{database}" does not allow connections')
         tenant_id = db_entry.name if db_entry.name in config.databases else "*"

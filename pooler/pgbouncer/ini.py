@@ -119,14 +119,14 @@ _AUTH_QUERY = (
 KEYS: tuple[Key, ...] = (
     _k("admin_users", "list", "", SUPPORTED, "admin console: full access"),
     _k("application_name_add_host", "bool", "0", IGNORED, "Greenvisor names its own servers"),
-    _k("auth_dbname", "str", None, PLANNED, "database auth_query runs in"),
+    _k("auth_dbname", "str", None, SUPPORTED, "database auth_query runs in"),
     _k("auth_file", "path", None, SUPPORTED, "read by pooler.pgbouncer.authfile"),
     _k("auth_hba_file", "path", "", IGNORED, "auth_type = hba is refused at start-up"),
     _k("auth_ident_file", "path", None, IGNORED, "no ident/peer authentication (TCP only)"),
     _k("auth_ldap_options", "str", None, IGNORED, "no LDAP authentication"),
-    _k("auth_query", "str", _AUTH_QUERY, PLANNED, "users missing from auth_file"),
+    _k("auth_query", "str", _AUTH_QUERY, SUPPORTED, "users missing from auth_file"),
     _k("auth_type", "choice", "md5", SUPPORTED, "trust, plain, md5, scram-sha-256"),
-    _k("auth_user", "str", None, PLANNED, "runs auth_query"),
+    _k("auth_user", "str", None, SUPPORTED, "runs auth_query"),
     _k("autodb_idle_timeout", "time", "3600", IGNORED, "pools of * databases stay"),
     _k("cancel_wait_timeout", "time", "10", IGNORED, "cancels are forwarded at once"),
     _k("client_idle_timeout", "time", "0", SUPPORTED, "TenantConfig.client_idle_timeout (s)"),
@@ -588,7 +588,7 @@ _DB_LATER_KEYS = (
 )  # fmt: skip
 #: Known [databases] keys Greenvisor records but does not apply yet (a warning each).
 _DB_NOT_APPLIED = (
-    "reserve_pool", "reserve_pool_size", "max_db_connections", "auth_user",
+    "reserve_pool", "reserve_pool_size", "max_db_connections",
     "client_encoding", "datestyle", "timezone", "application_name",
 )  # fmt: skip
 _USER_LATER_KEYS = (
@@ -788,6 +788,10 @@ class PgBouncerConfig:
         for name in sorted(authfile.users()):
             found = authfile.get(name)
             yield self._user(entry, name, found.upstream_password() if found else None)
+
+    def make_user(self, entry: DatabaseEntry, name: str, password: str | None) -> UserConfig:
+        """The UserConfig of ``name`` in ``entry``'s tenant (e.g. a user found by auth_query)."""
+        return self._user(entry, name, password)
 
     def _user(self, entry: DatabaseEntry, name: str, password: str | None) -> UserConfig:
         wait = self.settings.query_wait_timeout

@@ -43,6 +43,7 @@ def userlist(scram_secret: str) -> str:
         f'"{ADMIN}" "{ADMIN_PW}"\n'
         f'"{STATS}" "{make_secret(STATS_PW).to_string()}"\n'
         '"nobody" ""\n'
+        f'"postgres" "{PASSWORDS["postgres"]}"\n'  # the auth_user of database aq
     )
 
 
@@ -232,6 +233,29 @@ def test_each_auth_type_after_a_reload(gv: IniPoolerProcess, pg: PgCluster) -> N
     finally:
         _rewrite(gv, pg)
     assert refused(gv, "app1user", "anything") == "28P01"
+
+
+def test_auth_query_for_users_missing_from_the_auth_file(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    pg.create_role("gv_aq", make_secret("gvAqPw1").to_string())
+    pg.grant_connect("app2", "gv_aq")
+    aq = f"aq = host={HOST} port={pg.port} dbname=app2 auth_user=postgres\n"
+    try:
+        _rewrite(gv, pg, extra_databases=aq)
+        # The SCRAM verifier comes from pg_authid; the upstream login is a pass-through.
+        assert whoami(gv, "gv_aq", "gvAqPw1", "aq") == ("gv_aq", "app2")
+        assert refused(gv, "gv_aq", "wrong", "aq") == "28P01"
+        assert refused(gv, "gv_aq", "gvAqPw1", "app1") == "28P01"  # app1 has no auth_user
+        assert refused(gv, "no_such_role", "x", "aq") == "28P01"
+        conn = connect(gv, "gv_aq", "gvAqPw1", "aq")
+        try:
+            gv.reload()  # the auth_query user's pool survives a reload
+            assert one(conn, "select current_user")[0] == "gv_aq"
+        finally:
+            conn.close()
+    finally:
+        _rewrite(gv, pg)
 
 
 # -- statement mode ---------------------------------------------------------------------------
