@@ -172,7 +172,9 @@ class Node:
             )
             log.log(level, "cannot open a server for %s: %s", pool.key, exc.message)
             pool.open_failed(
-                exc.sqlstate, exc.message, retry if exc.sqlstate in RETRYABLE_SQLSTATES else 0.0
+                exc.sqlstate,
+                exc.message,
+                retry if exc.retry and exc.sqlstate in RETRYABLE_SQLSTATES else 0.0,
             )
             return
         except (ProtocolError, AuthError) as exc:

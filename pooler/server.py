@@ -64,11 +64,14 @@ class Target:
 class UpstreamError(Exception):
     """Logging in upstream failed; ``sqlstate``/``message`` are fit for the client."""
 
-    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL") -> None:
+    def __init__(
+        self, sqlstate: str, message: str, severity: str = "FATAL", retry: bool = True
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.severity = severity
+        self.retry = retry  # False: a setting is wrong (e.g. TLS); waiting will not help
 
 
 class ServerConn(netio.Conn):
@@ -294,7 +297,7 @@ def _start_tls(sock: Any, target: Target) -> Any:
     try:
         return tls.start_upstream(sock, tls.client_context(target.verify, target.ca), target.host)
     except tls.TLSError as exc:
-        raise UpstreamError("08006", f"{exc} ({target.host}:{target.port})") from None
+        raise UpstreamError("08006", f"{exc} ({target.host}:{target.port})", retry=False) from None
 
 
 def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]]:

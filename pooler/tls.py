@@ -44,6 +44,7 @@ Security points (../shared/ANCHORS.md, "Security history"):
 
 from __future__ import annotations
 
+import _ssl
 import errno
 import hashlib
 import logging
@@ -103,7 +104,10 @@ class ServerTLS:
                 "give a PEM certificate (chain) and its unencrypted PEM private key"
             ) from None
         context.set_alpn_protocols([ALPN])
-        context.sni_callback = _remember_server_name
+        # The C-level setter: gevent's patched SSLContext wraps the callback for its own
+        # SSLSocket and breaks on an SSLObject (we only ever use memory BIOs).
+        setter: Any = _ssl._SSLContext.__dict__["sni_callback"]
+        setter.__set__(context, _remember_server_name)
         return cls(context, end_point_hash(der))
 
 
@@ -278,6 +282,7 @@ def check_nothing_follows(gsock: Any) -> None:
     answer (a man in the middle injecting plaintext ahead of the handshake)."""
     readable, _w, _x = select.select([gsock.fileno()], [], [], 0)
     if readable and gsock.recv(1, pysocket.MSG_PEEK):
+        gsock.recv(65536)  # read, so closing sends our FATAL and a FIN, not a reset
         raise ProtocolError(
             "received unencrypted data after SSL request: this could be either a "
             "client-software bug or evidence of an attempted man-in-the-middle attack"
