@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import PASSWORDS, PoolerFactory
 from tests.support.certs import CertFiles, TestCA
-from tests.support.net import WireClient, parse_error_fields
+from tests.support.net import WireClient, _Scram, parse_error_fields
 from tests.support.pg import PgCluster, find_bindir
 from tests.support.pooler import PoolerProcess, both_modes, tenant_doc
 
@@ -315,6 +315,38 @@ def test_direct_tls_with_alpn(tls_pooler: PoolerProcess) -> None:
             if kind == b"Z":
                 break
     assert b"D" in kinds
+
+
+def test_query_pipelined_with_the_last_auth_message(tls_pooler: PoolerProcess) -> None:
+    """A query in the same TLS record as the SCRAM proof is already decrypted when the login
+    ends; the relay must still answer it (no watcher fires for it)."""
+    with socket.create_connection((tls_pooler.host, tls_pooler.transaction_port), 10) as raw:
+        raw.sendall(SSL_REQUEST)
+        assert raw.recv(1) == b"S"
+        client = WireClient.__new__(WireClient)
+        client.sock = tls_context().wrap_socket(raw)
+        client.params = {}
+        client.send_startup({"user": "app1user.t1", "database": "app1"})
+        assert client.read_message()[0] == b"R"
+        scram = _Scram(PW)
+        first = scram.client_first()
+        client.send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+        kind, body = client.read_message()
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11
+        final = scram.client_final(body[4:])
+        query = b"SELECT 'pipelined'\0"
+        message = b"p" + struct.pack("!i", len(final) + 4) + final
+        message += b"Q" + struct.pack("!i", len(query) + 4) + query
+        client.sock.sendall(message)  # one TLS record
+        kinds = []
+        while True:
+            kind, body = client.read_message()
+            kinds.append(kind)
+            if kind == b"D":
+                assert body.endswith(b"pipelined")
+            if kind == b"Z" and b"D" in kinds:
+                break
+            assert kind != b"E", parse_error_fields(body)
 
 
 def test_direct_tls_without_alpn_is_refused(tls_pooler: PoolerProcess) -> None:
