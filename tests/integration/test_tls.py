@@ -11,6 +11,7 @@ import ssl
 import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -20,7 +21,7 @@ from tests.conftest import PASSWORDS, PoolerFactory
 from tests.support.certs import CertFiles, TestCA
 from tests.support.net import WireClient, _Scram, parse_error_fields
 from tests.support.pg import PgCluster, find_bindir
-from tests.support.pooler import PoolerProcess, both_modes, tenant_doc
+from tests.support.pooler import REPO_ROOT, PoolerProcess, both_modes, manage_env, tenant_doc
 
 pytestmark = pytest.mark.integration
 
@@ -371,6 +372,30 @@ def test_no_certificate_means_n_and_direct_tls_refused(pooler: PoolerProcess) ->
         tls_context(["postgresql"]).wrap_socket(raw)
     # ...and the pooler still serves everyone.
     assert psql(pooler, conninfo(pooler), "SELECT 1").returncode == 0
+
+
+@pytest.mark.parametrize("which", ["key-missing", "key-unreadable"])
+def test_a_bad_certificate_pair_stops_start_up(
+    tmp_path: Path, sqlite_template: Path, pooler_cert: CertFiles, which: str
+) -> None:
+    shutil.copyfile(sqlite_template, tmp_path / "meta.sqlite3")
+    pooler = PoolerProcess(tmp_path, {"tenants": []})
+    args = ["--tls-cert", str(pooler_cert.cert)]
+    if which == "key-unreadable":
+        args += ["--tls-key", str(tmp_path / "nope.key")]
+    out = subprocess.run(
+        [*pooler.command(), "--no-migrate", *args],
+        cwd=REPO_ROOT,
+        env=manage_env(pooler.database_url),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    expected = "give both --tls-cert and --tls-key" if which == "key-missing" else "nope.key"
+    assert expected in out.stderr, out.stderr
 
 
 # -- TLS upstream -------------------------------------------------------------------------------
