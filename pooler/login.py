@@ -144,7 +144,7 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
             if server_tls is None:
                 raise ProtocolError(
                     "direct TLS connection refused: this Greenvisor has no TLS certificate "
-                    "(--tls-cert/--tls-key); connect with sslmode=disable"
+                    "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
                 )
             return None, tls.accept(gsock, server_tls, header)
         length = startup_packet_length(header)
