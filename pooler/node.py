@@ -26,6 +26,7 @@ from pooler.server import Target, UpstreamError, open_server, send_cancel
 
 if TYPE_CHECKING:
     from pooler.client import Client
+    from pooler.tls import ServerTLS
 
 log = logging.getLogger("pooler.node")
 
@@ -53,6 +54,7 @@ class NodeSettings:
     query_wait_timeout: float = 30.0  # longest wait for a server (caps pool_checkout_timeout)
     idle_transaction_timeout: float = 0.0  # close clients idle in a transaction (0 = off)
     connect_retry_interval: float = 0.25  # while a tenant database does not answer
+    tls: ServerTLS | None = None  # our certificate for clients (None: SSLRequest gets 'N')
 
 
 class Registry:
@@ -153,6 +155,9 @@ class Node:
             ip_version=tenant.ip_version,
             connect_timeout=self.settings.server_connect_timeout,
             application_name=self.settings.application_name,
+            ssl=tenant.upstream_ssl,
+            verify=tenant.upstream_verify,
+            ca=tenant.upstream_tls_ca,
         )
 
     def _connect(self, pool: Pool) -> None:
@@ -170,7 +175,9 @@ class Node:
             )
             log.log(level, "cannot open a server for %s: %s", pool.key, exc.message)
             pool.open_failed(
-                exc.sqlstate, exc.message, retry if exc.sqlstate in RETRYABLE_SQLSTATES else 0.0
+                exc.sqlstate,
+                exc.message,
+                retry if exc.retry and exc.sqlstate in RETRYABLE_SQLSTATES else 0.0,
             )
             return
         except (ProtocolError, AuthError) as exc:

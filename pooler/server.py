@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import socket as gsocket
 
-from pooler import netio
+from pooler import netio, tls
 from pooler.auth.md5 import md5_response
 from pooler.auth.scram import ScramClient
 from pooler.protocol import builders, parsers
@@ -53,6 +53,9 @@ class Target:
     ip_version: str = "auto"
     connect_timeout: float = 10.0
     application_name: str = "greenvisor"
+    ssl: bool = False  # SSLRequest first, then log in over TLS
+    verify: str = "none"  # none | peer
+    ca: str | None = None  # PEM CA for verify peer (None: the system CAs)
     #: (ClientKey, ServerKey) for SCRAM pass-through (pgbouncer.ini SCRAM auth_file entries).
     scram_keys: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
@@ -63,11 +66,14 @@ class Target:
 class UpstreamError(Exception):
     """Logging in upstream failed; ``sqlstate``/``message`` are fit for the client."""
 
-    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL") -> None:
+    def __init__(
+        self, sqlstate: str, message: str, severity: str = "FATAL", retry: bool = True
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.severity = severity
+        self.retry = retry  # False: a setting is wrong (e.g. TLS); waiting will not help
 
 
 class ServerConn(netio.Conn):
@@ -271,6 +277,15 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
             target.connect_timeout,
             UpstreamError(
                 "08006",
+                f"timed out setting up TLS with the tenant database at {target.host}:{target.port}",
+            ),
+        ):
+            if target.ssl:
+                sock = _start_tls(sock, target)
+        with gevent.Timeout(
+            target.connect_timeout,
+            UpstreamError(
+                "08006",
                 f"timed out logging in to the tenant database at {target.host}:{target.port}",
             ),
         ):
@@ -278,6 +293,13 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
     except BaseException:
         sock.close()
         raise
+
+
+def _start_tls(sock: Any, target: Target) -> Any:
+    try:
+        return tls.start_upstream(sock, tls.client_context(target.verify, target.ca), target.host)
+    except tls.TLSError as exc:
+        raise UpstreamError("08006", f"{exc} ({target.host}:{target.port})", retry=False) from None
 
 
 def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]]:
@@ -369,7 +391,7 @@ def _answer_auth(
 def open_server(pool: Pool, target: Target) -> ServerConn:
     """Log in and wrap the connection for the relay (runs in a greenlet)."""
     gsock, pid, key, params = login(target)
-    return ServerConn(netio.detach(gsock), pool, target, pid, key, params)
+    return ServerConn(tls.detach(gsock), pool, target, pid, key, params)
 
 
 def send_cancel(host: str, port: int, pid: int, key: bytes, timeout: float = 5.0) -> None:

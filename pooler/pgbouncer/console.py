@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import socket as gsocket
 
-from pooler import netio
+from pooler import netio, tls
 from pooler.admin import (
     ADMIN_PARAMETERS,
     MAX_QUERY,
@@ -70,11 +70,21 @@ def open_console(dropin: DropIn, gsock: Any, user: str) -> None:
     parts.append(builders.backend_key_data(0, os.urandom(4)))
     parts.append(builders.ready_for_query(b"I"))
     gsock.sendall(b"".join(parts))
-    raw = netio.detach(gsock)  # the listener's greenlet ends; this socket lives on
-    raw.setblocking(True)
-    sock = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+    sock = _move(gsock)  # the listener's greenlet ends (and closes its socket); this lives on
     dropin.consoles += 1
     gevent.spawn(_serve, dropin, sock, user)
+
+
+def _move(gsock: Any) -> Any:
+    """The same connection on a gevent socket of its own (TLS state kept)."""
+    inner = gsock.gsock if tls.is_tls(gsock) else gsock
+    raw = netio.detach(inner)
+    raw.setblocking(True)
+    moved = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+    if tls.is_tls(gsock):
+        gsock.gsock = moved
+        return gsock
+    return moved
 
 
 def _console(dropin: DropIn) -> AdminConsole:

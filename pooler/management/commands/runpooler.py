@@ -142,6 +142,17 @@ class Command(BaseCommand):
             help="seconds between checks for tenant configuration changes",
         )
         parser.add_argument(
+            "--tls-cert",
+            default=os.environ.get("TLS_CERT") or None,
+            help="PEM certificate (chain) for TLS to clients; with --tls-key, SSLRequest is "
+            "answered 'S' (env TLS_CERT)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            default=os.environ.get("TLS_KEY") or None,
+            help="PEM private key of --tls-cert (env TLS_KEY)",
+        )
+        parser.add_argument(
             "--pgbouncer-ini",
             default=None,
             help="run from a pgbouncer.ini (its listen_addr/listen_port replace the two "
@@ -166,6 +177,8 @@ class Command(BaseCommand):
             sys.stderr.flush()
             raise SystemExit(2) from None
 
+        server_tls = self._load_tls(opts["tls_cert"], opts["tls_key"])
+
         from django.core.wsgi import get_wsgi_application
 
         from tenants.services import build_snapshot, config_version
@@ -179,6 +192,7 @@ class Command(BaseCommand):
             max_prepared_statements=opts["max_prepared_statements"],
             query_wait_timeout=opts["query_wait_timeout"],
             idle_transaction_timeout=opts["idle_transaction_timeout"],
+            tls=server_tls,
         )
         if opts["pgbouncer_ini"]:
             from pooler.pgbouncer.serve import serve
@@ -239,6 +253,21 @@ class Command(BaseCommand):
 
         stop.wait()
         self._shut_down(node, listeners, housekeeping, opts["shutdown_timeout"])
+
+    def _load_tls(self, cert: str | None, key: str | None) -> Any:
+        """Our certificate for clients, or None; a bad pair stops the start."""
+        if not cert and not key:
+            return None
+        from pooler.tls import ServerTLS, TLSError
+
+        try:
+            if not cert or not key:
+                raise TLSError("give both --tls-cert and --tls-key (or TLS_CERT and TLS_KEY)")
+            return ServerTLS.load(cert, key)
+        except TLSError as exc:
+            sys.stderr.write(f"greenvisor: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
 
     def _shut_down(
         self, node: Node, listeners: list[Any], housekeeping: list[Any], timeout: float
