@@ -20,6 +20,7 @@ from pooler.auth.md5 import md5_secret
 from pooler.auth.scram import make_secret
 from tests.conftest import PASSWORDS
 from tests.integration.test_pgbouncer_parity import console
+from tests.support.certs import TestCA
 from tests.support.net import WireClient, free_port, login_error, parse_error_fields, port_open
 from tests.support.pg import PgCluster
 from tests.support.pgbouncer import IniPoolerProcess
@@ -501,3 +502,30 @@ def test_shutdown_wait_for_clients(
         assert not process.alive()
         assert process.stop() == 0
     assert not (tmp_path / "gv.pid").exists()
+
+
+def test_tls_clients_and_console(
+    pg: PgCluster, tmp_path: Path, sqlite_template: Path, scram_secret: str
+) -> None:
+    ca = TestCA(tmp_path / "ca")
+    cert = ca.issue("greenvisor", ("localhost",))
+    (tmp_path / "userlist.txt").write_text(userlist(scram_secret))
+    port = free_port()
+    ini = tmp_path / "pgbouncer.ini"
+    ini.write_text(ini_text(pg.port, port, tmp_path))
+    args = ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    base = [str(pg.bindir / "psql"), "-X", "-At", "-h", HOST, "-p", str(port)]
+    with IniPoolerProcess(tmp_path, ini, port, sqlite_template=sqlite_template, extra_args=args):
+        for user, password, database, sql, expected in [
+            ("app1user", PASSWORDS["app1user"], "app1", "select current_user", "app1user"),
+            (ADMIN, ADMIN_PW, "pgbouncer", "SHOW VERSION", "PgBouncer 1.18.0"),
+        ]:
+            env["PGPASSWORD"] = password
+            env["PGSSLMODE"] = "require"
+            out = subprocess.run(
+                [*base, "-U", user, "-d", database, "-c", sql, "-c", sql],
+                env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.startswith(expected), out.stdout
