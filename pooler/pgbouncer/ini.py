@@ -108,7 +108,9 @@ def _k(
     return Key(name, kind, default, reload, support, note)
 
 
-_NO_TLS = "Greenvisor does not terminate TLS (see client_tls_sslmode / server_tls_sslmode)"
+_NO_TLS = (
+    "not read: TLS to clients is runpooler --tls-cert/--tls-key; servers are reached in plaintext"
+)
 _TRACKED = "IntervalStyle is tracked already"
 _AUTH_QUERY = (
     "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
@@ -139,7 +141,7 @@ KEYS: tuple[Key, ...] = (
     _k("client_tls_ecdhcurve", "str", "auto", IGNORED, _NO_TLS),
     _k("client_tls_key_file", "path", "", IGNORED, _NO_TLS),
     _k("client_tls_protocols", "str", "secure", IGNORED, _NO_TLS),
-    _k("client_tls_sslmode", "choice", "disable", IGNORED, "TLS is never offered to clients"),
+    _k("client_tls_sslmode", "choice", "disable", IGNORED, "runpooler --tls-cert/--tls-key decide"),
     _k("conffile", "str", None, IGNORED, "the file given on the command line"),
     _k("default_pool_size", "count", "20", SUPPORTED, "TenantConfig.default_pool_size"),
     _k("disable_pqexec", "bool", "0", IGNORED, "the simple query protocol stays on", reload=False),
@@ -370,7 +372,7 @@ def _refusal(key: str, value: Any) -> str | None:
             AUTH_TYPES_SUPPORTED
         )
     if key in ("client_tls_sslmode", "server_tls_sslmode") and value in SSLMODES_REFUSED:
-        return f"{value} needs TLS, which Greenvisor does not offer: {_NO_TLS}"
+        return f"{value} needs TLS settings Greenvisor does not take from pgbouncer.ini: {_NO_TLS}"
     if key == "disable_pqexec" and value:
         return "Greenvisor cannot turn the simple query protocol off"
     return None
