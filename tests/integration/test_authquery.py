@@ -69,6 +69,8 @@ def aq_tenants(pg: PgCluster) -> dict[str, Any]:
             ),
             # The same query, but require_user: unknown users are never looked up.
             tenant_doc("aqoff", DB, pg.port, manager, require_user=True, auth_query=AUTH_QUERY),
+            tenant_doc("aqbad", DB, pg.port, manager, require_user=False,
+                       auth_query="SELECT rolname, rolpassword FROM no_such_table WHERE x=$1"),
         ]
     }  # fmt: skip
 
@@ -184,14 +186,9 @@ def test_require_user_tenant_does_not_look_users_up(aq_pooler: PoolerProcess) ->
     assert fields["C"] == "28P01"
 
 
-def test_auth_query_failure_is_a_clear_error(
-    roles: None, pooler_factory: PoolerFactory, pg: PgCluster
-) -> None:
-    """A broken auth_query (or manager) gives a clear FATAL, never a login."""
-    doc = aq_tenants(pg)
-    doc["tenants"][0]["auth_query"] = "SELECT rolname, rolpassword FROM no_such_table WHERE x=$1"
-    pooler = pooler_factory(doc, extra_args=["--ban-failures", "0"])
-    fields = refusal(pooler, f"{ALICE[0]}.aq", ALICE[1])
+def test_auth_query_failure_is_a_clear_error(aq_pooler: PoolerProcess) -> None:
+    """A broken auth_query gives a clear FATAL (details in the log), never a login."""
+    fields = refusal(aq_pooler, f"{ALICE[0]}.aqbad", ALICE[1])
     assert fields["C"] == "08006"
     assert "auth_query failed" in fields["M"]
-    pooler.wait_for_log("no_such_table")
+    aq_pooler.wait_for_log("no_such_table")
