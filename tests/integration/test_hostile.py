@@ -27,6 +27,7 @@ LOGIN_TIMEOUT = 8.0
 GOOD = ("app1user", PASSWORDS["app1user"])
 V3 = 3 << 16
 
+
 # -- a malicious upstream ------------------------------------------------------------------
 
 
@@ -303,11 +304,14 @@ def test_ten_thousand_half_open_sockets_do_not_block_logins(
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > count + 500, "fd limit too low"
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for i in range(count):
             sockets.append(
                 socket.create_connection((hostile_pooler.host, hostile_pooler.transaction_port))
             )
-        with WireClient(hostile_pooler.host, hostile_pooler.transaction_port) as client:
+            if i % 500 == 499:  # never overflow the accept queue (the kernel would drop SYNs)
+                wait_accepted(hostile_pooler.transaction_port)
+        wait_accepted(hostile_pooler.transaction_port)
+        with WireClient(hostile_pooler.host, hostile_pooler.transaction_port, 30) as client:
             assert client.login("app1user.t1", GOOD[1], "app1") == {}
         # ... while the half-open ones are still waiting (not cut yet by the login timeout).
         probe = sockets[-1]
@@ -318,6 +322,23 @@ def test_ten_thousand_half_open_sockets_do_not_block_logins(
         for sock in sockets:
             sock.close()
     still_serving(hostile_pooler)
+
+
+def wait_accepted(port: int, timeout: float = 20.0) -> None:
+    """Wait until the listening socket on ``port`` has (almost) nothing left to accept."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and accept_queue(port) > 50:
+        time.sleep(0.02)
+
+
+def accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the IPv4 listener on ``port``."""
+    with open("/proc/net/tcp") as proc:
+        for line in proc.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+                return int(fields[4].split(":")[1], 16)
+    return 0
 
 
 # -- a malicious upstream --------------------------------------------------------------------
