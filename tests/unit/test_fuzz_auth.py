@@ -24,7 +24,7 @@ from pooler.protocol.errors import AuthError, ProtocolError
 pytestmark = pytest.mark.unit
 
 settings.register_profile(
-    "fuzz-ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "fuzz-ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile(
     "long", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
