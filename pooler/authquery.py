@@ -18,8 +18,10 @@ of its database. When a client's user is not one of the tenant's configured user
   the same message. The client never becomes the manager (CVE-2015-6817).
 
 The lookup runs on every login (no cache), so a password changed in Postgres counts at the
-next login. The connection is kept for the next lookup (at most :data:`IDLE_PER_TARGET`
-per tenant) and dropped on any error; a kept connection that went away is retried once.
+next login. At most :data:`MAX_CONCURRENT` lookups per tenant run at once (a flood of
+logins cannot exhaust the tenant's connections). The connection is kept for the next
+lookup (at most :data:`IDLE_PER_TARGET` per tenant) and dropped on any error; a kept
+connection that went away is retried once.
 
 A SCRAM verifier checks the client's proof (``login`` runs the exchange); the proof yields
 the ClientKey (ClientProof XOR ClientSignature), which with the verifier's ServerKey lets
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent.lock import BoundedSemaphore
 
 from pooler import netio
 from pooler.auth.md5 import is_md5_secret
@@ -66,6 +69,8 @@ EXPIRED_QUERY = (
     "FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1"
 )
 IDLE_PER_TARGET = 2
+#: Lookups running at once per tenant (more wait, within client_login_timeout).
+MAX_CONCURRENT = 4
 MAX_REPLY = 64 * 1024
 
 _INT16 = struct.Struct("!h")
@@ -247,6 +252,7 @@ class AuthQueryRunner:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._idle: dict[Target, list[Any]] = {}
+        self._gates: dict[str, BoundedSemaphore] = {}
 
     def target(self, tenant: TenantConfig, manager: UserConfig) -> Target:
         settings = self.node.settings
@@ -272,6 +278,13 @@ class AuthQueryRunner:
             return None
         target = self.target(tenant, manager)
         messages = lookup_messages(tenant.auth_query, user)
+        gate = self._gates.get(tenant.external_id)
+        if gate is None:
+            gate = self._gates[tenant.external_id] = BoundedSemaphore(MAX_CONCURRENT)
+        with gate:  # a flood of logins never opens more than a few manager connections
+            return self._run(target, messages)
+
+    def _run(self, target: Target, messages: bytes) -> Verifier | None:
         for attempt in (0, 1):
             sock, kept = self._checkout(target, fresh=attempt > 0)
             try:
