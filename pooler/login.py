@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import AsyncResult
 
-from pooler import netio, tls
+from pooler import authquery, bans, netio, tls
 from pooler.auth.md5 import md5_secret, verify_md5_response
 from pooler.auth.scram import ChannelBindingError, ScramSecret, ScramServer
 from pooler.client import Client
-from pooler.config import UserConfig
+from pooler.config import TenantConfig, UserConfig
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -195,10 +195,14 @@ def _login(
             "sslmode=require (or verify-full)",
         )
     user = tenant.find_user(user_name, mode) if tenant is not None else None
-    _authenticate(gsock, node, startup.user, user)
-    assert tenant is not None and user is not None
+    keys = _checked_login(gsock, addr, node, tenant, tenant_id, user_name, startup.user, user)
+    assert tenant is not None
+    if user is None:
+        user = authquery.passthrough_user(user_name, mode)
     database = startup.database if "database" in startup.params else tenant.db_database
     pool = node.pool_for(tenant, user, database, mode)
+    if keys is not None:
+        authquery.install(pool, *keys)
     if not pool.client_joined():
         raise LoginFailed(
             "53300",
@@ -246,6 +250,62 @@ def _welcome(pool: Pool, settings: dict[str, str], pid: int, key: bytes) -> byte
 # -- authentication --------------------------------------------------------------------------
 
 
+def _checked_login(
+    gsock: Any,
+    addr: Any,
+    node: Node,
+    tenant: TenantConfig | None,
+    tenant_id: str,
+    user_name: str,
+    login_name: str,
+    user: UserConfig | None,
+) -> tuple[tuple[bytes, bytes] | None, str | None] | None:
+    """Allow list, bans, then authentication (pooler.bans); a failure is counted and
+    answered no sooner than auth_failure_delay. Returns auth_query pass-through keys."""
+    ip = bans.client_ip(addr)
+    if tenant is not None and not bans.address_allowed(tenant.allow_list, ip):
+        raise LoginFailed("28000", bans.not_allowed_message(ip, user_name, tenant_id))
+    started = time.monotonic()
+    ban_key = (tenant_id, ip)
+    banned = node.bans.banned_for(ban_key)
+    try:
+        if banned:
+            raise LoginFailed("28000", bans.ban_message(tenant_id, ip, banned))
+        if user is None and tenant is not None and authquery.enabled(tenant):
+            return _authenticate_auth_query(gsock, node, tenant, user_name, login_name)
+        _authenticate(gsock, node, login_name, user)
+        return None
+    except LoginFailed as exc:
+        if exc.sqlstate == "28P01" and node.bans.failed(ban_key):
+            log.warning("banning %s for tenant %s: too many failed logins", ip, tenant_id)
+        bans.pad(started, node.settings.auth_failure_delay)
+        raise
+
+
+def _authenticate_auth_query(
+    gsock: Any, node: Node, tenant: TenantConfig, user_name: str, login_name: str
+) -> tuple[tuple[bytes, bytes] | None, str | None]:
+    """Check the client against the verifier the tenant's auth_query returns."""
+    try:
+        found = node.auth_query.lookup(tenant, user_name)
+    except authquery.LookupFailed as exc:
+        log.warning("auth_query of tenant %s failed: %s", tenant.external_id, exc)
+        raise LoginFailed(
+            "08006",
+            "could not check the password: the tenant's auth_query failed; "
+            "try again later or ask the tenant's administrator (see the pooler log)",
+        ) from None
+    user = authquery.passthrough_user(user_name, "") if found is not None else None
+    if node.settings.client_auth == "md5":
+        md5 = found.md5 if found is not None else None
+        _authenticate_md5(gsock, login_name, user if md5 else None, md5)
+        return None, md5
+    secret = found.scram if found is not None else None
+    server = _authenticate_scram(gsock, node, login_name, user if secret else None, secret)
+    assert secret is not None and server.client_key is not None
+    return (server.client_key, secret.server_key), None
+
+
 def _authenticate(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
     if node.settings.client_auth == "md5":
         _authenticate_md5(gsock, login_name, user)
@@ -262,18 +322,29 @@ def _read_password_message(gsock: Any) -> bytes:
     return body
 
 
-def _authenticate_md5(gsock: Any, login_name: str, user: UserConfig | None) -> None:
+def _authenticate_md5(
+    gsock: Any, login_name: str, user: UserConfig | None, secret: str | None = None
+) -> None:
     salt = os.urandom(4)
     gsock.sendall(builders.authentication_md5_password(salt))
     response = parsers.parse_password_message(_read_password_message(gsock))
     if user is None:
         raise auth_failed(login_name)
-    if not verify_md5_response(md5_secret(login_name, user.db_password), salt, response):
+    if secret is None:
+        secret = md5_secret(login_name, user.db_password)
+    if not verify_md5_response(secret, salt, response):
         raise auth_failed(login_name)
 
 
-def _authenticate_scram(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
-    secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
+def _authenticate_scram(
+    gsock: Any,
+    node: Node,
+    login_name: str,
+    user: UserConfig | None,
+    secret: ScramSecret | None = None,
+) -> ScramServer:
+    if secret is None:
+        secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
     binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
     server = ScramServer(secret, channel_binding=binding)
     mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else ["SCRAM-SHA-256"]
@@ -296,6 +367,7 @@ def _authenticate_scram(gsock: Any, node: Node, login_name: str, user: UserConfi
     if user is None:
         raise auth_failed(login_name)
     gsock.sendall(builders.authentication_sasl_final(server_final))
+    return server
 
 
 def _mock_secret(node: Node, login_name: str) -> ScramSecret:

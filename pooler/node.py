@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from pooler import authquery
 from pooler.auth.scram import ScramSecret, make_secret
+from pooler.bans import BanList
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.pool import Pool, PoolKey, PoolLimits
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -55,6 +57,10 @@ class NodeSettings:
     idle_transaction_timeout: float = 0.0  # close clients idle in a transaction (0 = off)
     connect_retry_interval: float = 0.25  # while a tenant database does not answer
     tls: ServerTLS | None = None  # our certificate for clients (None: SSLRequest gets 'N')
+    ban_failures: int = 10  # failed logins per (tenant, client IP) within ban_window; 0 = off
+    ban_window: float = 60.0
+    ban_time: float = 60.0  # how long such a pair is refused
+    auth_failure_delay: float = 0.2  # a failed login is answered no sooner than this
 
 
 class Registry:
@@ -74,6 +80,8 @@ class Node:
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self.statement_names = StatementNames()
         self.shutting_down = False
+        self.bans = BanList(settings.ban_failures, settings.ban_window, settings.ban_time)
+        self.auth_query = authquery.AuthQueryRunner(self)
         self.pgbouncer: Any = None  # pooler.pgbouncer.dropin.DropIn (runpooler --pgbouncer-ini)
 
     # -- config ---------------------------------------------------------------------------
@@ -87,10 +95,15 @@ class Node:
         for key, pool in list(self.pools.items()):
             tenant = snapshot.tenant(key.tenant)
             user = tenant.find_user(key.user, key.mode) if tenant is not None else None
+            passthrough = user is None and authquery.keeps_pool(tenant, pool)
+            if passthrough:
+                user = authquery.passthrough_user(key.user, key.mode)
             if tenant is None or user is None:
                 self._drop_pool(pool, "the tenant or user was deleted")
                 continue
             target = self._target(tenant, user, key.database)
+            if passthrough or (self.pgbouncer is not None and self.pgbouncer.keeps_keys(user)):
+                target = authquery.carry_keys(target, pool.upstream)
             if target != pool.upstream:
                 pool.upstream = target
                 pool.bump_generation()

@@ -37,6 +37,11 @@ AUTH_SASL = 10
 AUTH_SASL_CONTINUE = 11
 AUTH_SASL_FINAL = 12
 
+_NO_PASSTHROUGH = (
+    "the tenant database asks for {} but this auth_query user's password is unknown to "
+    "Greenvisor (pass-through): use scram-sha-256 or md5 for it in pg_hba.conf"
+)
+
 #: Login replies larger than this are not a Postgres server talking.
 MAX_LOGIN_MESSAGE = 64 * 1024
 
@@ -56,8 +61,12 @@ class Target:
     ssl: bool = False  # SSLRequest first, then log in over TLS
     verify: str = "none"  # none | peer
     ca: str | None = None  # PEM CA for verify peer (None: the system CAs)
-    #: (ClientKey, ServerKey) for SCRAM pass-through (pgbouncer.ini SCRAM auth_file entries).
-    scram_keys: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
+    #: auth_query pass-through (pooler.authquery): log in with the client's SCRAM keys
+    #: (ClientKey, ServerKey) or the stored "md5..." secret instead of a password.
+    scram_keys: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    md5_secret: str | None = field(default=None, repr=False)
+    #: Extra startup parameters (the auth_query connection pins search_path with them).
+    startup_extra: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:  # never show the password
         return f"Target({self.user}@{self.host}:{self.port}/{self.database})"
@@ -309,6 +318,7 @@ def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]
                 "user": target.user,
                 "database": target.database,
                 "application_name": target.application_name,
+                **dict(target.startup_extra),
             }
         )
     )
@@ -345,24 +355,29 @@ def _answer_auth(
     if code == AUTH_OK:
         return scram
     if code == AUTH_CLEARTEXT:
+        if target.scram_keys or target.md5_secret:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("a cleartext password"))
         sock.sendall(builders.password_message(target.password.encode() + b"\0"))
         return None
     if code == AUTH_MD5:
         if len(data) != 4:
             raise UpstreamError("08P01", "malformed MD5 authentication request from the server")
-        response = md5_response(target.user, target.password, data)
+        if target.scram_keys:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("md5 with a SCRAM secret"))
+        response = md5_response(target.user, target.md5_secret or target.password, data)
         sock.sendall(builders.password_message(response + b"\0"))
         return None
     if code == AUTH_SASL:
         mechanisms = [m for m in data.split(b"\0") if m]
         if b"SCRAM-SHA-256" not in mechanisms:
             raise UpstreamError("08P01", "the tenant database offers no SASL mechanism we support")
-        keys = target.scram_keys
-        scram = (
-            ScramClient(client_key=keys[0], server_key=keys[1])
-            if keys
-            else ScramClient(target.password)
-        )
+        if target.md5_secret:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("SCRAM with an md5 secret"))
+        if target.scram_keys:
+            client_key, server_key = target.scram_keys
+            scram = ScramClient(client_key=client_key, server_key=server_key)
+        else:
+            scram = ScramClient(target.password)
         sock.sendall(builders.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
         return scram
     if code == AUTH_SASL_CONTINUE and scram is not None:

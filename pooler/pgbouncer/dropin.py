@@ -255,6 +255,11 @@ class DropIn:
         return pool, pid, key, message, settings
 
     @staticmethod
+    def keeps_keys(user: UserConfig) -> bool:
+        """A SCRAM-only user's pool keeps its pass-through keys across config changes."""
+        return user.db_password == UNUSABLE_PASSWORD
+
+    @staticmethod
     def _pass_through(pool: Pool, user: UserConfig, keys: tuple[bytes, bytes] | None) -> None:
         """SCRAM pass-through keys for the upstream login of a SCRAM-only user."""
         if keys is not None and user.db_password == UNUSABLE_PASSWORD:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -153,6 +154,26 @@ class Command(BaseCommand):
             help="PEM private key of --tls-cert (env TLS_KEY)",
         )
         parser.add_argument(
+            "--ban-failures",
+            type=int,
+            default=10,
+            help="failed logins per (tenant, client IP) within --ban-window that ban the "
+            "pair (0 = never ban)",
+        )
+        parser.add_argument(
+            "--ban-window", type=float, default=60.0, help="seconds failed logins are counted"
+        )
+        parser.add_argument(
+            "--ban-time", type=float, default=60.0, help="seconds a banned pair is refused"
+        )
+        parser.add_argument(
+            "--auth-failure-delay",
+            type=float,
+            default=0.2,
+            help="a failed login is answered no sooner than this many seconds after the "
+            "password exchange began (same time whatever failed)",
+        )
+        parser.add_argument(
             "--pgbouncer-ini",
             default=None,
             help="run from a pgbouncer.ini (its listen_addr/listen_port replace the two "
@@ -193,7 +214,12 @@ class Command(BaseCommand):
             query_wait_timeout=opts["query_wait_timeout"],
             idle_transaction_timeout=opts["idle_transaction_timeout"],
             tls=server_tls,
+            ban_failures=opts["ban_failures"],
+            ban_window=opts["ban_window"],
+            ban_time=opts["ban_time"],
+            auth_failure_delay=opts["auth_failure_delay"],
         )
+        _raise_fd_limit()
         if opts["pgbouncer_ini"]:
             from pooler.pgbouncer.serve import serve
 
@@ -288,3 +314,13 @@ class Command(BaseCommand):
             client.fatal("57P01", SHUTDOWN_MESSAGE)
         gevent.killall(housekeeping, timeout=1)
         log.info("greenvisor: stopped")
+
+
+def _raise_fd_limit() -> None:
+    """Half-open and idle clients each hold a socket: allow as many as the hard limit."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit: %s", exc)
