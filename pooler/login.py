@@ -180,7 +180,7 @@ def _login(
         tenant_id = sni_tenant.external_id
         user_name = tls.sni_user(startup.user, tenant_id)
     if node.pgbouncer is not None and not node.pgbouncer.is_db_tenant(tenant_id):
-        return node.pgbouncer.login(gsock, startup)  # pgbouncer.ini: route by database
+        return node.pgbouncer.login(gsock, startup, addr)  # pgbouncer.ini: route by database
     if tenant_id is None:
         raise LoginFailed(
             "08P01",

@@ -27,9 +27,11 @@ auth_file and the tenants they make (one per ``[databases]`` entry, ``*`` includ
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.node import NodeSettings
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.pgbouncer")
 
+T = TypeVar("T")
 CONSOLE_DATABASE = "pgbouncer"
 #: query_wait_timeout = 0 (wait forever) becomes this many seconds.
 FOREVER = 10.0 * 365 * 24 * 3600
@@ -194,7 +197,7 @@ class DropIn:
 
     # -- logins ----------------------------------------------------------------------------
 
-    def login(self, gsock: Any, startup: StartupMessage) -> Any:
+    def login(self, gsock: Any, startup: StartupMessage, addr: Any = None) -> Any:
         """Authenticate and route a plain-user login; what ``pooler.login._login`` returns."""
         from pooler.login import LoginFailed, _settings, _warm_up, _welcome
         from pooler.pgbouncer.clientauth import authenticate
@@ -207,23 +210,35 @@ class DropIn:
             from pooler.pgbouncer.console import open_console
 
             entry = self.authfile.get(name)
-            authenticate(gsock, self.node, config.settings.auth_type, name, entry, iterations)
+            self._guarded(
+                addr,
+                CONSOLE_DATABASE,
+                lambda: authenticate(
+                    gsock, self.node, config.settings.auth_type, name, entry, iterations
+                ),
+            )
             open_console(self, gsock, name)
             return None
         db_entry = config.database(database)
         if db_entry is None:
             raise LoginFailed("3D000", f"no such database: {database}")
         entry = self.authfile.get(name)
-        if entry is None:  # auth_user + auth_query, when the database has an auth_user
-            from pooler.pgbouncer.authquery import lookup
+        tenant_id = db_entry.name if db_entry.name in config.databases else "*"
 
-            entry = lookup(self, db_entry, name)
-            if entry is not None:
-                self._remember(db_entry, name, entry)
-        keys = authenticate(gsock, self.node, config.settings.auth_type, name, entry, iterations)
+        def check() -> tuple[bytes, bytes] | None:
+            found = entry
+            if found is None:  # auth_user + auth_query, when the database has an auth_user
+                from pooler.pgbouncer.authquery import lookup
+
+                found = lookup(self, db_entry, name)
+                if found is not None:
+                    self._remember(db_entry, name, found)
+            auth_type = config.settings.auth_type
+            return authenticate(gsock, self.node, auth_type, name, found, iterations)
+
+        keys = self._guarded(addr, tenant_id, check)
         if database in self.disabled:
             raise LoginFailed("55000", f'database "{database}" does not allow connections')
-        tenant_id = db_entry.name if db_entry.name in config.databases else "*"
         tenant = self.node.registry.snapshot.tenant(tenant_id)
         pool_user = config.pool_user(database, name)
         user = _find(tenant, pool_user)
@@ -253,6 +268,28 @@ class DropIn:
             pool.client_left()
             raise
         return pool, pid, key, message, settings
+
+    def _guarded(self, addr: Any, tenant_id: str, check: Callable[[], T]) -> T:
+        """``check()`` (authentication) behind the node's bans: a banned (database, client
+        IP) pair is refused, failures are counted and answered no sooner than
+        auth_failure_delay, as for metadata-DB tenants (pooler.bans)."""
+        from pooler import bans
+        from pooler.login import LoginFailed
+
+        node = self.node
+        ip = bans.client_ip(addr)
+        key = (tenant_id, ip)
+        started = time.monotonic()
+        try:
+            banned = node.bans.banned_for(key)
+            if banned:
+                raise LoginFailed("28000", bans.ban_message(tenant_id, ip, banned))
+            return check()
+        except LoginFailed as exc:
+            if exc.sqlstate == "28P01" and node.bans.failed(key):
+                log.warning("banning %s for database %s: too many failed logins", ip, tenant_id)
+            bans.pad(started, node.settings.auth_failure_delay)
+            raise
 
     @staticmethod
     def keeps_keys(user: UserConfig) -> bool:

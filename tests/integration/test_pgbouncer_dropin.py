@@ -529,3 +529,12 @@ def test_tls_clients_and_console(
             )  # fmt: skip
             assert out.returncode == 0, out.stderr
             assert out.stdout.startswith(expected), out.stdout
+
+
+def test_failed_logins_ban_the_client_per_database(gv: IniPoolerProcess) -> None:
+    """Last in the module: app1_stmt stays banned for 127.0.0.1 (--ban-time, 60 s)."""
+    codes = [refused(gv, "app1user", "wrong", "app1_stmt") for _ in range(12)]
+    assert codes[0] == "28P01" and codes[-1] == "28000"  # --ban-failures (10) reached
+    error = login_error(HOST, gv.listen_port, "app1user", PASSWORDS["app1user"], "app1_stmt")
+    assert "too many failed logins" in error["M"]  # even the right password, for now
+    assert whoami(gv, "app1user", PASSWORDS["app1user"], "app1")[0] == "app1user"
