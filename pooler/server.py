@@ -273,6 +273,13 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
             ),
         ):
             return (sock, *_authenticate(sock, target))
+    except (OSError, netio.ConnectionClosed) as exc:
+        sock.close()  # e.g. Postgres shutting down mid-login: retryable, no traceback
+        raise UpstreamError(
+            "08006",
+            f"lost the connection to the tenant database at {target.host}:{target.port} "
+            f"while logging in ({exc}); it may be restarting",
+        ) from None
     except BaseException:
         sock.close()
         raise
