@@ -155,6 +155,11 @@ def _login(
     _authenticate(gsock, node, startup.user, user)
     assert tenant is not None and user is not None
     database = startup.database if "database" in startup.params else tenant.db_database
+    if node.cluster is not None:
+        from pooler.cluster.internal import relay_client
+
+        if relay_client(gsock, node, tenant, user, database, mode, startup.settings()):
+            return None  # another node owns the pool: this client is piped there
     pool = node.pool_for(tenant, user, database, mode)
     if not pool.client_joined():
         raise LoginFailed(

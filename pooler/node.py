@@ -72,6 +72,8 @@ class Node:
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self.statement_names = StatementNames()
         self.shutting_down = False
+        self.cluster: Any = None  # pooler.cluster.cluster.Cluster when part of a cluster
+        self.pid_prefix = 0  # the node's index in the high bits of its BackendKeyData pids
 
     # -- config ---------------------------------------------------------------------------
 
@@ -159,7 +161,10 @@ class Node:
         target = pool.upstream
         retry = self.settings.connect_retry_interval
         try:
-            server = open_server(pool, target)
+            if self.cluster is None:
+                server = open_server(pool, target)
+            else:  # only the pool's owner opens servers, and fences older owners first
+                server = self.cluster.open_server(pool, target)
         except UpstreamError as exc:
             # One warning per outage, not one per retry.
             level = (
@@ -193,7 +198,10 @@ class Node:
     def new_backend_key(self) -> tuple[int, bytes]:
         """Greenvisor's own BackendKeyData for a client: random, never the server's."""
         while True:
-            pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            if self.pid_prefix:  # cluster: the pid says which node issued it (cancel)
+                pid = self.pid_prefix | (secrets.randbelow(0x1FFFFF) + 1)
+            else:
+                pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
             if pid not in self.clients:
                 return pid, struct.pack("!I", secrets.randbits(32))
 
@@ -204,8 +212,10 @@ class Node:
         if self.clients.get(client.pid) is client:
             del self.clients[client.pid]
 
-    def cancel(self, pid: int, key: bytes) -> None:
+    def cancel(self, pid: int, key: bytes, forward: bool = True) -> None:
         """A CancelRequest: forward it only while that client is linked to a server."""
+        if forward and self.cluster is not None and self.cluster.forward_cancel(pid, key):
+            return  # another node issued that key
         client = self.clients.get(pid)
         if client is None or not secrets.compare_digest(client.key, key):
             return

@@ -1,0 +1,401 @@
+"""Three Greenvisor nodes and a real ZooKeeper: one owner per pool, relays, failover, fencing.
+
+One ZooKeeper and one set of nodes (A, B, C; one shared SQLite metadata DB) for the module;
+the tests run in order and later ones use what earlier ones left (A is killed by the
+kill -9 test). Throughout, a sampler counts the tenant role's backends in pg_stat_activity
+and the tests assert it never exceeded pool_size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import pytest
+import requests
+
+from tests import conftest
+from tests.support import zookeeper
+from tests.support.pg import PgCluster, find_bindir
+from tests.support.pooler import PoolerProcess, run_manage, tenant_doc, user_doc
+
+pytestmark = [pytest.mark.integration, pytest.mark.zk, pytest.mark.slow]
+
+ROLE = "clu"
+PW = "cluPw4tests"
+TENANT = "ct"
+POOL_SIZE = 3
+SESSION_TIMEOUT = 4.0
+API_SECRET = "cluster-api-jwt-secret-0123456789abcdef"
+APP_NAME = re.compile(r"^greenvisor [0-9a-f]{8} e(\d+)$")
+
+
+def doc(pg: PgCluster) -> dict[str, Any]:
+    users = [user_doc(ROLE, PW, "transaction", pool_size=POOL_SIZE)]
+    return {"tenants": [tenant_doc(TENANT, ROLE, pg.port, users, default_pool_size=POOL_SIZE)]}
+
+
+@pytest.fixture(scope="module")
+def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zookeeper.ZooKeeperServer]:
+    if not zookeeper.available():
+        pytest.skip("java or the zookeeper package is not installed (make apt-deps)")
+    server = zookeeper.ZooKeeperServer(tmp_path_factory.mktemp("zk")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def clu_db(pg: PgCluster) -> str:
+    pg.create_role(ROLE, PW)
+    pg.create_database(ROLE, owner=ROLE)
+    pg.execute(f"CREATE TABLE items (id int, tag text); ALTER TABLE items OWNER TO {ROLE}", dbname=ROLE)
+    return ROLE
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg: PgCluster,
+    clu_db: str,
+    zk: zookeeper.ZooKeeperServer,
+) -> Iterator[list[PoolerProcess]]:
+    base = tmp_path_factory.mktemp("cluster")
+    url = f"sqlite:///{base / 'meta.sqlite3'}"
+    args = [
+        "--zookeeper", zk.hosts,
+        "--zk-root", f"/gv-{uuid.uuid4().hex[:8]}",
+        "--zk-session-timeout", str(SESSION_TIMEOUT),
+        "--config-poll-interval", "30",  # only the ZooKeeper watch can be that fast
+    ]  # fmt: skip
+    env = {"API_JWT_SECRET": API_SECRET}
+    started: list[PoolerProcess] = []
+    try:
+        for name in ("a", "b", "c"):
+            first = not started
+            node = PoolerProcess(
+                base / name,
+                doc(pg),
+                database_url=url,
+                extra_args=args + ([] if first else ["--no-migrate"]),
+                env=env,
+                migrate=first,
+            )
+            started.append(node)
+            node.start()
+            conftest._live_poolers.append(node)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+            if node in conftest._live_poolers:
+                conftest._live_poolers.remove(node)
+
+
+class Sampler:
+    """Counts the role's backends every 30 ms in a thread; ``peak`` is the largest count.
+
+    A new owner's fencing session is not counted while it runs its pg_terminate_backend
+    query (it is the one connection a takeover needs before the old backends are gone)."""
+
+    SQL = (
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND datname = %s "
+        "AND NOT (state = 'active' AND query LIKE '%%pg_terminate_backend%%')"
+    )
+
+    def __init__(self, pg: PgCluster) -> None:
+        self.pg = pg
+        self.peak = 0
+        self.samples = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = self.pg.connect()
+        conn.autocommit = True
+        try:
+            while not self.stop.wait(0.03):
+                with conn.cursor() as cur:
+                    cur.execute(self.SQL, (ROLE, ROLE))
+                    count = cur.fetchone()[0]
+                self.peak = max(self.peak, count)
+                self.samples += 1
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Sampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def sampler(pg: PgCluster) -> Iterator[Sampler]:
+    with Sampler(pg) as s:
+        yield s
+    assert s.samples > 0
+    assert s.peak <= POOL_SIZE, f"{s.peak} backends of the tenant at once (pool_size {POOL_SIZE})"
+
+
+def backends(pg: PgCluster) -> list[tuple[int, str]]:
+    rows = pg.execute(
+        f"SELECT pid, application_name FROM pg_stat_activity "
+        f"WHERE usename = '{ROLE}' AND datname = '{ROLE}'"
+    )
+    return [(int(r[0]), str(r[1])) for r in rows or []]
+
+
+def connect(node: PoolerProcess, **kwargs: Any) -> Any:
+    return node.connect(f"{ROLE}.{TENANT}", PW, ROLE, **kwargs)
+
+
+def owner_of(nodes: list[PoolerProcess]) -> PoolerProcess:
+    owners = [n for n in nodes if n.alive() and "this node now owns" in n.log_text()]
+    assert owners, "no node took the pool"
+    return max(owners, key=lambda n: n.log_text().rindex("this node now owns"))
+
+
+def bindir() -> Path:
+    found = find_bindir()
+    assert found is not None
+    return found
+
+
+def pgbench(node: PoolerProcess, *args: str, timeout: float = 120) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = PW
+    cmd = [str(bindir() / "pgbench"), "-h", node.host, "-p", str(node.transaction_port)]
+    cmd += ["-U", f"{ROLE}.{TENANT}", *args, ROLE]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+# -- tests, in order ------------------------------------------------------------------------
+
+
+def test_first_login_takes_the_pool_and_stamps_the_epoch(
+    nodes: list[PoolerProcess], pg: PgCluster, sampler: Sampler
+) -> None:
+    a, b, c = nodes
+    conn = connect(a)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+        conn.commit()
+    finally:
+        conn.close()
+    assert "this node now owns" in a.log_text()
+    names = [name for _, name in backends(pg)]
+    assert names and all(APP_NAME.match(n) for n in names), names
+    for node in nodes:
+        assert "cluster: joined as node" in node.log_text()
+
+
+def test_pgbench_through_non_owners(
+    nodes: list[PoolerProcess], pg: PgCluster, sampler: Sampler
+) -> None:
+    a, b, c = nodes
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = PW
+    init = [str(bindir() / "pgbench"), "-i", "-s", "1", "-q", "-h", "127.0.0.1"]
+    init += ["-p", str(pg.port), "-U", ROLE, ROLE]
+    out = subprocess.run(init, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = pgbench(b, "-n", "-c", "6", "-j", "2", "-t", "60", "-M", "prepared")
+    assert "number of failed transactions: 0" in report or "failed" not in report
+    assert "number of transactions actually processed: 360/360" in report
+    report = pgbench(c, "-n", "-c", "4", "-j", "2", "-t", "50")
+    assert "number of transactions actually processed: 200/200" in report
+    for node in (b, c):
+        assert "this node now owns" not in node.log_text()
+
+
+def test_transactions_and_copy_through_a_non_owner(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    import io
+
+    c = nodes[2]
+    conn = connect(c)
+    try:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO items VALUES (1, 'rolled back')")
+        conn.rollback()
+        cur.copy_expert("COPY items FROM STDIN", io.StringIO("2\ttwo\n3\tthree\n"))
+        conn.commit()
+        out = io.StringIO()
+        cur.copy_expert("COPY (SELECT * FROM items ORDER BY id) TO STDOUT", out)
+        conn.commit()
+        assert out.getvalue() == "2\ttwo\n3\tthree\n"
+    finally:
+        conn.close()
+
+
+def test_cancel_sent_to_a_non_owner_reaches_the_query(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    b = nodes[1]
+    conn = connect(b)
+    errors: list[BaseException] = []
+
+    def sleep() -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_sleep(20)")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    thread = threading.Thread(target=sleep, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    time.sleep(0.5)
+    conn.cancel()  # a CancelRequest to b, whose BackendKeyData came from the owner
+    thread.join(10)
+    try:
+        assert not thread.is_alive(), "the query was not canceled"
+        assert time.monotonic() - started < 5
+        assert errors and isinstance(errors[0], psycopg2.errors.QueryCanceled), errors
+    finally:
+        conn.close()
+
+
+def test_config_change_through_a_reaches_c_within_a_second(nodes: list[PoolerProcess]) -> None:
+    a, b, c = nodes
+    token = run_manage(["minttoken", "--ttl", "600"], a.env).stdout.strip()
+    before = c.log_text().count("applied")
+    response = requests.patch(
+        f"http://{a.host}:{a.http_port}/api/tenants/{TENANT}",
+        json={"tenant": {"client_idle_timeout": 3600}},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    done = time.monotonic()
+    assert response.status_code == 200, response.text
+    while c.log_text().count("applied") == before:
+        assert time.monotonic() - done < 1.0, "node C did not apply the change within 1 s"
+        time.sleep(0.02)
+    assert "configuration version" in c.log_tail(5)
+
+
+def _client_loop(node: PoolerProcess, stop: threading.Event, record: dict[str, Any]) -> None:
+    conn = None
+    while not stop.is_set():
+        try:
+            if conn is None:
+                conn = connect(node)
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            conn.commit()
+            now = time.monotonic()
+            record["ok"] += 1
+            if record["failed_at"] is not None and record["recovered_at"] is None:
+                record["recovered_at"] = now
+        except psycopg2.Error:
+            if record["failed_at"] is None:
+                record["failed_at"] = time.monotonic()
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(0.05)
+    if conn is not None:
+        conn.close()
+
+
+def test_kill_9_of_the_owner_clients_recover_by_reconnecting(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    a, b, c = nodes
+    assert owner_of(nodes) is a
+    stop = threading.Event()
+    records = [{"ok": 0, "failed_at": None, "recovered_at": None} for _ in range(4)]
+    threads = [
+        threading.Thread(target=_client_loop, args=(n, stop, r), daemon=True)
+        for n, r in zip((b, c, b, c), records, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        assert all(r["ok"] > 0 for r in records)
+        assert a.proc is not None
+        a.proc.kill()
+        killed = time.monotonic()
+        a.proc.wait(5)
+        deadline = killed + SESSION_TIMEOUT + 8
+        while time.monotonic() < deadline:
+            if all(r["recovered_at"] or (r["failed_at"] is None) for r in records):
+                break
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    budget = SESSION_TIMEOUT + 1.0
+    for r in records:
+        if r["failed_at"] is not None:
+            assert r["recovered_at"] is not None, f"a client never recovered: {r}"
+            waited = r["recovered_at"] - killed
+            assert waited <= budget + 0.5, f"served again {waited:.2f} s after the kill"
+    assert owner_of(nodes) in (b, c)
+
+
+def test_paused_owner_past_its_session_is_fenced(
+    nodes: list[PoolerProcess], pg: PgCluster, sampler: Sampler
+) -> None:
+    a, b, c = nodes
+    old = owner_of(nodes)
+    other = c if old is b else b
+    holders = [connect(other) for _ in range(POOL_SIZE)]
+    for conn in holders:  # every server of the old owner linked, inside a transaction
+        conn.cursor().execute("SELECT 1")
+    old_epochs = {int(m.group(1)) for _, n in backends(pg) if (m := APP_NAME.match(n))}
+    assert old.proc is not None
+    old.proc.send_signal(signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        conn, _ = other.connect_eventually(
+            f"{ROLE}.{TENANT}", PW, ROLE, timeout=SESSION_TIMEOUT + 8
+        )
+        served = time.monotonic() - stopped
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('application_name')")
+            row = cur.fetchone()
+        conn.commit()
+        match = APP_NAME.match(row[0])
+        assert match, row
+        new_epoch = int(match.group(1))
+        assert old_epochs and new_epoch > max(old_epochs)
+        assert served <= SESSION_TIMEOUT + 1.5, f"served again after {served:.2f} s"
+    finally:
+        old.proc.send_signal(signal.SIGCONT)
+    old.wait_for_log("coordinator session expired", timeout=10)
+    # Fencing: nothing of an older epoch is left, and the old owner opens nothing new.
+    later = connect(old)
+    try:
+        with later.cursor() as cur:
+            cur.execute("SELECT 1")
+        later.commit()
+    finally:
+        later.close()
+    epochs = {int(m.group(1)) for _, n in backends(pg) if (m := APP_NAME.match(n))}
+    assert epochs == {new_epoch}, epochs
+    for holder in holders:  # their transactions were on fenced backends
+        with pytest.raises(psycopg2.Error):
+            holder.cursor().execute("SELECT 1")
+        holder.close()
+    conn.close()
