@@ -60,7 +60,8 @@ def zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zookeeper.ZooKeeper
 def clu_db(pg: PgCluster) -> str:
     pg.create_role(ROLE, PW)
     pg.create_database(ROLE, owner=ROLE)
-    pg.execute(f"CREATE TABLE items (id int, tag text); ALTER TABLE items OWNER TO {ROLE}", dbname=ROLE)
+    pg.execute("CREATE TABLE items (id int, tag text)", dbname=ROLE)
+    pg.execute(f"ALTER TABLE items OWNER TO {ROLE}", dbname=ROLE)
     return ROLE
 
 

@@ -50,9 +50,7 @@ def query_all(node: PoolerProcess, count: int) -> list[Any]:
     return conns
 
 
-def test_two_workers_serve_one_pool_within_its_size(
-    workers: PoolerProcess, pg: PgCluster
-) -> None:
+def test_two_workers_serve_one_pool_within_its_size(workers: PoolerProcess, pg: PgCluster) -> None:
     conns = query_all(workers, 16)
     try:
         assert role_backends(pg) <= POOL_SIZE
