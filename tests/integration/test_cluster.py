@@ -400,3 +400,36 @@ def test_paused_owner_past_its_session_is_fenced(
             holder.cursor().execute("SELECT 1")
         holder.close()
     conn.close()
+
+
+def test_sigterm_of_the_owner_lets_the_transaction_finish_then_hands_the_pool_over(
+    nodes: list[PoolerProcess], pg: PgCluster, sampler: Sampler
+) -> None:
+    live = [n for n in nodes if n.alive()]
+    old = owner_of(live)
+    other = next(n for n in live if n is not old)
+    conn = connect(other)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO items VALUES (10, 'during sigterm')")
+        assert old.proc is not None
+        old.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with conn.cursor() as cur:  # still inside its transaction on the stopping owner
+            cur.execute("INSERT INTO items VALUES (11, 'during sigterm')")
+        conn.commit()
+    finally:
+        conn.close()
+    assert old.proc.wait(15) == 0
+    started = time.monotonic()
+    again, _ = other.connect_eventually(f"{ROLE}.{TENANT}", PW, ROLE, timeout=10)
+    try:
+        with again.cursor() as cur:
+            cur.execute("SELECT count(*) FROM items WHERE tag = 'during sigterm'")
+            assert cur.fetchone() == (2,)
+        again.commit()
+    finally:
+        again.close()
+    # The locks went with the clean exit: no wait for a session timeout.
+    assert time.monotonic() - started < SESSION_TIMEOUT
+    assert owner_of([other]) is other
