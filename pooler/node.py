@@ -300,12 +300,15 @@ class Node:
         """Stop serving: idle and waiting clients get 57P01 now; clients in a transaction
         get it when the transaction ends (see Client)."""
         self.shutting_down = True
+        if self.cluster is not None:
+            self.cluster.begin_shutdown()
         for client in list(self.clients.values()):
             if client.server is None:
                 client.fatal("57P01", SHUTDOWN_MESSAGE)
 
     def busy_clients(self) -> int:
-        return sum(1 for client in self.clients.values() if client.server is not None)
+        busy = sum(1 for client in self.clients.values() if client.server is not None)
+        return busy + (self.cluster.busy_relays() if self.cluster is not None else 0)
 
     def stats(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]

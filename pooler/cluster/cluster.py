@@ -106,6 +106,7 @@ class Cluster:
         self.fenced: dict[PoolKey, _Fence] = {}  # per owned key: has the epoch's fence run
         self.suspended = False
         self.pipes: set[Any] = set()  # relayed clients (internal.PipeEnd pairs)
+        self.draining = False  # the node is stopping: cut relays between transactions
         self.info: NodeInfo | None = None
         coordinator.on_state = self._on_state
         node.cluster = self
@@ -120,6 +121,17 @@ class Cluster:
             internal_port,
         )
         return self.info
+
+    def begin_shutdown(self) -> None:
+        from pooler.cluster.internal import drain
+
+        drain(self)
+
+    def busy_relays(self) -> int:
+        """Relayed clients not yet cut (in a transaction, or not yet at rest)."""
+        from pooler.cluster.internal import busy
+
+        return busy(self)
 
     def close(self) -> None:
         """Leave: release every lock (callers first let the transactions finish)."""

@@ -247,13 +247,24 @@ def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, 
 # -- the pipe ---------------------------------------------------------------------------------
 
 
-class PipeEnd(netio.Conn):
-    """One side of a relayed client; reads here are written to ``peer``."""
+#: ReadyForQuery "idle": a relayed chunk from the owner ending with it leaves the client
+#: between transactions (the only state in which a stopping node may cut it).
+_IDLE_READY = b"Z\x00\x00\x00\x05I"
 
-    __slots__ = ("peer", "cluster")
+
+class PipeEnd(netio.Conn):
+    """One side of a relayed client; reads here are written to ``peer``.
+
+    The client side (``to_owner`` False) also tracks ``at_rest``: True when the last bytes
+    moved were the owner's ReadyForQuery(idle), with nothing sent by the client since. One
+    comparison per chunk, no message parsing."""
+
+    __slots__ = ("peer", "cluster", "to_owner", "at_rest")
 
     peer: PipeEnd
     cluster: Cluster
+    to_owner: bool
+    at_rest: bool
 
     def on_readable(self) -> None:
         try:
@@ -263,8 +274,15 @@ class PipeEnd(netio.Conn):
             if n == 0:
                 self.shut()
                 return
+            if self.to_owner:  # bytes from the owner, for the client
+                client = self.peer
+                client.at_rest = view[max(0, n - 6) : n] == _IDLE_READY
+            else:
+                self.at_rest = False
             if not self.peer.write(view[:n]):
                 self.stop_reading()  # resumed by the peer's on_drained
+            if self.to_owner and self.cluster.draining and self.peer.at_rest:
+                self.peer.leave()
         except OSError:
             self.shut()
 
@@ -274,6 +292,12 @@ class PipeEnd(netio.Conn):
     def on_write_error(self, exc: OSError) -> None:
         self.shut()
 
+    def leave(self) -> None:
+        """This node stops: tell the (client-side, at rest) client why, then close."""
+        if self.outbuf is None:
+            self.write(builders.error_response("FATAL", "57P01", SHUTDOWN_REASON))
+        self.shut()
+
     def shut(self) -> None:
         self.cluster.pipes.discard(self)
         self.cluster.pipes.discard(self.peer)
@@ -281,12 +305,33 @@ class PipeEnd(netio.Conn):
         self.peer.close_socket()
 
 
+SHUTDOWN_REASON = (
+    "terminating connection due to administrator command: this Greenvisor node is shutting "
+    "down; reconnect to reach another node"
+)
+
+
 def _pipe(cluster: Cluster, client_sock: Any, owner_sock: Any) -> None:
     a = PipeEnd(client_sock)
     b = PipeEnd(owner_sock)
     a.peer, b.peer = b, a
     a.cluster = b.cluster = cluster
+    a.to_owner, b.to_owner = False, True
+    a.at_rest = b.at_rest = False
     cluster.pipes.add(a)
     cluster.pipes.add(b)
     a.start_reading(a.on_readable)
     b.start_reading(b.on_readable)
+
+
+def drain(cluster: Cluster) -> None:
+    """Stopping: cut relayed clients that are between transactions now, the others as soon
+    as their transaction ends (see PipeEnd.on_readable)."""
+    cluster.draining = True
+    for end in list(cluster.pipes):
+        if not end.to_owner and end.at_rest and not end.closed:
+            end.leave()
+
+
+def busy(cluster: Cluster) -> int:
+    return sum(1 for end in cluster.pipes if not end.to_owner)

@@ -81,20 +81,27 @@ def nodes(
         "--config-poll-interval", "30",  # only the ZooKeeper watch can be that fast
     ]  # fmt: skip
     env = {"API_JWT_SECRET": API_SECRET}
-    started: list[PoolerProcess] = []
+    started = [
+        PoolerProcess(
+            base / name,
+            doc(pg),
+            database_url=url,
+            extra_args=[*args, "--no-migrate"],
+            env=env,
+            migrate=name == "a",  # a migrates and loads the tenants; b and c share them
+        )
+        for name in ("a", "b", "c")
+    ]
     try:
-        for name in ("a", "b", "c"):
-            first = not started
-            node = PoolerProcess(
-                base / name,
-                doc(pg),
-                database_url=url,
-                extra_args=args + ([] if first else ["--no-migrate"]),
-                env=env,
-                migrate=first,
-            )
-            started.append(node)
-            node.start()
+        started[0].start(timeout=90)
+        others = [threading.Thread(target=n.start, args=(90,)) for n in started[1:]]
+        for thread in others:
+            thread.start()
+        for thread in others:
+            thread.join(60)
+        for node in started:
+            assert node.alive(), node.log_tail()
+            node.wait_for_log("greenvisor: serving", timeout=60)  # joined, listeners started
             conftest._live_poolers.append(node)
         yield started
     finally:
@@ -165,9 +172,15 @@ def connect(node: PoolerProcess, **kwargs: Any) -> Any:
 
 
 def owner_of(nodes: list[PoolerProcess]) -> PoolerProcess:
-    owners = [n for n in nodes if n.alive() and "this node now owns" in n.log_text()]
-    assert owners, "no node took the pool"
-    return max(owners, key=lambda n: n.log_text().rindex("this node now owns"))
+    """The live node that took the pool last (by the timestamp of its log line)."""
+    latest: dict[str, PoolerProcess] = {}
+    for node in nodes:
+        if node.alive():
+            for line in node.log_text().splitlines():
+                if "this node now owns" in line:
+                    latest[line[:23] + str(id(node))] = node
+    assert latest, "no node took the pool"
+    return latest[max(latest)]
 
 
 def bindir() -> Path:
@@ -317,11 +330,78 @@ def _client_loop(node: PoolerProcess, stop: threading.Event, record: dict[str, A
         conn.close()
 
 
+def _txn_loop(
+    nodes: list[PoolerProcess], stop: threading.Event, stats: dict[str, int], seed: int
+) -> None:
+    """INSERT; INSERT; COMMIT in a loop, reconnecting to the next node on any error. A
+    failure after the first statement of a transaction succeeded is a lost transaction."""
+    conn = None
+    turn = seed
+    while not stop.is_set():
+        step = 0
+        try:
+            if conn is None:
+                turn += 1
+                node = nodes[turn % len(nodes)]
+                conn = connect(node, connect_timeout=15)
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO items VALUES (%s, 'rolling')", (seed,))
+                step = 1
+                cur.execute("INSERT INTO items VALUES (%s, 'rolling')", (seed,))
+            conn.commit()
+            stats["committed"] += 1
+        except psycopg2.Error:
+            if step:
+                stats["lost"] += 1
+            if conn is not None:
+                conn.close()
+            conn = None
+            time.sleep(0.05)
+        time.sleep(0.01)
+    if conn is not None:
+        conn.close()
+
+
+def test_rolling_restart_under_load_loses_no_transaction(
+    nodes: list[PoolerProcess], pg: PgCluster, sampler: Sampler
+) -> None:
+    pg.execute("DELETE FROM items WHERE tag = 'rolling'", dbname=ROLE)
+    stop = threading.Event()
+    stats = [{"committed": 0, "lost": 0} for _ in range(3)]
+    threads = [
+        threading.Thread(target=_txn_loop, args=(nodes, stop, st, i), daemon=True)
+        for i, st in enumerate(stats)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        for node in nodes:  # the owner (a) first, then the relaying nodes
+            time.sleep(1.0)
+            assert node.stop(timeout=20) == 0
+            node.migrate = False  # same metadata DB, same tenants
+            before = node.log_text().count("greenvisor: serving")
+            node.start(timeout=90)
+            deadline = time.monotonic() + 60
+            while node.log_text().count("greenvisor: serving") == before:
+                assert time.monotonic() < deadline, node.log_tail()
+                time.sleep(0.1)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    committed = sum(st["committed"] for st in stats)
+    assert sum(st["lost"] for st in stats) == 0, stats
+    assert committed > 10
+    rows = pg.execute("SELECT count(*) FROM items WHERE tag = 'rolling'", dbname=ROLE)
+    assert rows[0][0] == 2 * committed
+
+
 def test_kill_9_of_the_owner_clients_recover_by_reconnecting(
     nodes: list[PoolerProcess], sampler: Sampler
 ) -> None:
-    a, b, c = nodes
-    assert owner_of(nodes) is a
+    a = owner_of(nodes)
+    b, c = (n for n in nodes if n is not a)
     stop = threading.Event()
     records = [{"ok": 0, "failed_at": None, "recovered_at": None} for _ in range(4)]
     threads = [

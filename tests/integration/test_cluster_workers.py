@@ -7,12 +7,14 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 
-from tests.conftest import PoolerFactory
+from tests import conftest
 from tests.support.pg import PgCluster
 from tests.support.pooler import PoolerProcess, tenant_doc, user_doc
 
@@ -24,15 +26,28 @@ POOL_SIZE = 2
 
 
 @pytest.fixture(scope="module")
-def workers(pooler_factory: PoolerFactory, pg: PgCluster) -> PoolerProcess:
+def workers(
+    tmp_path_factory: pytest.TempPathFactory, pg: PgCluster, sqlite_template: Path
+) -> Iterator[PoolerProcess]:
     pg.create_role(ROLE, PW)
     pg.create_database(ROLE, owner=ROLE)
     users = [user_doc(ROLE, PW, "transaction", pool_size=POOL_SIZE)]
     doc = {"tenants": [tenant_doc("wt", ROLE, pg.port, users)]}
-    node = pooler_factory(doc, extra_args=["--workers", "2"])
-    node.wait_for_log("joined as node n2", timeout=30)
-    node.wait_for_log("joined as node n1", timeout=5)
-    return node
+    node = PoolerProcess(
+        tmp_path_factory.mktemp("workers"),
+        doc,
+        extra_args=["--workers", "2"],
+        sqlite_template=sqlite_template,
+    )
+    node.start(timeout=90)  # three Django processes start on a busy CI machine
+    conftest._live_poolers.append(node)
+    try:
+        node.wait_for_log("joined as node n2", timeout=60)
+        node.wait_for_log("joined as node n1", timeout=5)
+        yield node
+    finally:
+        node.stop()
+        conftest._live_poolers.remove(node)
 
 
 def role_backends(pg: PgCluster) -> int:
