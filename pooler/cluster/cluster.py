@@ -134,10 +134,19 @@ class Cluster:
         return busy(self)
 
     def close(self) -> None:
-        """Leave: release every lock (callers first let the transactions finish)."""
+        """Leave: close the owned pools' servers, then release every lock (callers first
+        let the transactions finish), so the next owner finds nothing to fence."""
         for pipe in list(self.pipes):
             pipe.shut()
+        closed = 0
+        for key in list(self.owned):
+            pool = self.node.pools.get(key)
+            if pool is not None:
+                closed += len(pool.idle)
+                pool.close("this node is leaving the cluster")
         self.owned.clear()
+        if closed:
+            gevent.sleep(0.2)  # let Postgres end those backends before a new owner starts
         self.coord.close()
 
     # -- ownership ------------------------------------------------------------------------
@@ -182,33 +191,46 @@ class Cluster:
             else:
                 gate.running = True
                 fencing = True
+        if fencing:
+            try:
+                self._fence(key, epoch, tag, target)
+            except BaseException:
+                gate.running = False
+                raise
+            gate.done.set()
         gsock, pid, bkey, params = login(target)
         try:
-            if fencing:
-                self._fence(gsock, key, epoch, tag, target, params)
-                gate.done.set()
             if not self.coord.register_backend(str(key), epoch, pid):
                 raise UpstreamError(
                     "57P03", f"this node lost the ownership of {key} while logging in"
                 )
         except BaseException:
-            if fencing and not gate.done.is_set():
-                gate.running = False
             gsock.close()
             raise
         return ServerConn(netio.detach(gsock), pool, target, pid, bkey, params)
 
-    def _fence(
-        self, gsock: Any, key: PoolKey, epoch: int, tag: str, target: Target, params: dict
-    ) -> None:
-        pids = self.coord.stale_backends(str(key), epoch)
-        version = params.get("server_version", "0").split(".")[0]
-        wait_ms = 2000 if version.isdigit() and int(version) >= 14 else 0
+    def _fence(self, key: PoolKey, epoch: int, tag: str, target: Target) -> None:
+        """Terminate older owners' backends over a short-lived session of its own, named
+        "<name> <tag> fence e<epoch>": the one extra connection a takeover needs."""
         base_name = target.application_name.rsplit(" ", 2)[0]
-        run_query(gsock, fence_sql(base_name, tag, epoch, pids, wait_ms))
+        fence_target = replace(target, application_name=f"{base_name} {tag} fence e{epoch}")
+        pids = self.coord.stale_backends(str(key), epoch)
+        gsock, _pid, _key, params = login(fence_target)
+        try:
+            version = params.get("server_version", "0").split(".")[0]
+            wait_ms = 2000 if version.isdigit() and int(version) >= 14 else 0
+            run_query(gsock, fence_sql(base_name, tag, epoch, pids, wait_ms))
+            gsock.sendall(builders.terminate())
+        finally:
+            gsock.close()
         self.coord.forget_stale(str(key), epoch)
         if pids:
-            log.info("cluster: fenced %d backends of older owners of %s", len(pids), key)
+            log.info(
+                "cluster: fenced %s: terminated what remained of %d backends registered by "
+                "older owners",
+                key,
+                len(pids),
+            )
 
     # -- session state --------------------------------------------------------------------
 

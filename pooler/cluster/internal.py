@@ -214,8 +214,8 @@ def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, 
     key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
     try:
         owner = cluster.owner_for(key)
-    except LookupError as exc:
-        gsock.sendall(b"N" + str(exc).encode())
+    except Exception as exc:  # noqa: BLE001 - coordinator trouble: the peer retries
+        gsock.sendall(b"N" + (str(exc) or exc.__class__.__name__).encode()[:400])
         return None
     if owner is not None:
         gsock.sendall(b"N" + f"not the owner of {key}".encode())

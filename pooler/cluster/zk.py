@@ -103,6 +103,7 @@ class ZkCoordinator(Coordinator):
         return NodeInfo.loads(data)
 
     def close(self) -> None:
+        self.on_state = None  # leaving on purpose: no LOST reaction to our own goodbye
         self.locks.clear()
         try:
             self.zk.stop()  # ends the session: every ephemeral znode goes at once
