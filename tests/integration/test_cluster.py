@@ -133,12 +133,14 @@ class Sampler:
         conn = self.pg.connect()
         conn.autocommit = True
         try:
-            while not self.stop.wait(0.03):
+            while True:  # at least one sample, however short the test
                 with conn.cursor() as cur:
                     cur.execute(self.SQL, (ROLE, ROLE))
                     count = cur.fetchone()[0]
                 self.peak = max(self.peak, count)
                 self.samples += 1
+                if self.stop.wait(0.03):
+                    break
         finally:
             conn.close()
 
