@@ -24,11 +24,17 @@ from pooler.config import MODE_SESSION
 from pooler.node import SHUTDOWN_MESSAGE
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
-from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange
+from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange, names_statement
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
-from pooler.protocol.sessionstate import refusal_sql, sql_messages, sql_text, stateful_kind
+from pooler.protocol.sessionstate import (
+    classify,
+    refusal_sql,
+    sql_messages,
+    sql_text,
+    stateful_kind,
+)
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -107,9 +113,11 @@ class Client(netio.Conn):
         self.idle_since = time.monotonic()  # last time it had no transaction running
         self.tx_idle_since = 0.0  # last ReadyForQuery inside a transaction block
         self.watch_idle_tx = node.settings.idle_transaction_timeout > 0
+        # Named prepared statements in transaction mode: the rewriter is switched on when
+        # the client first names a statement (see framing's "watching"), not before.
         self.ps: PreparedSession | None = None
         if not self.session_mode and pool.limits.max_prepared_statements > 0:
-            self.ps = PreparedSession(node.statement_names)
+            self.ex.start_watching()
 
     def __repr__(self) -> str:
         return f"<Client {self.addr} {self.pool.key}>"
@@ -179,6 +187,8 @@ class Client(netio.Conn):
                 if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
                     self.disconnect()
                     return
+                if self.ps is None and self.ex.watch and names_statement(view, 0, n):
+                    self._start_rewriting(None)  # at rest: nothing to take over
                 if self.ps is not None:
                     answer = self.ps.answer_without_server(view, n)
                     if answer is not None:
@@ -215,6 +225,12 @@ class Client(netio.Conn):
                 self._note_session_state(view, server)
             if end and not server.write(view[:end]):
                 self.stop_reading()
+            if ex.named_at >= 0:
+                ex.named_at = -1
+                self._start_rewriting(server)
+                if end < n:
+                    self._forward_to_server(view[end:n], n - end)
+                return
         else:
             to_server: list = []
             to_client: list = []
@@ -231,6 +247,17 @@ class Client(netio.Conn):
                 return
             self.carry = bytes(view[end:n])
 
+    def _start_rewriting(self, server: ServerConn | None) -> None:
+        """The client named a statement: from this message on, rewrite and queue (the
+        requests and replies since the exchange was last at rest rebuild the queue)."""
+        ex = self.ex
+        ps = self.ps = PreparedSession(self.node.statement_names)
+        if server is not None and server.statements is not None:
+            ps.link(server.statements)
+        ps.take_over(ex.fe_kinds or b"", ex.be_kinds or b"")
+        ex.stop_watching()
+        ex.expected = len(ps.queue)
+
     def _note_session_state(self, view: memoryview, server: ServerConn) -> None:
         """Policies reset and warn: statements that leave session state (recorded by the
         scanner) make the server dirty, so it is reset before anyone else gets it."""
@@ -240,7 +267,11 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            kind = stateful_kind(sql_text(view, msg_type, start, end))
+            kind, drops_statements = classify(sql_text(view, msg_type, start, end))
+            if drops_statements and server.statements is not None:
+                # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
+                # may be wrong now; DISCARD ALL before the next client puts both in step.
+                server.dirty = True
             if kind is None:
                 continue
             server.dirty = True

@@ -19,6 +19,15 @@ headers and never copies or parses a body it does not need. It answers two quest
 
 The frontend Terminate message is never forwarded: the caller learns its offset and decides.
 Nothing here knows about sockets, pools or policy.
+
+Watching for named statements (:attr:`Exchange.watch`): in transaction mode the
+prepared-statement rewriter (:mod:`pooler.protocol.prepared`) is only switched on once a
+client uses a named statement (or resets statements), because matching every reply to its
+request costs CPU that clients of unnamed statements never need. Until then the scanner
+stops at the first message that names a statement (:attr:`Exchange.named_at`) and keeps,
+one byte per message, the types of the requests and replies since the exchange was last at
+rest (:attr:`Exchange.fe_kinds`, :attr:`Exchange.be_kinds`), so that the rewriter can
+rebuild its request queue and take over at any message boundary, even mid-pipeline.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ F_COPY_FAIL = ord("f")
 # Backend message types.
 B_READY_FOR_QUERY = ord("Z")
 B_PARAMETER_STATUS = ord("S")
+B_DATA_ROW = ord("D")
+B_COPY_DATA = ord("d")
 
 #: A ParameterStatus longer than this is streamed unread (no real GUC value is this long).
 MAX_TRACKED_STATUS = 8192
@@ -60,6 +71,25 @@ TX_IN_BLOCK = ord("T")
 TX_FAILED = ord("E")
 
 _EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE, F_FLUSH))
+_NAMEABLE = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE))
+_S_KIND = ord("S")
+
+
+def names_statement(buf: memoryview, pos: int, n: int) -> bool:
+    """Whether the Parse/Bind/Describe/Close at ``buf[pos]`` may name a prepared statement.
+    Errs towards True when the bytes that tell are not in the buffer yet."""
+    body = pos + HEADER
+    if n - body < 2:
+        return n - pos >= 1 and buf[pos] in _NAMEABLE
+    msg_type = buf[pos]
+    if msg_type not in _NAMEABLE:
+        return False
+    first = buf[body]
+    if msg_type == F_PARSE:
+        return first != 0
+    if msg_type == F_BIND:
+        return first != 0 or buf[body + 1] != 0  # a named portal: let the rewriter look
+    return first == _S_KIND and buf[body + 1] != 0
 
 
 def _bad_length(direction: str, msg_type: int, length: int) -> ProtocolError:
@@ -85,6 +115,10 @@ class Exchange:
         "statuses",
         "inspect",
         "sql_at",
+        "watch",
+        "named_at",
+        "fe_kinds",
+        "be_kinds",
     )
 
     def __init__(self) -> None:
@@ -99,6 +133,19 @@ class Exchange:
         self.statuses: list[tuple[int, int]] | None = None  # ParameterStatus (start, end)
         self.inspect = False  # record where whole Query/Parse messages are (session state)
         self.sql_at: list[tuple[int, int, int]] | None = None  # (type, body start, end)
+        self.watch = False  # stop at a named statement and keep message kinds (see above)
+        self.named_at = -1  # offset of the message that names a statement, in the last chunk
+        self.fe_kinds: bytearray | None = None  # request types since at rest (while watching)
+        self.be_kinds: bytearray | None = None  # reply types since at rest (while watching)
+
+    def start_watching(self) -> None:
+        self.watch = True
+        self.fe_kinds = bytearray()
+        self.be_kinds = bytearray()
+
+    def stop_watching(self) -> None:
+        self.watch = False
+        self.fe_kinds = self.be_kinds = None
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -106,23 +153,32 @@ class Exchange:
         """Scan ``buf[:n]`` from the client; return how many bytes may be forwarded.
 
         Bytes after the returned offset are an incomplete header (fewer than five bytes)
-        unless :attr:`terminate_at` is set, in which case the client sent Terminate there.
+        unless :attr:`terminate_at` is set, in which case the client sent Terminate there,
+        or :attr:`named_at` is set (while watching): a message that names a statement.
         """
         pos = self.fe_remaining
         if pos >= n:
             self.fe_remaining = pos - n
             return n
         self.terminate_at = -1
+        self.named_at = -1
         expected = self.expected
         syncs = self.syncs_since_exec
         extended = self.extended
         unpack = _unpack_len
+        kinds = self.fe_kinds if self.watch else None
         try:
             while n - pos >= HEADER:
                 msg_type = buf[pos]
                 length = unpack(buf, pos + 1)[0]
                 if length < 4 or length > MAX_MESSAGE_LENGTH:
                     raise _bad_length("frontend", msg_type, length)
+                if kinds is not None and msg_type != F_COPY_DATA and msg_type != F_TERMINATE:
+                    if msg_type in _NAMEABLE and names_statement(buf, pos, n):
+                        self.named_at = pos
+                        self.fe_remaining = 0
+                        return pos
+                    kinds.append(msg_type)
                 if msg_type == F_SYNC:
                     expected += 1
                     syncs += 1
@@ -177,6 +233,7 @@ class Exchange:
             self.be_remaining = pos - n
             return n
         unpack = _unpack_len
+        kinds = self.be_kinds if self.watch else None
         while n - pos >= HEADER:
             msg_type = buf[pos]
             length = unpack(buf, pos + 1)[0]
@@ -191,12 +248,22 @@ class Exchange:
                 self.ready_count += 1
                 if self.expected > 0:
                     self.expected -= 1
+                if kinds is not None:
+                    if self.expected == 0 and not self.extended and self.fe_remaining == 0:
+                        kinds.clear()  # at rest: nothing before this can matter any more
+                        self.fe_kinds.clear()  # type: ignore[union-attr]
+                    else:
+                        kinds.append(msg_type)
             elif msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
                 if n - pos < 1 + length:
                     break
                 if self.statuses is None:
                     self.statuses = []
                 self.statuses.append((pos + HEADER, pos + 1 + length))
+                if kinds is not None:
+                    kinds.append(msg_type)
+            elif kinds is not None and msg_type != B_DATA_ROW and msg_type != B_COPY_DATA:
+                kinds.append(msg_type)
             pos += 1 + length
         if pos > n:
             self.be_remaining = pos - n
@@ -228,3 +295,7 @@ class Exchange:
         self.be_remaining = 0
         self.tx_status = TX_IDLE
         self.terminate_at = -1
+        self.named_at = -1
+        if self.watch:
+            self.fe_kinds.clear()  # type: ignore[union-attr]
+            self.be_kinds.clear()  # type: ignore[union-attr]

@@ -71,6 +71,10 @@ _PLAIN_REPLY = {
 }
 
 _REWRITTEN = frozenset((_P, _B, _D, _C))
+#: Requests that :meth:`PreparedSession.frontend` queues (all but Flush, CopyData, Terminate).
+_QUEUED = frozenset((_P, _B, _D, _C, _E, _S, _Q, _F, _COPY_DONE, _COPY_FAIL))
+#: Replies whose body matters when replayed (the rest replay as empty bodies).
+_STUB_REPLIES = {_READY: b"Z\x00\x00\x00\x05I", _COMMAND_COMPLETE: b"C\x00\x00\x00\x05\x00"}
 #: Sizes of CommandComplete "DEALLOCATE ALL" and "DISCARD ALL" messages.
 _RESET_TAG_SIZES = (1 + 4 + 15, 1 + 4 + 12)
 #: Backend messages that may be streamed instead of being handled whole.
@@ -210,6 +214,25 @@ class PreparedSession:
         self.server: ServerStatements | None = None
         self.copy_mode = False
         self.failed = False
+
+    def take_over(self, fe_kinds: bytes | bytearray, be_kinds: bytes | bytearray) -> None:
+        """Start in the middle of a conversation that used no named statement so far.
+
+        ``fe_kinds``/``be_kinds`` are the request and reply types since the exchange was
+        last at rest (kept by a watching :class:`Exchange`): every request was one this class
+        would have queued as a plain kind, so the queue is rebuilt by queuing them and
+        matching the replies that already went by, exactly as :meth:`frontend` and
+        :meth:`backend` would have done.
+        """
+        queue = self.queue
+        for kind in fe_kinds:
+            if kind in _QUEUED:
+                queue.append(kind)
+        if be_kinds:
+            stubs = b"".join(
+                _STUB_REPLIES.get(kind) or bytes((kind, 0, 0, 0, 4)) for kind in be_kinds
+            )
+            self.backend(memoryview(stubs), len(stubs), Exchange(), [])
 
     def link(self, server: ServerStatements) -> None:
         self.server = server

@@ -25,8 +25,14 @@ _BLANK = re.compile(
     re.DOTALL,
 )
 
-#: Cheap first look (plain substring tests): none of these, nothing to do (the usual case).
-_HINT_WORDS = (b"set", b"listen", b"prepare", b"advisory", b"temp", b"hold", b"session")
+#: Cheap first look: none of these words, nothing to do (the usual case).
+_HINT = re.compile(rb"set|listen|prepare|advisory|temp|hold|session", re.IGNORECASE)
+#: Statements that drop server-side prepared statements (the pooler's cache must follow).
+_DROPS_STATEMENTS = re.compile(rb"discard|deallocate", re.IGNORECASE)
+#: Verdicts on recently seen statement texts (applications repeat the same few).
+_SEEN: dict[bytes, tuple[str | None, bool]] = {}
+_SEEN_LIMIT = 4096
+_SEEN_MAX_TEXT = 4096
 
 #: Settings the pooler itself follows per client (ParameterStatus), so SET of them is safe.
 _FOLLOWED = (
@@ -59,14 +65,26 @@ _RULES: tuple[tuple[str, re.Pattern[bytes]], ...] = tuple(
 
 def stateful_kind(sql: bytes) -> str | None:
     """What kind of session state ``sql`` leaves behind, or None."""
-    lowered = sql.lower()
-    if not any(word in lowered for word in _HINT_WORDS):
+    if _HINT.search(sql) is None:
         return None
     text = _BLANK.sub(b"''", sql)
     for kind, pattern in _RULES:
         if pattern.search(text):
             return kind
     return None
+
+
+def classify(sql: bytes) -> tuple[str | None, bool]:
+    """(:func:`stateful_kind`, whether ``sql`` may drop prepared statements), remembered for
+    short texts so that a repeated statement costs one dict lookup."""
+    verdict = _SEEN.get(sql)
+    if verdict is None:
+        verdict = (stateful_kind(sql), _DROPS_STATEMENTS.search(sql) is not None)
+        if len(sql) <= _SEEN_MAX_TEXT:
+            if len(_SEEN) >= _SEEN_LIMIT:
+                _SEEN.clear()
+            _SEEN[sql] = verdict
+    return verdict
 
 
 def refusal_sql(kind: str) -> bytes:

@@ -201,6 +201,23 @@ def test_duplicate_name_gets_postgres_error_and_connection_survives(tp: PoolerPr
         assert pgconn.exec_prepared(b"dup", []).get_value(0, 0) == b"3"
 
 
+def test_statement_reset_by_a_client_without_statements_is_followed(tp: PoolerProcess) -> None:
+    """Tenant 'one' has a single server. A client that never named a statement (so the
+    rewriter is not on for it) runs DEALLOCATE ALL / DISCARD ALL on that server: the
+    statements the pooler prepared there for another client are gone, and that client's
+    next execution must still work (the pooler re-prepares, never uses a stale list)."""
+    with p3(tp, "one", autocommit=True) as owner:
+        pgconn = owner.pgconn
+        assert pgconn.prepare(b"keep", b"SELECT 42").status == pq.ExecStatus.COMMAND_OK
+        assert pgconn.exec_prepared(b"keep", []).get_value(0, 0) == b"42"
+        for reset in ("DEALLOCATE ALL", "DISCARD ALL", "deallocate all"):
+            with p3(tp, "one", autocommit=True) as plain:
+                plain.execute(reset)
+            result = pgconn.exec_prepared(b"keep", [])
+            assert result.status == pq.ExecStatus.TUPLES_OK, result.error_message
+            assert result.get_value(0, 0) == b"42"
+
+
 def test_failed_parse_is_forgotten(tp: PoolerProcess) -> None:
     with p3(tp, autocommit=True) as conn:
         bad = conn.pgconn.prepare(b"broken", b"SELEC 1")
