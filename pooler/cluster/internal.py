@@ -48,6 +48,9 @@ log = logging.getLogger("pooler.cluster")
 MAGIC = b"GVI1"
 MAX_REQUEST = 64 * 1024
 CONNECT_TIMEOUT = 2.0
+#: A lookup or lock attempt that takes longer is abandoned and retried (the login's own
+#: deadline still applies), so a wedged coordinator connection never hangs a login.
+COORDINATOR_TIMEOUT = 3.0
 
 
 def _mac(secret: bytes, nonce: bytes, payload: bytes) -> bytes:
@@ -93,7 +96,8 @@ def relay_client(
     why = "no owner yet"
     while True:
         try:
-            owner = cluster.owner_for(key)
+            with gevent.Timeout(COORDINATOR_TIMEOUT, LookupError("the coordinator is slow")):
+                owner = cluster.owner_for(key)
         except Exception as exc:  # noqa: BLE001 - coordinator trouble: retry until the deadline
             owner, why = None, str(exc) or exc.__class__.__name__
         else:
@@ -213,7 +217,8 @@ def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, 
     database = str(request["database"])
     key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
     try:
-        owner = cluster.owner_for(key)
+        with gevent.Timeout(COORDINATOR_TIMEOUT, LookupError("the coordinator is slow")):
+            owner = cluster.owner_for(key)
     except Exception as exc:  # noqa: BLE001 - coordinator trouble: the peer retries
         gsock.sendall(b"N" + (str(exc) or exc.__class__.__name__).encode()[:400])
         return None
