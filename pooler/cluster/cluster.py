@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent.event import Event
+from gevent.lock import Semaphore
 
 from pooler import netio
 from pooler.cluster.coordinator import (
@@ -105,6 +106,7 @@ class Cluster:
         self.owned: dict[PoolKey, int] = {}
         self.fenced: dict[PoolKey, _Fence] = {}  # per owned key: has the epoch's fence run
         self.suspended = False
+        self.guards: dict[PoolKey, Semaphore] = {}
         self.pipes: set[Any] = set()  # relayed clients (internal.PipeEnd pairs)
         self.draining = False  # the node is stopping: cut relays between transactions
         self.info: NodeInfo | None = None
@@ -158,6 +160,15 @@ class Cluster:
             return None
         if self.suspended:
             raise LookupError("this node lost contact with the cluster coordinator")
+        guard = self.guards.get(key)
+        if guard is None:
+            guard = self.guards[key] = Semaphore()
+        with guard:  # one lock attempt per key at a time on this node
+            if key in self.owned:
+                return None
+            return self._owner_for(key)
+
+    def _owner_for(self, key: PoolKey) -> NodeInfo | None:
         epoch = self.coord.acquire(str(key))
         if epoch is not None:
             self.owned[key] = epoch

@@ -154,11 +154,15 @@ class ZkCoordinator(Coordinator):
             f"{base}/locks/lock-", self.info.node_id.encode(), ephemeral=True, sequence=True
         )
         name = path.rsplit("/", 1)[1]
-        children = self.zk.get_children(f"{base}/locks")
-        lowest = min(children, key=_seq)
-        if lowest != name:
-            self.zk.delete(path)
-            return None
+        try:
+            children = self.zk.get_children(f"{base}/locks")
+            lowest = min(children, key=_seq)
+            if lowest != name:
+                self.zk.delete(path)
+                return None
+        except BaseException:
+            self.zk.delete_async(path)  # interrupted (timeout): leave no orphan candidate
+            raise
         epoch = _seq(name)
         self.locks[key] = (path, epoch)
         try:
@@ -175,7 +179,12 @@ class ZkCoordinator(Coordinator):
             children = self.zk.get_children(f"{base}/locks")
             if not children:
                 return None
-            data, _ = self.zk.get(f"{base}/locks/{min(children, key=_seq)}")
+            lowest = f"{base}/locks/{min(children, key=_seq)}"
+            data, _ = self.zk.get(lowest)
+            if data.decode() == self.info.node_id:
+                # A candidate of ours that an interrupted acquire left: not a lock we hold.
+                self.zk.delete_async(lowest)
+                return None
             info, _ = self.zk.get(f"{self.root}/nodes/{data.decode()}")
         except NoNodeError:
             return None
