@@ -49,6 +49,9 @@ class TenantConfig:
     default_parameter_status: Mapping[str, str] = field(default_factory=dict)
     users: tuple[UserConfig, ...] = ()
     session_state_policy: str = "reset"  # transaction mode: reset | warn | error
+    upstream_ssl: bool = False  # log in to db_host over TLS
+    upstream_verify: str = "none"  # none | peer (CA chain and host name, as verify-full)
+    upstream_tls_ca: str | None = field(default=None, repr=False)  # PEM; None: system CAs
 
     def find_user(self, alias: str, mode: str) -> UserConfig | None:
         """The user a client named ``alias`` logs in as on a ``mode`` listener.
@@ -71,6 +74,20 @@ class ConfigSnapshot:
 
     version: int = 0
     tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+    #: external_id by lower-cased sni_hostname, built from ``tenants``.
+    by_sni: Mapping[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tenants = self.tenants.values()
+        index = {t.sni_hostname.lower(): t.external_id for t in tenants if t.sni_hostname}
+        object.__setattr__(self, "by_sni", index)
 
     def tenant(self, external_id: str) -> TenantConfig | None:
         return self.tenants.get(external_id)
+
+    def tenant_by_sni(self, server_name: str | None) -> TenantConfig | None:
+        """The tenant whose sni_hostname a TLS client asked for, if any."""
+        if not server_name:
+            return None
+        external_id = self.by_sni.get(server_name)
+        return self.tenants.get(external_id) if external_id is not None else None

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import AsyncResult
 
-from pooler import netio
+from pooler import authquery, bans, netio, tls
 from pooler.auth.md5 import md5_secret, verify_md5_response
-from pooler.auth.scram import ScramSecret, ScramServer
+from pooler.auth.scram import ChannelBindingError, ScramSecret, ScramServer
 from pooler.client import Client
-from pooler.config import UserConfig
+from pooler.config import TenantConfig, UserConfig
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -69,14 +69,20 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         pass
     timeout = gevent.Timeout(node.settings.client_login_timeout)
     timeout.start()
+    sock: Any = gsock  # a tls.GreenTLS once the client asked for TLS
     try:
-        welcome = _login(gsock, addr, node, mode)
+        startup, sock = _read_startup(sock, node)
+        if startup is None:  # TLS is up: the startup packet comes inside it
+            startup, sock = _read_startup(sock, node)
+        assert startup is not None
+        welcome = _login(sock, startup, addr, node, mode)
         if welcome is None:
             return
         pool, pid, key, message, settings = welcome
         try:
-            gsock.sendall(message)
-            sock = netio.detach(gsock)
+            sock.sendall(message)
+            pipelined = tls.is_tls(sock) and sock.pending()
+            sock = tls.detach(sock)
         except BaseException:
             pool.client_left()
             raise
@@ -84,7 +90,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         if exc is not timeout:
             raise
         _refuse(
-            gsock,
+            sock,
             "08P01",
             "timed out waiting for the login to complete "
             "(client_login_timeout): check the client's network and credentials",
@@ -92,11 +98,11 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     except LoginFailed as exc:
         log.info("login refused for %s: %s %s", _peer(addr), exc.sqlstate, exc.message)
-        _refuse(gsock, exc.sqlstate, exc.message)
+        _refuse(sock, exc.sqlstate, exc.message)
         return
     except ProtocolError as exc:
         log.info("protocol violation from %s: %s", _peer(addr), exc.message)
-        _refuse(gsock, exc.sqlstate, exc.message)
+        _refuse(sock, exc.sqlstate, exc.message)
         return
     except (netio.ConnectionClosed, OSError):
         return
@@ -105,6 +111,8 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     client = Client(sock, node, pool, addr, pid, key, settings)
     node.client_opened(client)
     client.start()
+    if pipelined:  # already decrypted: no watcher would see it
+        gevent.get_hub().loop.run_callback(client._on_client_readable)
 
 
 def _peer(addr: Any) -> str:
@@ -120,40 +128,72 @@ def _refuse(gsock: Any, sqlstate: str, message: str) -> None:
         pass
 
 
-def _read_startup(gsock: Any) -> StartupMessage | CancelRequest:
-    """Read packets until a StartupMessage or CancelRequest; refuse SSL/GSS encryption."""
+def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelRequest | None, Any]:
+    """Read packets until a StartupMessage or CancelRequest; return it and the socket.
+
+    SSLRequest gets 'S' and a TLS handshake when a certificate is configured, then
+    ``(None, TLS socket)`` returns: call again on that socket. Otherwise, and for
+    GSSENCRequest, 'N'. A direct TLS ClientHello (Postgres 17 ``sslnegotiation=direct``)
+    starts the handshake at once. Bytes sent after a request before our answer end the
+    connection (CVE-2021-3935)."""
+    server_tls = node.settings.tls
+    encrypted = tls.is_tls(gsock)
     for _ in range(3):
         header = netio.recv_exact(gsock, 4)
+        if header[0] == tls.HANDSHAKE_RECORD and not encrypted:
+            if server_tls is None:
+                raise ProtocolError(
+                    "direct TLS connection refused: this Greenvisor has no TLS certificate "
+                    "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
+                )
+            return None, tls.accept(gsock, server_tls, header)
         length = startup_packet_length(header)
         packet = parse_startup_packet(header + netio.recv_exact(gsock, length - 4))
         if isinstance(packet, (SSLRequest, GSSENCRequest)):
+            if encrypted:
+                raise ProtocolError("encryption requested again on an encrypted connection")
+            tls.check_nothing_follows(gsock)
+            if isinstance(packet, SSLRequest) and server_tls is not None:
+                gsock.sendall(b"S")
+                return None, tls.accept(gsock, server_tls)
             gsock.sendall(b"N")
             continue
-        return packet
+        return packet, gsock
     raise ProtocolError("too many encryption requests before the startup message")
 
 
 def _login(
-    gsock: Any, addr: Any, node: Node, mode: str
+    gsock: Any, startup: StartupMessage | CancelRequest, addr: Any, node: Node, mode: str
 ) -> tuple[Pool, int, bytes, bytes, dict[str, str]] | None:
-    startup = _read_startup(gsock)
     if isinstance(startup, CancelRequest):
         node.cancel(startup.pid, startup.key)
         return None
     if startup.minor > 0 or startup.protocol_options:
         gsock.sendall(builders.negotiate_protocol_version(0, sorted(startup.protocol_options)))
+    snapshot = node.registry.snapshot
     user_name, tenant_id = split_tenant(startup.user)
+    sni_tenant = snapshot.tenant_by_sni(tls.server_name(gsock))
+    if sni_tenant is not None:  # the TLS server name names the tenant
+        tenant_id = sni_tenant.external_id
+        user_name = tls.sni_user(startup.user, tenant_id)
     if tenant_id is None:
         raise LoginFailed(
             "08P01",
             f'tenant id missing from user name "{startup.user}": connect as <user>.<tenant>, '
             f'e.g. "{user_name}.my_tenant"',
         )
-    snapshot = node.registry.snapshot
     tenant = snapshot.tenant(tenant_id)
+    if tenant is not None and tenant.enforce_ssl and not tls.is_tls(gsock):
+        raise LoginFailed(
+            "28000",
+            f'tenant "{tenant_id}" accepts only encrypted connections: connect with '
+            "sslmode=require (or verify-full)",
+        )
     user = tenant.find_user(user_name, mode) if tenant is not None else None
-    _authenticate(gsock, node, startup.user, user)
-    assert tenant is not None and user is not None
+    keys = _checked_login(gsock, addr, node, tenant, tenant_id, user_name, startup.user, user)
+    assert tenant is not None
+    if user is None:
+        user = authquery.passthrough_user(user_name, mode)
     database = startup.database if "database" in startup.params else tenant.db_database
     if node.cluster is not None:
         from pooler.cluster.internal import relay_client
@@ -161,6 +201,8 @@ def _login(
         if relay_client(gsock, node, tenant, user, database, mode, startup.settings()):
             return None  # another node owns the pool: this client is piped there
     pool = node.pool_for(tenant, user, database, mode)
+    if keys is not None:
+        authquery.install(pool, *keys)
     if not pool.client_joined():
         raise LoginFailed(
             "53300",
@@ -208,6 +250,62 @@ def _welcome(pool: Pool, settings: dict[str, str], pid: int, key: bytes) -> byte
 # -- authentication --------------------------------------------------------------------------
 
 
+def _checked_login(
+    gsock: Any,
+    addr: Any,
+    node: Node,
+    tenant: TenantConfig | None,
+    tenant_id: str,
+    user_name: str,
+    login_name: str,
+    user: UserConfig | None,
+) -> tuple[tuple[bytes, bytes] | None, str | None] | None:
+    """Allow list, bans, then authentication (pooler.bans); a failure is counted and
+    answered no sooner than auth_failure_delay. Returns auth_query pass-through keys."""
+    ip = bans.client_ip(addr)
+    if tenant is not None and not bans.address_allowed(tenant.allow_list, ip):
+        raise LoginFailed("28000", bans.not_allowed_message(ip, user_name, tenant_id))
+    started = time.monotonic()
+    ban_key = (tenant_id, ip)
+    banned = node.bans.banned_for(ban_key)
+    try:
+        if banned:
+            raise LoginFailed("28000", bans.ban_message(tenant_id, ip, banned))
+        if user is None and tenant is not None and authquery.enabled(tenant):
+            return _authenticate_auth_query(gsock, node, tenant, user_name, login_name)
+        _authenticate(gsock, node, login_name, user)
+        return None
+    except LoginFailed as exc:
+        if exc.sqlstate == "28P01" and node.bans.failed(ban_key):
+            log.warning("banning %s for tenant %s: too many failed logins", ip, tenant_id)
+        bans.pad(started, node.settings.auth_failure_delay)
+        raise
+
+
+def _authenticate_auth_query(
+    gsock: Any, node: Node, tenant: TenantConfig, user_name: str, login_name: str
+) -> tuple[tuple[bytes, bytes] | None, str | None]:
+    """Check the client against the verifier the tenant's auth_query returns."""
+    try:
+        found = node.auth_query.lookup(tenant, user_name)
+    except authquery.LookupFailed as exc:
+        log.warning("auth_query of tenant %s failed: %s", tenant.external_id, exc)
+        raise LoginFailed(
+            "08006",
+            "could not check the password: the tenant's auth_query failed; "
+            "try again later or ask the tenant's administrator (see the pooler log)",
+        ) from None
+    user = authquery.passthrough_user(user_name, "") if found is not None else None
+    if node.settings.client_auth == "md5":
+        md5 = found.md5 if found is not None else None
+        _authenticate_md5(gsock, login_name, user if md5 else None, md5)
+        return None, md5
+    secret = found.scram if found is not None else None
+    server = _authenticate_scram(gsock, node, login_name, user if secret else None, secret)
+    assert secret is not None and server.client_key is not None
+    return (server.client_key, secret.server_key), None
+
+
 def _authenticate(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
     if node.settings.client_auth == "md5":
         _authenticate_md5(gsock, login_name, user)
@@ -224,34 +322,52 @@ def _read_password_message(gsock: Any) -> bytes:
     return body
 
 
-def _authenticate_md5(gsock: Any, login_name: str, user: UserConfig | None) -> None:
+def _authenticate_md5(
+    gsock: Any, login_name: str, user: UserConfig | None, secret: str | None = None
+) -> None:
     salt = os.urandom(4)
     gsock.sendall(builders.authentication_md5_password(salt))
     response = parsers.parse_password_message(_read_password_message(gsock))
     if user is None:
         raise auth_failed(login_name)
-    if not verify_md5_response(md5_secret(login_name, user.db_password), salt, response):
+    if secret is None:
+        secret = md5_secret(login_name, user.db_password)
+    if not verify_md5_response(secret, salt, response):
         raise auth_failed(login_name)
 
 
-def _authenticate_scram(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
-    secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
-    server = ScramServer(secret)
-    gsock.sendall(builders.authentication_sasl(["SCRAM-SHA-256"]))
+def _authenticate_scram(
+    gsock: Any,
+    node: Node,
+    login_name: str,
+    user: UserConfig | None,
+    secret: ScramSecret | None = None,
+) -> ScramServer:
+    if secret is None:
+        secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
+    binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
+    server = ScramServer(secret, channel_binding=binding)
+    mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else ["SCRAM-SHA-256"]
+    gsock.sendall(builders.authentication_sasl(mechanisms))
     try:
         mechanism, data = parsers.parse_sasl_initial_response(_read_password_message(gsock))
-        if mechanism != "SCRAM-SHA-256":
+        if mechanism not in mechanisms:
             raise LoginFailed(
-                "28000", f"unsupported SASL mechanism {mechanism!r}: use SCRAM-SHA-256"
+                "28000",
+                f"unsupported SASL mechanism {mechanism!r}: use {' or '.join(mechanisms)}",
             )
-        gsock.sendall(builders.authentication_sasl_continue(server.client_first(data)))
+        first = server.client_first(data, plus=mechanism == "SCRAM-SHA-256-PLUS")
+        gsock.sendall(builders.authentication_sasl_continue(first))
         final = parsers.parse_sasl_response(_read_password_message(gsock))
         server_final = server.client_final(final)
+    except ChannelBindingError as exc:  # the connection's fault, not the password's
+        raise LoginFailed(exc.sqlstate, exc.message) from None
     except AuthError:
         raise auth_failed(login_name) from None
     if user is None:
         raise auth_failed(login_name)
     gsock.sendall(builders.authentication_sasl_final(server_final))
+    return server
 
 
 def _mock_secret(node: Node, login_name: str) -> ScramSecret:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from pooler import authquery
 from pooler.auth.scram import ScramSecret, make_secret
+from pooler.bans import BanList
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.pool import Pool, PoolKey, PoolLimits
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -26,6 +28,7 @@ from pooler.server import Target, UpstreamError, open_server, send_cancel
 
 if TYPE_CHECKING:
     from pooler.client import Client
+    from pooler.tls import ServerTLS
 
 log = logging.getLogger("pooler.node")
 
@@ -53,6 +56,11 @@ class NodeSettings:
     query_wait_timeout: float = 30.0  # longest wait for a server (caps pool_checkout_timeout)
     idle_transaction_timeout: float = 0.0  # close clients idle in a transaction (0 = off)
     connect_retry_interval: float = 0.25  # while a tenant database does not answer
+    tls: ServerTLS | None = None  # our certificate for clients (None: SSLRequest gets 'N')
+    ban_failures: int = 10  # failed logins per (tenant, client IP) within ban_window; 0 = off
+    ban_window: float = 60.0
+    ban_time: float = 60.0  # how long such a pair is refused
+    auth_failure_delay: float = 0.2  # a failed login is answered no sooner than this
 
 
 class Registry:
@@ -74,6 +82,8 @@ class Node:
         self.shutting_down = False
         self.cluster: Any = None  # pooler.cluster.cluster.Cluster when part of a cluster
         self.pid_prefix = 0  # the node's index in the high bits of its BackendKeyData pids
+        self.bans = BanList(settings.ban_failures, settings.ban_window, settings.ban_time)
+        self.auth_query = authquery.AuthQueryRunner(self)
 
     # -- config ---------------------------------------------------------------------------
 
@@ -84,10 +94,15 @@ class Node:
         for key, pool in list(self.pools.items()):
             tenant = snapshot.tenant(key.tenant)
             user = tenant.find_user(key.user, key.mode) if tenant is not None else None
+            passthrough = user is None and authquery.keeps_pool(tenant, pool)
+            if passthrough:
+                user = authquery.passthrough_user(key.user, key.mode)
             if tenant is None or user is None:
                 self._drop_pool(pool, "the tenant or user was deleted")
                 continue
             target = self._target(tenant, user, key.database)
+            if passthrough:
+                target = authquery.carry_keys(target, pool.upstream)
             if target != pool.upstream:
                 pool.upstream = target
                 pool.bump_generation()
@@ -152,6 +167,9 @@ class Node:
             ip_version=tenant.ip_version,
             connect_timeout=self.settings.server_connect_timeout,
             application_name=self.settings.application_name,
+            ssl=tenant.upstream_ssl,
+            verify=tenant.upstream_verify,
+            ca=tenant.upstream_tls_ca,
         )
 
     def _connect(self, pool: Pool) -> None:
@@ -172,7 +190,9 @@ class Node:
             )
             log.log(level, "cannot open a server for %s: %s", pool.key, exc.message)
             pool.open_failed(
-                exc.sqlstate, exc.message, retry if exc.sqlstate in RETRYABLE_SQLSTATES else 0.0
+                exc.sqlstate,
+                exc.message,
+                retry if exc.retry and exc.sqlstate in RETRYABLE_SQLSTATES else 0.0,
             )
             return
         except (ProtocolError, AuthError) as exc:

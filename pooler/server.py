@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import socket as pysocket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gevent
 from gevent import socket as gsocket
 
-from pooler import netio
+from pooler import netio, tls
 from pooler.auth.md5 import md5_response
 from pooler.auth.scram import ScramClient
 from pooler.protocol import builders, parsers
@@ -37,6 +37,11 @@ AUTH_SASL = 10
 AUTH_SASL_CONTINUE = 11
 AUTH_SASL_FINAL = 12
 
+_NO_PASSTHROUGH = (
+    "the tenant database asks for {} but this auth_query user's password is unknown to "
+    "Greenvisor (pass-through): use scram-sha-256 or md5 for it in pg_hba.conf"
+)
+
 #: Login replies larger than this are not a Postgres server talking.
 MAX_LOGIN_MESSAGE = 64 * 1024
 
@@ -53,6 +58,15 @@ class Target:
     ip_version: str = "auto"
     connect_timeout: float = 10.0
     application_name: str = "greenvisor"
+    ssl: bool = False  # SSLRequest first, then log in over TLS
+    verify: str = "none"  # none | peer
+    ca: str | None = None  # PEM CA for verify peer (None: the system CAs)
+    #: auth_query pass-through (pooler.authquery): log in with the client's SCRAM keys
+    #: (ClientKey, ServerKey) or the stored "md5..." secret instead of a password.
+    scram_keys: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    md5_secret: str | None = field(default=None, repr=False)
+    #: Extra startup parameters (the auth_query connection pins search_path with them).
+    startup_extra: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:  # never show the password
         return f"Target({self.user}@{self.host}:{self.port}/{self.database})"
@@ -61,11 +75,14 @@ class Target:
 class UpstreamError(Exception):
     """Logging in upstream failed; ``sqlstate``/``message`` are fit for the client."""
 
-    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL") -> None:
+    def __init__(
+        self, sqlstate: str, message: str, severity: str = "FATAL", retry: bool = True
+    ) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
         self.message = message
         self.severity = severity
+        self.retry = retry  # False: a setting is wrong (e.g. TLS); waiting will not help
 
 
 class ServerConn(netio.Conn):
@@ -269,6 +286,15 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
             target.connect_timeout,
             UpstreamError(
                 "08006",
+                f"timed out setting up TLS with the tenant database at {target.host}:{target.port}",
+            ),
+        ):
+            if target.ssl:
+                sock = _start_tls(sock, target)
+        with gevent.Timeout(
+            target.connect_timeout,
+            UpstreamError(
+                "08006",
                 f"timed out logging in to the tenant database at {target.host}:{target.port}",
             ),
         ):
@@ -278,6 +304,13 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
         raise
 
 
+def _start_tls(sock: Any, target: Target) -> Any:
+    try:
+        return tls.start_upstream(sock, tls.client_context(target.verify, target.ca), target.host)
+    except tls.TLSError as exc:
+        raise UpstreamError("08006", f"{exc} ({target.host}:{target.port})", retry=False) from None
+
+
 def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]]:
     sock.sendall(
         builders.startup_message(
@@ -285,6 +318,7 @@ def _authenticate(sock: Any, target: Target) -> tuple[int, bytes, dict[str, str]
                 "user": target.user,
                 "database": target.database,
                 "application_name": target.application_name,
+                **dict(target.startup_extra),
             }
         )
     )
@@ -321,19 +355,29 @@ def _answer_auth(
     if code == AUTH_OK:
         return scram
     if code == AUTH_CLEARTEXT:
+        if target.scram_keys or target.md5_secret:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("a cleartext password"))
         sock.sendall(builders.password_message(target.password.encode() + b"\0"))
         return None
     if code == AUTH_MD5:
         if len(data) != 4:
             raise UpstreamError("08P01", "malformed MD5 authentication request from the server")
-        response = md5_response(target.user, target.password, data)
+        if target.scram_keys:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("md5 with a SCRAM secret"))
+        response = md5_response(target.user, target.md5_secret or target.password, data)
         sock.sendall(builders.password_message(response + b"\0"))
         return None
     if code == AUTH_SASL:
         mechanisms = [m for m in data.split(b"\0") if m]
         if b"SCRAM-SHA-256" not in mechanisms:
             raise UpstreamError("08P01", "the tenant database offers no SASL mechanism we support")
-        scram = ScramClient(target.password)
+        if target.md5_secret:
+            raise UpstreamError("28000", _NO_PASSTHROUGH.format("SCRAM with an md5 secret"))
+        if target.scram_keys:
+            client_key, server_key = target.scram_keys
+            scram = ScramClient(client_key=client_key, server_key=server_key)
+        else:
+            scram = ScramClient(target.password)
         sock.sendall(builders.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
         return scram
     if code == AUTH_SASL_CONTINUE and scram is not None:
@@ -362,7 +406,7 @@ def _answer_auth(
 def open_server(pool: Pool, target: Target) -> ServerConn:
     """Log in and wrap the connection for the relay (runs in a greenlet)."""
     gsock, pid, key, params = login(target)
-    return ServerConn(netio.detach(gsock), pool, target, pid, key, params)
+    return ServerConn(tls.detach(gsock), pool, target, pid, key, params)
 
 
 def send_cancel(host: str, port: int, pid: int, key: bytes, timeout: float = 5.0) -> None:

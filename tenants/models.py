@@ -58,6 +58,18 @@ def validate_parameter_status(value: Any) -> None:
             raise ValidationError(f"{key!r}: values must be strings, got {item!r}")
 
 
+def validate_ca_pem(value: Any) -> None:
+    """PEM CA certificate(s) OpenSSL can load (for upstream_verify peer)."""
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=value)
+    except (ssl.SSLError, ValueError, TypeError):
+        raise ValidationError(
+            "must be PEM CA certificate(s) (-----BEGIN CERTIFICATE----- ...)"
+        ) from None
+
+
 def _encode_secret(plaintext: str) -> str:
     """Stored form of a secret: AES-256-GCM under VAULT_ENC_KEY (see tenants.crypto)."""
     return crypto.encrypt(plaintext)
@@ -145,6 +157,23 @@ class Tenant(models.Model):
         help_text="Transaction mode: what a statement that leaves session state (SET, LISTEN, "
         "advisory locks...) gets: reset the server afterwards, also warn, or refuse it.",
     )
+    upstream_ssl = models.BooleanField(
+        default=False, help_text="Log in to db_host over TLS (SSLRequest first)."
+    )
+    upstream_verify = models.CharField(
+        max_length=4,
+        choices=[("none", "none"), ("peer", "peer")],
+        default="none",
+        error_messages={"invalid_choice": "must be one of none, peer"},
+        help_text="peer: check db_host's certificate against upstream_tls_ca (or the system "
+        "CAs) and its host name, as libpq's verify-full; none: encrypt only.",
+    )
+    upstream_tls_ca = models.TextField(
+        null=True,
+        blank=True,
+        validators=[validate_ca_pem],
+        help_text="PEM CA certificate(s) for upstream_verify peer; empty: the system CAs.",
+    )
     inserted_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -159,6 +188,12 @@ class Tenant(models.Model):
             self.sni_hostname = None  # NULLs never collide in the unique index; "" would
         if not self.auth_query:
             self.auth_query = None
+        if not self.upstream_tls_ca:
+            self.upstream_tls_ca = None
+        if self.upstream_verify == "peer" and not self.upstream_ssl:
+            raise ValidationError(
+                {"upstream_verify": "peer needs upstream_ssl true (nothing to verify without TLS)"}
+            )
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self.sni_hostname:

@@ -57,6 +57,9 @@ TENANT_FIELDS: dict[str, _Spec] = {
     "client_idle_timeout": _Spec(_INT),
     "default_parameter_status": _Spec(_OBJECT),
     "session_state_policy": _Spec(_STR),
+    "upstream_ssl": _Spec(_BOOL),
+    "upstream_verify": _Spec(_STR),
+    "upstream_tls_ca": _Spec(_STR, nullable=True),
 }
 USER_FIELDS: dict[str, _Spec] = {
     "db_user_alias": _Spec(_STR, nullable=True),

@@ -11,9 +11,18 @@ AuthenticationSASLContinue/Final and SASLInitialResponse/SASLResponse)::
     server.client_final(data)      -> "v=<server signature>"             (SASLFinal)
     client.server_final(data)      -> None, or AuthError
 
-Postgres ignores the SCRAM user name (libpq sends ``n=``) and never offers channel binding
-here (no SCRAM-SHA-256-PLUS: Greenvisor does not terminate TLS). Calls out of order, a
-malformed or oversized message, and a wrong proof or signature raise :class:`AuthError`.
+Postgres ignores the SCRAM user name (libpq sends ``n=``). Calls out of order, a malformed or
+oversized message, and a wrong proof or signature raise :class:`AuthError`.
+
+Channel binding (SCRAM-SHA-256-PLUS, RFC 5802 section 6 with RFC 5929 tls-server-end-point):
+on a TLS connection the server is given the hash of its own certificate
+(``ScramServer(secret, channel_binding=...)``) and the login offers both mechanisms. A client
+that picks -PLUS sends the GS2 header ``p=tls-server-end-point,,`` and then proves, inside
+``c=``, that it saw the same certificate (``base64(gs2 header + hash)``), so a man in the
+middle terminating TLS cannot relay the exchange. Without TLS the server has no binding data
+and refuses ``p=``; with TLS it refuses ``y,,`` (the client supports binding but was told the
+server does not: somebody removed -PLUS from the offer). These refusals are
+:class:`ChannelBindingError`.
 A successful :class:`ScramServer` exposes the client's ClientKey, which lets the pooler log
 in upstream with the same verifier without ever knowing the password (pass-through).
 
@@ -44,6 +53,12 @@ MAX_MESSAGE = 8192
 MAX_NONCE = 1024
 KEY_LENGTH = 32
 GS2_HEADER = "n,,"
+MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
+CBIND_TYPE = "tls-server-end-point"
+
+
+class ChannelBindingError(AuthError):
+    """The client's channel-binding choice does not fit this connection (not a bad password)."""
 
 
 class InvalidSecret(AuthError, ValueError):
@@ -381,8 +396,13 @@ class ScramClient:
 class ScramServer:
     """Server side, checking a client against a stored :class:`ScramSecret`."""
 
-    def __init__(self, secret: ScramSecret, nonce: str | None = None) -> None:
+    def __init__(
+        self, secret: ScramSecret, nonce: str | None = None, *, channel_binding: bytes | None = None
+    ) -> None:
         self._secret = secret
+        #: tls-server-end-point data of this connection (None: not TLS, -PLUS not offered).
+        self._binding = channel_binding
+        self._expected_c = b""
         self._suffix = nonce or _new_nonce()
         if not _nonce_ok(self._suffix):
             raise ValueError("a SCRAM nonce is 1 to 1024 printable characters without ','")
@@ -404,11 +424,15 @@ class ScramServer:
             )
         self._state = "failed"
 
-    def client_first(self, data: bytes) -> bytes:
-        """Answer the client-first-message with the server-first-message."""
+    def client_first(self, data: bytes, plus: bool = False) -> bytes:
+        """Answer the client-first-message with the server-first-message; ``plus`` is True
+        when the client chose SCRAM-SHA-256-PLUS."""
         self._step("start")
         text = _text(data, "client-first-message")
         self._gs2_header, self._first_bare = _split_gs2(text)
+        bound = _check_binding(self._gs2_header, self._binding, plus)
+        binding = self._binding if bound and self._binding is not None else b""
+        self._expected_c = self._gs2_header.encode() + binding
         client_nonce = _parse_first_bare(self._first_bare)
         self._nonce = client_nonce + self._suffix
         secret = self._secret
@@ -425,7 +449,13 @@ class ScramServer:
             raise _malformed("client-final-message has no proof (p=)")
         parts = without_proof.split(",")
         binding = _unb64(_attribute(parts[0], "c", "client-final-message"), "channel binding")
-        if binding != self._gs2_header.encode():
+        if not hmac.compare_digest(binding, self._expected_c):
+            if self._gs2_header.startswith("p="):
+                raise ChannelBindingError(
+                    "SCRAM channel binding check failed: the client saw a different server "
+                    "certificate (a man in the middle?)",
+                    PROTOCOL_VIOLATION,
+                )
             raise _malformed("channel binding data does not match the GS2 header")
         if len(parts) < 2 or _attribute(parts[1], "r", "client-final-message") != self._nonce:
             raise _malformed("nonce does not match the one the server sent")
@@ -450,24 +480,66 @@ class ScramServer:
 
 
 def _split_gs2(text: str) -> tuple[str, str]:
-    """(gs2 header, client-first-message-bare); refuse channel binding and authzid."""
+    """(gs2 header, client-first-message-bare): ``n,,``, ``y,,`` or ``p=<type>,,``; refuse
+    an authzid."""
     flag = text[:1]
-    if flag == "p":
-        raise AuthError(
-            "SCRAM channel binding is not supported on this connection: connect without it "
-            "(libpq: channel_binding=disable or prefer)",
-            PROTOCOL_VIOLATION,
-        )
-    if flag not in ("n", "y") or text[1:2] != ",":
+    if flag == "p" and text[1:2] == "=":
+        start = text.find(",")
+        if start < 0:
+            raise _malformed("client-first-message GS2 header is not terminated")
+    elif flag in ("n", "y") and text[1:2] == ",":
+        start = 1
+    else:
         raise _malformed("client-first-message must start with a GS2 header like n,,")
-    authzid_end = text.find(",", 2)
+    authzid_end = text.find(",", start + 1)
     if authzid_end < 0:
         raise _malformed("client-first-message GS2 header is not terminated")
-    if authzid_end != 2:
+    if authzid_end != start + 1:
         raise AuthError(
             "SCRAM authorization identity (a=) is not supported: leave it empty", PROTOCOL_VIOLATION
         )
-    return text[:3], text[3:]
+    return text[: authzid_end + 1], text[authzid_end + 1 :]
+
+
+def _check_binding(gs2_header: str, binding: bytes | None, plus: bool) -> bool:
+    """Whether the client binds to the channel; ChannelBindingError when its choice does not
+    fit the mechanism it picked or this connection (rules of Postgres's auth-scram.c)."""
+    flag = gs2_header[:1]
+    if flag == "p":
+        if binding is None:
+            raise ChannelBindingError(
+                "SCRAM channel binding is not supported on this connection (it is not TLS): "
+                "connect with sslmode=require, or without channel binding "
+                "(libpq: channel_binding=disable or prefer)",
+                PROTOCOL_VIOLATION,
+            )
+        if not plus:
+            raise ChannelBindingError(
+                "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM "
+                "message includes channel binding data",
+                PROTOCOL_VIOLATION,
+            )
+        cbind_type = gs2_header[2:-2]
+        if cbind_type != CBIND_TYPE:
+            raise ChannelBindingError(
+                f"unsupported SCRAM channel-binding type {cbind_type[:40]!r}: use {CBIND_TYPE}",
+                PROTOCOL_VIOLATION,
+            )
+        return True
+    if plus:
+        raise ChannelBindingError(
+            "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include "
+            "channel binding data",
+            PROTOCOL_VIOLATION,
+        )
+    if flag == "y" and binding is not None:
+        raise ChannelBindingError(
+            "SCRAM channel binding negotiation error: the client supports channel binding "
+            "but thinks the server does not; it does here (was SCRAM-SHA-256-PLUS removed "
+            "from the offer on the way?)",
+            PROTOCOL_VIOLATION,
+        )
+    return False
 
 
 def _parse_first_bare(bare: str) -> str:

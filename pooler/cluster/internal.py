@@ -28,9 +28,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
+from gevent import get_hub
 from gevent import socket as gsocket
 
-from pooler import netio
+from pooler import netio, tls
 from pooler.client import Client
 from pooler.config import TenantConfig, UserConfig
 from pooler.pool import PoolKey
@@ -116,7 +117,8 @@ def relay_client(
                 peer.settimeout(node.settings.client_login_timeout)  # the owner may warm up
                 answer = netio.recv_exact(peer, 1)
                 if answer == b"Y":
-                    _pipe(cluster, netio.detach(gsock), netio.detach(peer))
+                    pipelined = tls.is_tls(gsock) and gsock.pending()  # decrypted, unread
+                    _pipe(cluster, tls.detach(gsock), netio.detach(peer), bool(pipelined))
                     return True
                 why = peer.recv(512).decode(errors="replace") or "refused"
                 peer.close()
@@ -316,7 +318,7 @@ SHUTDOWN_REASON = (
 )
 
 
-def _pipe(cluster: Cluster, client_sock: Any, owner_sock: Any) -> None:
+def _pipe(cluster: Cluster, client_sock: Any, owner_sock: Any, pipelined: bool = False) -> None:
     a = PipeEnd(client_sock)
     b = PipeEnd(owner_sock)
     a.peer, b.peer = b, a
@@ -327,6 +329,8 @@ def _pipe(cluster: Cluster, client_sock: Any, owner_sock: Any) -> None:
     cluster.pipes.add(b)
     a.start_reading(a.on_readable)
     b.start_reading(b.on_readable)
+    if pipelined:  # TLS already holds client bytes: no readiness event will announce them
+        get_hub().loop.run_callback(a.on_readable)
 
 
 def drain(cluster: Cluster) -> None:

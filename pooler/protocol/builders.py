@@ -162,11 +162,14 @@ def ready_for_query(status: bytes = b"I") -> bytes:
 
 
 def negotiate_protocol_version(newest_minor: int, unrecognized: Iterable[str]) -> bytes:
-    """NegotiateProtocolVersion ('v'): newest minor version served, unrecognized _pq_ options."""
+    """NegotiateProtocolVersion ('v'): the newest version served for major 3, whole, as
+    Postgres sends it (``3 << 16 | newest_minor``: libpq reads the major from it too), then
+    the unrecognized _pq_ options."""
     names = [_cstr(name) for name in unrecognized]
     if not 0 <= newest_minor <= 0xFFFF:
         raise ValueError(f"minor protocol version {newest_minor} out of range")
-    return _message(b"v", _TWO_INT32.pack(newest_minor, len(names)) + b"".join(names))
+    version = 3 << 16 | newest_minor
+    return _message(b"v", _TWO_INT32.pack(version, len(names)) + b"".join(names))
 
 
 def command_complete(tag: str) -> bytes:

@@ -100,6 +100,15 @@ def _bad_length(direction: str, msg_type: int, length: int) -> ProtocolError:
     )
 
 
+def unknown_frontend(msg_type: int) -> ProtocolError:
+    """A message type no Postgres backend accepts after login (Postgres ends the session)."""
+    shown = chr(msg_type) if 32 <= msg_type < 127 else f"0x{msg_type:02x}"
+    return ProtocolError(
+        f"invalid frontend message type {shown!r}: the client is not speaking the PostgreSQL "
+        "protocol correctly; reconnect"
+    )
+
+
 class Exchange:
     """Framing and release state of one client's conversation with its server."""
 
@@ -204,6 +213,8 @@ class Exchange:
                     self.terminate_at = pos
                     self.fe_remaining = 0
                     return pos
+                elif msg_type != F_COPY_DATA:
+                    raise unknown_frontend(msg_type)
                 pos += 1 + length
         finally:
             self.expected = expected

@@ -34,7 +34,14 @@ from collections import OrderedDict, deque
 
 from pooler.protocol.builders import error_response
 from pooler.protocol.errors import ProtocolError
-from pooler.protocol.framing import HEADER, MAX_MESSAGE_LENGTH, TX_IDLE, Exchange, _bad_length
+from pooler.protocol.framing import (
+    HEADER,
+    MAX_MESSAGE_LENGTH,
+    TX_IDLE,
+    Exchange,
+    _bad_length,
+    unknown_frontend,
+)
 
 _unpack_len = struct.Struct("!I").unpack_from
 _pack_len = struct.Struct("!I").pack
@@ -332,6 +339,8 @@ class PreparedSession:
                     ex.terminate_at = pos
                     n = pos
                     break
+                elif msg_type != _COPY_DATA:
+                    raise unknown_frontend(msg_type)
                 if end > n:
                     ex.fe_remaining = end - n
                     pos = n

@@ -62,6 +62,7 @@ def test_saving_with_an_empty_password_keeps_it(admin_client: Client, tenant: Te
         "client_idle_timeout": "0",
         "default_parameter_status": "{}",
         "session_state_policy": "reset",
+        "upstream_verify": "none",
         "users-TOTAL_FORMS": "1",
         "users-INITIAL_FORMS": "1",
         "users-MIN_NUM_FORMS": "0",

@@ -59,6 +59,9 @@ FULL_TENANT = tenant_doc(
     client_idle_timeout=300,
     default_parameter_status={"server_version": "15.6"},
     session_state_policy="warn",
+    upstream_ssl=True,
+    upstream_verify="peer",
+    upstream_tls_ca=None,
 )
 
 
@@ -85,6 +88,8 @@ def test_snapshot_holds_the_pooler_dataclasses() -> None:
         client_idle_timeout=300,
         default_parameter_status={"server_version": "15.6"},
         session_state_policy="warn",
+        upstream_ssl=True,
+        upstream_verify="peer",
         users=acme.users,
     )
     assert type(acme.allow_list) is tuple

@@ -62,8 +62,12 @@ class WireClient:
     Supports trust, cleartext, MD5 and SCRAM-SHA-256.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, host: str, port: int, timeout: float = 10.0, source: str | None = None
+    ) -> None:
+        # ``source``: a local address to connect from (e.g. 127.0.0.2, another loopback IP).
+        address = (source, 0) if source else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=address)
         self.params: dict[str, str] = {}
 
     def close(self) -> None:

@@ -100,10 +100,10 @@ def test_ready_for_query() -> None:
 
 def test_negotiate_protocol_version() -> None:
     assert b.negotiate_protocol_version(0, []) == (
-        b"v\x00\x00\x00\x0c\x00\x00\x00\x00\x00\x00\x00\x00"
+        b"v\x00\x00\x00\x0c\x00\x03\x00\x00\x00\x00\x00\x00"
     )
     assert b.negotiate_protocol_version(2, ["_pq_.a", "_pq_.bc"]) == (
-        b"v\x00\x00\x00\x1b\x00\x00\x00\x02\x00\x00\x00\x02_pq_.a\x00_pq_.bc\x00"
+        b"v\x00\x00\x00\x1b\x00\x03\x00\x02\x00\x00\x00\x02_pq_.a\x00_pq_.bc\x00"
     )
 
 

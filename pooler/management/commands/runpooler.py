@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -143,6 +144,37 @@ class Command(BaseCommand):
             help="seconds between checks for tenant configuration changes",
         )
         parser.add_argument(
+            "--tls-cert",
+            default=os.environ.get("TLS_CERT") or None,
+            help="PEM certificate (chain) for TLS to clients; with --tls-key, SSLRequest is "
+            "answered 'S' (env TLS_CERT)",
+        )
+        parser.add_argument(
+            "--tls-key",
+            default=os.environ.get("TLS_KEY") or None,
+            help="PEM private key of --tls-cert (env TLS_KEY)",
+        )
+        parser.add_argument(
+            "--ban-failures",
+            type=int,
+            default=10,
+            help="failed logins per (tenant, client IP) within --ban-window that ban the "
+            "pair (0 = never ban)",
+        )
+        parser.add_argument(
+            "--ban-window", type=float, default=60.0, help="seconds failed logins are counted"
+        )
+        parser.add_argument(
+            "--ban-time", type=float, default=60.0, help="seconds a banned pair is refused"
+        )
+        parser.add_argument(
+            "--auth-failure-delay",
+            type=float,
+            default=0.2,
+            help="a failed login is answered no sooner than this many seconds after the "
+            "password exchange began (same time whatever failed)",
+        )
+        parser.add_argument(
             "--no-migrate", action="store_true", help="do not apply metadata DB migrations at start"
         )
         add_cluster_arguments(parser)
@@ -162,6 +194,7 @@ class Command(BaseCommand):
             sys.stderr.flush()
             raise SystemExit(2) from None
 
+        server_tls = self._load_tls(opts["tls_cert"], opts["tls_key"])
         if opts["workers"] > 1:
             from pooler.cluster.workers import supervise
 
@@ -181,7 +214,13 @@ class Command(BaseCommand):
             max_prepared_statements=opts["max_prepared_statements"],
             query_wait_timeout=opts["query_wait_timeout"],
             idle_transaction_timeout=opts["idle_transaction_timeout"],
+            tls=server_tls,
+            ban_failures=opts["ban_failures"],
+            ban_window=opts["ban_window"],
+            ban_time=opts["ban_time"],
+            auth_failure_delay=opts["auth_failure_delay"],
         )
+        _raise_fd_limit()
         node = Node(settings)
         sync = ConfigSync(
             node, _db_call(config_version), _db_call(build_snapshot), opts["config_poll_interval"]
@@ -244,6 +283,21 @@ class Command(BaseCommand):
         if node.cluster is not None:
             node.cluster.close()  # locks go only now: every transaction has ended
 
+    def _load_tls(self, cert: str | None, key: str | None) -> Any:
+        """Our certificate for clients, or None; a bad pair stops the start."""
+        if not cert and not key:
+            return None
+        from pooler.tls import ServerTLS, TLSError
+
+        try:
+            if not cert or not key:
+                raise TLSError("give both --tls-cert and --tls-key (or TLS_CERT and TLS_KEY)")
+            return ServerTLS.load(cert, key)
+        except TLSError as exc:
+            sys.stderr.write(f"greenvisor: {exc}\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None
+
     def _shut_down(
         self, node: Node, listeners: list[Any], housekeeping: list[Any], timeout: float
     ) -> None:
@@ -263,3 +317,13 @@ class Command(BaseCommand):
             client.fatal("57P01", SHUTDOWN_MESSAGE)
         gevent.killall(housekeeping, timeout=1)
         log.info("greenvisor: stopped")
+
+
+def _raise_fd_limit() -> None:
+    """Half-open and idle clients each hold a socket: allow as many as the hard limit."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("could not raise the open-file limit: %s", exc)

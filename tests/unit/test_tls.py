@@ -1,0 +1,145 @@
+"""pooler.tls without a pooler: channel-binding hashes, SNI helpers, and TLSStream's
+partial-write and buffered-read bookkeeping over a real socket pair with small buffers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from pooler import tls
+from pooler.config import ConfigSnapshot, TenantConfig
+from pooler.protocol.errors import ProtocolError
+from tests.support.certs import TestCA
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("unit-ca"))
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "sha384"])
+def test_end_point_hash_follows_the_signature_hash(ca: TestCA, hash_name: str) -> None:
+    files = ca.issue(f"cert-{hash_name}", hash_name=hash_name)
+    assert tls.end_point_hash(files.der) == hashlib.new(hash_name, files.der).digest()
+    loaded = tls.ServerTLS.load(str(files.cert), str(files.key))
+    assert loaded.end_point == hashlib.new(hash_name, files.der).digest()
+
+
+def test_load_refuses_a_missing_key(ca: TestCA, tmp_path: Path) -> None:
+    files = ca.issue("nokey")
+    with pytest.raises(tls.TLSError, match="cannot load the TLS certificate"):
+        tls.ServerTLS.load(str(files.cert), str(tmp_path / "missing.key"))
+
+
+def test_bad_upstream_ca_is_a_clear_error() -> None:
+    with pytest.raises(tls.TLSError, match="upstream_tls_ca"):
+        tls.client_context("peer", "not a certificate")
+
+
+@pytest.mark.parametrize(
+    ("login", "user"),
+    [("app", "app"), ("app.t1", "app"), ("first.last", "first.last"), ("app.t2", "app.t2"),
+     (".t1", ".t1")],
+)  # fmt: skip
+def test_sni_user(login: str, user: str) -> None:
+    assert tls.sni_user(login, "t1") == user
+
+
+def test_snapshot_finds_tenants_by_sni() -> None:
+    snapshot = ConfigSnapshot(
+        1,
+        {
+            "t1": TenantConfig("t1", "h", sni_hostname="DB.Example.com"),
+            "t2": TenantConfig("t2", "h"),
+        },
+    )
+    found = snapshot.tenant_by_sni("db.example.com")
+    assert found is not None and found.external_id == "t1"
+    assert snapshot.tenant_by_sni(None) is None
+    assert snapshot.tenant_by_sni("other.example.com") is None
+
+
+def test_bytes_after_the_request_are_refused() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        tls.check_nothing_follows(left)  # nothing there
+        right.sendall(b"\0\0\0\x08")
+        with pytest.raises(ProtocolError, match="unencrypted data after SSL request"):
+            tls.check_nothing_follows(left)
+
+
+def _client(sock: socket.socket, payload: bytes, echoed: list[bytes]) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(sock) as conn:
+        conn.sendall(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        echoed.append(bytes(got))
+
+
+def test_stream_echoes_megabytes_through_small_socket_buffers(ca: TestCA) -> None:
+    """Drive TLSStream the way netio.Conn does: recv_into a big view, send with a kept
+    outbuf on partial writes. Every byte must come back, in order, exactly once."""
+    files = ca.issue("stream")
+    server_tls = tls.ServerTLS.load(str(files.cert), str(files.key))
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    echoed: list[bytes] = []
+    thread = threading.Thread(target=_client, args=(theirs, payload, echoed), daemon=True)
+    thread.start()
+    green = tls.accept(ours, server_tls)
+    assert green.end_point == server_tls.end_point
+    stream = green.detach()
+    view = memoryview(bytearray(256 * 1024))
+    outbuf = bytearray()
+    received = 0
+    rounds = 0
+    while (received < len(payload) or outbuf) and rounds < 200000:
+        rounds += 1
+        readable, writable, _ = select.select([stream], [stream] if outbuf else [], [], 10)
+        assert readable or writable, "stalled: bytes stuck inside the TLS stream"
+        if readable and received < len(payload):
+            try:
+                n = stream.recv_into(view)
+            except BlockingIOError:
+                n = -1
+            assert n != 0, "unexpected EOF"
+            if n > 0:
+                received += n
+                if outbuf:
+                    outbuf += view[:n]
+                else:
+                    sent = 0
+                    try:
+                        sent = stream.send(view[:n])
+                    except BlockingIOError:
+                        pass
+                    outbuf += view[sent:n]
+        if writable and outbuf:
+            try:
+                sent = stream.send(outbuf)
+            except BlockingIOError:
+                continue
+            del outbuf[:sent]
+    thread.join(30)
+    stream.close()
+    assert received == len(payload)
+    assert echoed and echoed[0] == payload
