@@ -26,6 +26,7 @@ import requests
 
 from tests import conftest
 from tests.support import zookeeper
+from tests.support.certs import TestCA
 from tests.support.pg import PgCluster, find_bindir
 from tests.support.pooler import PoolerProcess, run_manage, tenant_doc, user_doc
 
@@ -74,7 +75,12 @@ def nodes(
 ) -> Iterator[list[PoolerProcess]]:
     base = tmp_path_factory.mktemp("cluster")
     url = f"sqlite:///{base / 'meta.sqlite3'}"
+    # With a certificate, libpq's default sslmode=prefer makes every test client use TLS
+    # to the node it reaches: relays then carry decrypted bytes from a TLS client.
+    cert = TestCA(base / "ca").issue("greenvisor", ("localhost",))
     args = [
+        "--tls-cert", str(cert.cert),
+        "--tls-key", str(cert.key),
         "--zookeeper", zk.hosts,
         "--zk-root", f"/gv-{uuid.uuid4().hex[:8]}",
         "--zk-session-timeout", str(SESSION_TIMEOUT),
@@ -258,6 +264,20 @@ def test_transactions_and_copy_through_a_non_owner(
         cur.copy_expert("COPY (SELECT * FROM items ORDER BY id) TO STDOUT", out)
         conn.commit()
         assert out.getvalue() == "2\ttwo\n3\tthree\n"
+    finally:
+        conn.close()
+
+
+def test_tls_clients_are_relayed(nodes: list[PoolerProcess], sampler: Sampler) -> None:
+    owner = owner_of(nodes)
+    other = next(n for n in nodes if n is not owner)
+    conn = connect(other, sslmode="require")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT repeat('x', 300000)")  # larger than one TLS record
+            assert len(cur.fetchone()[0]) == 300000
+        conn.commit()
+        assert conn.info.ssl_in_use
     finally:
         conn.close()
 
