@@ -4,12 +4,13 @@ SESSION_PORT ?= 5432
 PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup deps apt-deps run demo test test-unit lint typecheck bench bench-quick
+.PHONY: help setup deps apt-deps run demo test test-unit lint typecheck bench bench-quick soak
 
 help:
 	@echo "make run      - install, start a demo Postgres + tenant t1, run the pooler"
 	@echo "make test     - the whole test suite (what CI runs)"
 	@echo "make lint / make typecheck / make bench"
+	@echo "make soak     - 30 min of load with random faults, then a leak check (SOAK_ARGS=...)"
 
 apt-deps:  ## Debian/Ubuntu packages the tests and the demo need (run as root)
 	apt-get update
@@ -53,3 +54,7 @@ bench:
 
 bench-quick:
 	$(PYTHON) -m bench.run --quick
+
+SOAK_ARGS ?= --minutes 30
+soak:  ## mixed load + random faults, then fds/greenlets/pool slots/RSS vs. baseline
+	$(PYTHON) -m bench.soak $(SOAK_ARGS)

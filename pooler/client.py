@@ -514,6 +514,11 @@ class Client(netio.Conn):
         self.server = None
         if server is not None:
             self.pool.discard(server, why)
+        if self.ex.server_fatal and self.ex.be_remaining == 0:
+            # The server said why itself (e.g. 57P01 on a restart); a second FATAL would
+            # confuse drivers ("received 2 results").
+            self.disconnect()
+            return
         self.disconnect(
             builders.error_response(
                 "FATAL",

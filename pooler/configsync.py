@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import gevent
+from gevent.event import Event
 from gevent.threadpool import ThreadPool
 
 from pooler.config import ConfigSnapshot
@@ -34,13 +34,19 @@ class ConfigSync:
         self.interval = interval
         self.thread = ThreadPool(1)  # one thread: SQLite connections stay on their thread
         self.failing = False
+        self.woken = Event()
+
+    def wake(self) -> None:
+        """Check now (a cluster peer announced a change) instead of at the next poll."""
+        self.woken.set()
 
     def load_now(self) -> ConfigSnapshot:
         return self.thread.apply(self.load)
 
     def run(self) -> None:
         while True:
-            gevent.sleep(self.interval)
+            self.woken.wait(self.interval)
+            self.woken.clear()
             self.poll_once()
 
     def poll_once(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,18 +60,50 @@ def _bind(listener: Listener) -> None:
         ) from None
 
 
+def _address(host: str, port: int, reuse_port: bool, option: str, name: str) -> Any:
+    """``(host, port)``, or with ``reuse_port`` a socket bound with SO_REUSEPORT, so that
+    several worker processes share the port (the kernel spreads new connections)."""
+    if not reuse_port:
+        return (host, port)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(
+            f"greenvisor: cannot open the {name} listener on {host}:{port}: "
+            f"{exc.strerror or exc}; free the port or choose another with {option}"
+        ) from None
+    return sock
+
+
 def protocol_listener(
-    name: str, host: str, port: int, option: str, handle: Callable[[Any, Any], None]
+    name: str,
+    host: str,
+    port: int,
+    option: str,
+    handle: Callable[[Any, Any], None],
+    reuse_port: bool = False,
 ) -> Listener:
-    server = StreamServer((host, port), handle, spawn=GreenletPool(LOGIN_CONCURRENCY), backlog=4096)
+    address = _address(host, port, reuse_port, option, name)
+    server = StreamServer(
+        address,
+        handle,
+        spawn=GreenletPool(LOGIN_CONCURRENCY),
+        backlog=None if reuse_port else 4096,
+    )
     server.reuse_addr = 1
     listener = Listener(name, host, port, server, option)
     _bind(listener)
     return listener
 
 
-def http_listener(host: str, port: int, application: Any) -> Listener:
-    server = WSGIServer((host, port), application, log=None, error_log=log)
+def http_listener(host: str, port: int, application: Any, reuse_port: bool = False) -> Listener:
+    address = _address(host, port, reuse_port, "--http-port", "http")
+    server = WSGIServer(address, application, log=None, error_log=log)
     listener = Listener("http", host, port, server, "--http-port")
     _bind(listener)
     return listener

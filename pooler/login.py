@@ -200,6 +200,11 @@ def _login(
     if user is None:
         user = authquery.passthrough_user(user_name, mode)
     database = startup.database if "database" in startup.params else tenant.db_database
+    if node.cluster is not None:
+        from pooler.cluster.internal import relay_client
+
+        if relay_client(gsock, node, tenant, user, database, mode, startup.settings()):
+            return None  # another node owns the pool: this client is piped there
     pool = node.pool_for(tenant, user, database, mode)
     if keys is not None:
         authquery.install(pool, *keys)

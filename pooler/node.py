@@ -80,6 +80,8 @@ class Node:
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
         self.statement_names = StatementNames()
         self.shutting_down = False
+        self.cluster: Any = None  # pooler.cluster.cluster.Cluster when part of a cluster
+        self.pid_prefix = 0  # the node's index in the high bits of its BackendKeyData pids
         self.bans = BanList(settings.ban_failures, settings.ban_window, settings.ban_time)
         self.auth_query = authquery.AuthQueryRunner(self)
         self.pgbouncer: Any = None  # pooler.pgbouncer.dropin.DropIn (runpooler --pgbouncer-ini)
@@ -180,7 +182,10 @@ class Node:
         target = pool.upstream
         retry = self.settings.connect_retry_interval
         try:
-            server = open_server(pool, target)
+            if self.cluster is None:
+                server = open_server(pool, target)
+            else:  # only the pool's owner opens servers, and fences older owners first
+                server = self.cluster.open_server(pool, target)
         except UpstreamError as exc:
             # One warning per outage, not one per retry.
             level = (
@@ -216,7 +221,10 @@ class Node:
     def new_backend_key(self) -> tuple[int, bytes]:
         """Greenvisor's own BackendKeyData for a client: random, never the server's."""
         while True:
-            pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
+            if self.pid_prefix:  # cluster: the pid says which node issued it (cancel)
+                pid = self.pid_prefix | (secrets.randbelow(0x1FFFFF) + 1)
+            else:
+                pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
             if pid not in self.clients:
                 return pid, struct.pack("!I", secrets.randbits(32))
 
@@ -227,8 +235,10 @@ class Node:
         if self.clients.get(client.pid) is client:
             del self.clients[client.pid]
 
-    def cancel(self, pid: int, key: bytes) -> None:
+    def cancel(self, pid: int, key: bytes, forward: bool = True) -> None:
         """A CancelRequest: forward it only while that client is linked to a server."""
+        if forward and self.cluster is not None and self.cluster.forward_cancel(pid, key):
+            return  # another node issued that key
         client = self.clients.get(pid)
         if client is None or not secrets.compare_digest(client.key, key):
             return
@@ -313,12 +323,15 @@ class Node:
         """Stop serving: idle and waiting clients get 57P01 now; clients in a transaction
         get it when the transaction ends (see Client)."""
         self.shutting_down = True
+        if self.cluster is not None:
+            self.cluster.begin_shutdown()
         for client in list(self.clients.values()):
             if client.server is None:
                 client.fatal("57P01", SHUTDOWN_MESSAGE)
 
     def busy_clients(self) -> int:
-        return sum(1 for client in self.clients.values() if client.server is not None)
+        busy = sum(1 for client in self.clients.values() if client.server is not None)
+        return busy + (self.cluster.busy_relays() if self.cluster is not None else 0)
 
     def stats(self) -> list[dict[str, Any]]:
         return [pool.snapshot() for pool in self.pools.values()]

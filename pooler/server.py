@@ -299,6 +299,14 @@ def login(target: Target) -> tuple[Any, int, bytes, dict[str, str]]:
             ),
         ):
             return (sock, *_authenticate(sock, target))
+    except (OSError, netio.ConnectionClosed) as exc:
+        sock.close()  # e.g. Postgres shutting down mid-login: retryable, no traceback
+        where = f"the tenant database at {target.host}:{target.port}"
+        if isinstance(exc, TimeoutError):
+            raise UpstreamError("08006", f"timed out logging in to {where}") from None
+        raise UpstreamError(
+            "08006", f"lost the connection to {where} while logging in ({exc}); is it restarting?"
+        ) from None
     except BaseException:
         sock.close()
         raise

@@ -60,6 +60,7 @@ F_COPY_FAIL = ord("f")
 # Backend message types.
 B_READY_FOR_QUERY = ord("Z")
 B_PARAMETER_STATUS = ord("S")
+B_ERROR_RESPONSE = ord("E")
 B_DATA_ROW = ord("D")
 B_COPY_DATA = ord("d")
 
@@ -90,6 +91,13 @@ def names_statement(buf: memoryview, pos: int, n: int) -> bool:
     if msg_type == F_BIND:
         return first != 0 or buf[body + 1] != 0  # a named portal: let the rewriter look
     return first == _S_KIND and buf[body + 1] != 0
+
+
+def is_fatal(buf: memoryview, pos: int, n: int) -> bool:
+    """Whether the ErrorResponse at ``buf[pos]`` has severity FATAL or PANIC (the server ends
+    the session after it). Reads the non-localized severity ('V') near the body's start."""
+    head = bytes(buf[pos + 5 : min(n, pos + 64)])
+    return b"VFATAL\0" in head or b"VPANIC\0" in head or head.startswith((b"SFATAL\0", b"SPANIC\0"))
 
 
 def _bad_length(direction: str, msg_type: int, length: int) -> ProtocolError:
@@ -128,6 +136,7 @@ class Exchange:
         "named_at",
         "fe_kinds",
         "be_kinds",
+        "server_fatal",
     )
 
     def __init__(self) -> None:
@@ -146,6 +155,7 @@ class Exchange:
         self.named_at = -1  # offset of the message that names a statement, in the last chunk
         self.fe_kinds: bytearray | None = None  # request types since at rest (while watching)
         self.be_kinds: bytearray | None = None  # reply types since at rest (while watching)
+        self.server_fatal = False  # the server sent a FATAL/PANIC ErrorResponse (it will hang up)
 
     def start_watching(self) -> None:
         self.watch = True
@@ -275,6 +285,8 @@ class Exchange:
                     kinds.append(msg_type)
             elif kinds is not None and msg_type != B_DATA_ROW and msg_type != B_COPY_DATA:
                 kinds.append(msg_type)
+            if msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, n):
+                self.server_fatal = True
             pos += 1 + length
         if pos > n:
             self.be_remaining = pos - n

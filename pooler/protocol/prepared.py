@@ -40,6 +40,7 @@ from pooler.protocol.framing import (
     TX_IDLE,
     Exchange,
     _bad_length,
+    is_fatal,
     unknown_frontend,
 )
 
@@ -586,6 +587,8 @@ class PreparedSession:
         elif msg_type == _EMPTY_QUERY or msg_type == _PORTAL_SUSPENDED:
             self._pop(_E)
         elif msg_type == _ERROR:
+            if is_fatal(view, pos, end):
+                ex.server_fatal = True
             if self.copy_mode:
                 self.copy_mode = False
                 self._clear_until((_COPY_DONE, _COPY_FAIL))

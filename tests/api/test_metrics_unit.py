@@ -164,6 +164,17 @@ def test_a_deleted_tenants_series_disappear(node: Node, sockets: list[socket.soc
     assert samples["greenvisor_clients", ()] == 0  # t1's client got FATAL and left
 
 
+def test_greenlets_gauge_counts_live_greenlets(node: Node) -> None:
+    import gevent
+
+    before = scrape(node)["greenvisor_greenlets", ()]
+    sleeper = gevent.spawn(gevent.sleep, 30)
+    gevent.sleep(0)
+    assert scrape(node)["greenvisor_greenlets", ()] == before + 1
+    sleeper.kill()
+    assert scrape(node)["greenvisor_greenlets", ()] == before  # back to the baseline
+
+
 def test_install_replaces_the_previous_collector(node: Node) -> None:
     registry = CollectorRegistry()
     metrics.install(Node(NodeSettings()), registry)

@@ -21,6 +21,7 @@ import pytest
 from psycopg import pq
 
 from tests.conftest import PASSWORDS
+from tests.support.net import WireClient, WireError, parse_error_fields
 from tests.support.pg import PgCluster
 from tests.support.pooler import PoolerProcess, tenant_doc, user_doc
 
@@ -541,6 +542,35 @@ def test_terminated_server_gives_its_error_and_pool_recovers(
         conn.close()
     with p3(tp) as fresh:
         assert fresh.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_terminated_server_error_reaches_the_client_once(
+    tp: PoolerProcess, pg: PgCluster, mode: str
+) -> None:
+    """The server's own FATAL (57P01 here) is what the client gets, and only it: a second
+    FATAL from the pooler would make drivers report "received 2 results"."""
+    with WireClient(tp.host, tp.port(mode)) as client:
+        assert client.login("app1user.tp", PW, DB) == {}
+        client.send(b"Q", b"BEGIN; SELECT pg_backend_pid()\0")
+        pid = None
+        while True:
+            kind, body = client.read_message()
+            if kind == b"D":
+                pid = int(body[6:])
+            if kind == b"Z":
+                break
+        assert pid is not None
+        pg.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        errors = []
+        try:
+            while True:
+                kind, body = client.read_message()
+                if kind == b"E":
+                    errors.append(parse_error_fields(body))
+        except (WireError, OSError):
+            pass  # the pooler closed the connection
+        assert [e["C"] for e in errors] == ["57P01"], errors
 
 
 @pytest.fixture(autouse=True)

@@ -83,6 +83,7 @@ class PoolerProcess:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         sqlite_template: Path | None = None,
+        migrate: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,7 @@ class PoolerProcess:
         self.database_url = database_url or f"sqlite:///{self.workdir / 'meta.sqlite3'}"
         # An already migrated SQLite file to start from (saves a `migrate` run per pooler).
         self.sqlite_template = None if database_url else sqlite_template
+        self.migrate = migrate  # False: a metadata DB shared with a node already started
         self.extra_args = list(extra_args)
         self.env = manage_env(self.database_url, env)
         self.host = HOST
@@ -119,9 +121,10 @@ class PoolerProcess:
         """Migrate, apply the tenants, start runpooler and wait until all three ports accept."""
         if self.sqlite_template is not None:
             shutil.copyfile(self.sqlite_template, self.workdir / "meta.sqlite3")
-        else:
+        elif self.migrate:
             run_manage(["migrate", "--noinput", "-v", "0"], self.env)
-        self.apply(self.tenants, settle=False)
+        if self.migrate:
+            self.apply(self.tenants, settle=False)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.command(),

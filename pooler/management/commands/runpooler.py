@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from gevent.event import Event
 
 from pooler import metrics, runtime
+from pooler.cluster.options import add_cluster_arguments, join_cluster
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
 from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
@@ -182,6 +183,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-migrate", action="store_true", help="do not apply metadata DB migrations at start"
         )
+        add_cluster_arguments(parser)
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if not logging.getLogger().handlers and not log.handlers:
@@ -199,6 +201,11 @@ class Command(BaseCommand):
             raise SystemExit(2) from None
 
         server_tls = self._load_tls(opts["tls_cert"], opts["tls_key"])
+        if opts["workers"] > 1:
+            from pooler.cluster.workers import supervise
+
+            raise SystemExit(supervise(opts["workers"], opts["internal_port"]))
+        reuse_port = os.environ.get("GREENVISOR_REUSE_PORT") == "1"
 
         from django.core.wsgi import get_wsgi_application
 
@@ -239,6 +246,7 @@ class Command(BaseCommand):
                     opts["proxy_port_transaction"],
                     "--proxy-port-transaction",
                     lambda s, a: handle_client(s, a, node, MODE_TRANSACTION),
+                    reuse_port,
                 ),
                 protocol_listener(
                     MODE_SESSION,
@@ -246,14 +254,16 @@ class Command(BaseCommand):
                     opts["proxy_port_session"],
                     "--proxy-port-session",
                     lambda s, a: handle_client(s, a, node, MODE_SESSION),
+                    reuse_port,
                 ),
-                http_listener(host, opts["http_port"], get_wsgi_application()),
+                http_listener(host, opts["http_port"], get_wsgi_application(), reuse_port),
             ]
         except ListenError as exc:
             sys.stderr.write(f"{exc}\n")
             sys.stderr.flush()
             os._exit(1)
         node.apply_snapshot(sync.load_now())
+        internal = join_cluster(node, sync, opts)
         stop = Event()
         signals = [0]
 
@@ -278,7 +288,11 @@ class Command(BaseCommand):
         housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
 
         stop.wait()
+        if internal is not None:
+            internal.stop(timeout=0)
         self._shut_down(node, listeners, housekeeping, opts["shutdown_timeout"])
+        if node.cluster is not None:
+            node.cluster.close()  # locks go only now: every transaction has ended
 
     def _load_tls(self, cert: str | None, key: str | None) -> Any:
         """Our certificate for clients, or None; a bad pair stops the start."""

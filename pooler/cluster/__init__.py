@@ -1,0 +1,7 @@
+"""Cluster mode: several Greenvisor nodes, one owner per pool (see docs/CLUSTER.md).
+
+``coordinator`` is the interface (with :class:`~pooler.cluster.local.LocalCoordinator` for
+one host and :class:`~pooler.cluster.zk.ZkCoordinator` for ZooKeeper); ``cluster`` is what a
+node does with it (ownership, fencing, failure handling); ``internal`` is the node-to-node
+connection (relayed clients and forwarded cancels).
+"""
