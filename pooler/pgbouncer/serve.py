@@ -74,6 +74,11 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
     from pooler.management.commands.runpooler import _db_call
     from tenants.services import build_snapshot, config_version
 
+    if os.environ.get("GREENVISOR_REUSE_PORT") == "1" or opts.get("workers", 1) > 1:
+        _fail(
+            "--workers is not supported with --pgbouncer-ini (one process serves the file, "
+            "as one PgBouncer does); start without --workers"
+        )
     path = opts["pgbouncer_ini"]
     try:
         config, authfile = load_files(path)
