@@ -108,7 +108,10 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     finally:
         timeout.close()
-    client = Client(sock, node, pool, addr, pid, key, settings)
+    client_class = Client
+    if pool.key.mode == "statement":
+        from pooler.pgbouncer.statement import StatementClient as client_class
+    client = client_class(sock, node, pool, addr, pid, key, settings)
     node.client_opened(client)
     client.start()
     if pipelined:  # already decrypted: no watcher would see it
@@ -176,6 +179,8 @@ def _login(
     if sni_tenant is not None:  # the TLS server name names the tenant
         tenant_id = sni_tenant.external_id
         user_name = tls.sni_user(startup.user, tenant_id)
+    if node.pgbouncer is not None and not node.pgbouncer.is_db_tenant(tenant_id):
+        return node.pgbouncer.login(gsock, startup, addr)  # pgbouncer.ini: route by database
     if tenant_id is None:
         raise LoginFailed(
             "08P01",

@@ -84,11 +84,14 @@ class Node:
         self.pid_prefix = 0  # the node's index in the high bits of its BackendKeyData pids
         self.bans = BanList(settings.ban_failures, settings.ban_window, settings.ban_time)
         self.auth_query = authquery.AuthQueryRunner(self)
+        self.pgbouncer: Any = None  # pooler.pgbouncer.dropin.DropIn (runpooler --pgbouncer-ini)
 
     # -- config ---------------------------------------------------------------------------
 
     def apply_snapshot(self, snapshot: ConfigSnapshot) -> None:
         """Swap in a new configuration and bring the pools in line with it."""
+        if self.pgbouncer is not None:
+            snapshot = self.pgbouncer.overlay(snapshot)  # pgbouncer.ini tenants join in
         old = self.registry.snapshot
         self.registry.snapshot = snapshot
         for key, pool in list(self.pools.items()):
@@ -101,7 +104,7 @@ class Node:
                 self._drop_pool(pool, "the tenant or user was deleted")
                 continue
             target = self._target(tenant, user, key.database)
-            if passthrough:
+            if passthrough or (self.pgbouncer is not None and self.pgbouncer.keeps_keys(user)):
                 target = authquery.carry_keys(target, pool.upstream)
             if target != pool.upstream:
                 pool.upstream = target

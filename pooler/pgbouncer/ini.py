@@ -60,7 +60,7 @@ MAX_INCLUDE_DEPTH = 10
 SECTIONS = ("pgbouncer", "databases", "users", "peers")
 POOL_MODES = ("session", "transaction", "statement")
 AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "pam", "scram-sha-256")
-AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256", "hba")
+AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256")  # hba: no HBA file reader
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLMODES_REFUSED = ("require", "verify-ca", "verify-full")
 RESERVED_DATABASE = "pgbouncer"
@@ -70,7 +70,7 @@ NO_TIMEOUT_MS = 2**31 - 1
 #: (a SCRAM secret): random per process, so nobody can log in or upstream with it.
 UNUSABLE_PASSWORD = "!unusable!" + secrets.token_hex(24)
 
-SUPPORTED = "supported"  # Greenvisor applies it (once runpooler --pgbouncer-ini is wired)
+SUPPORTED = "supported"  # Greenvisor applies it (runpooler --pgbouncer-ini)
 PLANNED = "planned"  # parsed and checked; Greenvisor has no mechanism for it yet
 IGNORED = "ignored"  # accepted; no effect in Greenvisor (and no need for one)
 
@@ -108,7 +108,9 @@ def _k(
     return Key(name, kind, default, reload, support, note)
 
 
-_NO_TLS = "Greenvisor does not terminate TLS (see client_tls_sslmode / server_tls_sslmode)"
+_NO_TLS = (
+    "not read: TLS to clients is runpooler --tls-cert/--tls-key; servers are reached in plaintext"
+)
 _TRACKED = "IntervalStyle is tracked already"
 _AUTH_QUERY = (
     "SELECT rolname, CASE WHEN rolvaliduntil < now() THEN NULL ELSE rolpassword END "
@@ -119,14 +121,14 @@ _AUTH_QUERY = (
 KEYS: tuple[Key, ...] = (
     _k("admin_users", "list", "", SUPPORTED, "admin console: full access"),
     _k("application_name_add_host", "bool", "0", IGNORED, "Greenvisor names its own servers"),
-    _k("auth_dbname", "str", None, PLANNED, "database auth_query runs in"),
+    _k("auth_dbname", "str", None, SUPPORTED, "database auth_query runs in"),
     _k("auth_file", "path", None, SUPPORTED, "read by pooler.pgbouncer.authfile"),
-    _k("auth_hba_file", "path", "", PLANNED, "auth_type = hba rules (HBA file not read yet)"),
+    _k("auth_hba_file", "path", "", IGNORED, "auth_type = hba is refused at start-up"),
     _k("auth_ident_file", "path", None, IGNORED, "no ident/peer authentication (TCP only)"),
     _k("auth_ldap_options", "str", None, IGNORED, "no LDAP authentication"),
-    _k("auth_query", "str", _AUTH_QUERY, PLANNED, "users missing from auth_file"),
-    _k("auth_type", "choice", "md5", SUPPORTED, "trust, plain, md5, scram-sha-256, hba"),
-    _k("auth_user", "str", None, PLANNED, "runs auth_query"),
+    _k("auth_query", "str", _AUTH_QUERY, SUPPORTED, "users missing from auth_file"),
+    _k("auth_type", "choice", "md5", SUPPORTED, "trust, plain, md5, scram-sha-256"),
+    _k("auth_user", "str", None, SUPPORTED, "runs auth_query"),
     _k("autodb_idle_timeout", "time", "3600", IGNORED, "pools of * databases stay"),
     _k("cancel_wait_timeout", "time", "10", IGNORED, "cancels are forwarded at once"),
     _k("client_idle_timeout", "time", "0", SUPPORTED, "TenantConfig.client_idle_timeout (s)"),
@@ -139,7 +141,7 @@ KEYS: tuple[Key, ...] = (
     _k("client_tls_ecdhcurve", "str", "auto", IGNORED, _NO_TLS),
     _k("client_tls_key_file", "path", "", IGNORED, _NO_TLS),
     _k("client_tls_protocols", "str", "secure", IGNORED, _NO_TLS),
-    _k("client_tls_sslmode", "choice", "disable", IGNORED, "TLS is never offered to clients"),
+    _k("client_tls_sslmode", "choice", "disable", IGNORED, "runpooler --tls-cert/--tls-key decide"),
     _k("conffile", "str", None, IGNORED, "the file given on the command line"),
     _k("default_pool_size", "count", "20", SUPPORTED, "TenantConfig.default_pool_size"),
     _k("disable_pqexec", "bool", "0", IGNORED, "the simple query protocol stays on", reload=False),
@@ -156,9 +158,9 @@ KEYS: tuple[Key, ...] = (
     _k("log_disconnections", "bool", "1", IGNORED, "Python logging decides"),
     _k("log_pooler_errors", "bool", "1", IGNORED, "Python logging decides"),
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
-    _k("logfile", "path", "", PLANNED, "log to a file"),
+    _k("logfile", "path", "", SUPPORTED, "the log also goes to this file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
-    _k("max_client_conn", "count", "100", SUPPORTED, "TenantConfig.default_max_clients (per db)"),
+    _k("max_client_conn", "count", "100", SUPPORTED, "clients per pool (PgBouncer: per process)"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
     _k("max_db_connections", "count", "0", PLANNED, "servers per database"),
     _k("max_packet_size", "uint", "2147483647", IGNORED, "messages of any size are streamed"),
@@ -167,13 +169,13 @@ KEYS: tuple[Key, ...] = (
     ),
     _k("max_user_client_connections", "count", "0", PLANNED, "clients per user"),
     _k("max_user_connections", "count", "0", PLANNED, "servers per user"),
-    _k("min_pool_size", "count", "0", PLANNED, "servers kept open"),
+    _k("min_pool_size", "count", "0", SUPPORTED, "servers kept open (pooler.pgbouncer.upkeep)"),
     _k("peer_id", "int", "0", IGNORED, "no peering"),
-    _k("pidfile", "path", "", PLANNED, "write the process id", reload=False),
+    _k("pidfile", "path", "", SUPPORTED, "the process id, removed at exit", reload=False),
     _k("pkt_buf", "int", "4096", IGNORED, "Greenvisor sizes its own buffers", reload=False),
     _k("pool_idle_timeout", "time", "0", IGNORED, "pools stay"),
-    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction; statement planned"),
-    _k("query_timeout", "time", "0", PLANNED, "cancel long queries"),
+    _k("pool_mode", "choice", "session", SUPPORTED, "session, transaction, statement"),
+    _k("query_timeout", "time", "0", SUPPORTED, "cancel and cut long queries (0.5 s ticks)"),
     _k("query_wait_notify", "int", "5", IGNORED, "no wait notice"),
     _k("query_wait_timeout", "time", "120", SUPPORTED, "NodeSettings.query_wait_timeout"),
     _k("reserve_pool_size", "count", "0", PLANNED, "extra servers under load"),
@@ -370,7 +372,7 @@ def _refusal(key: str, value: Any) -> str | None:
             AUTH_TYPES_SUPPORTED
         )
     if key in ("client_tls_sslmode", "server_tls_sslmode") and value in SSLMODES_REFUSED:
-        return f"{value} needs TLS, which Greenvisor does not offer: {_NO_TLS}"
+        return f"{value} needs TLS settings Greenvisor does not take from pgbouncer.ini: {_NO_TLS}"
     if key == "disable_pqexec" and value:
         return "Greenvisor cannot turn the simple query protocol off"
     return None
@@ -588,7 +590,7 @@ _DB_LATER_KEYS = (
 )  # fmt: skip
 #: Known [databases] keys Greenvisor records but does not apply yet (a warning each).
 _DB_NOT_APPLIED = (
-    "min_pool_size", "reserve_pool", "reserve_pool_size", "max_db_connections", "auth_user",
+    "reserve_pool", "reserve_pool_size", "max_db_connections",
     "client_encoding", "datestyle", "timezone", "application_name",
 )  # fmt: skip
 _USER_LATER_KEYS = (
@@ -788,6 +790,10 @@ class PgBouncerConfig:
         for name in sorted(authfile.users()):
             found = authfile.get(name)
             yield self._user(entry, name, found.upstream_password() if found else None)
+
+    def make_user(self, entry: DatabaseEntry, name: str, password: str | None) -> UserConfig:
+        """The UserConfig of ``name`` in ``entry``'s tenant (e.g. a user found by auth_query)."""
+        return self._user(entry, name, password)
 
     def _user(self, entry: DatabaseEntry, name: str, password: str | None) -> UserConfig:
         wait = self.settings.query_wait_timeout

@@ -1,12 +1,13 @@
-"""PgBouncer parity, PgBouncer's half: Debian's real PgBouncer, from a pgbouncer.ini and a
-userlist.txt written here, against the shared ``pg`` cluster.
+"""PgBouncer parity: Debian's real PgBouncer and Greenvisor (``runpooler --pgbouncer-ini``),
+both from the same pgbouncer.ini and userlist.txt written here (only ``listen_port``
+differs, so both can run at once), against the shared ``pg`` cluster.
 
-It proves that what pooler.admin and pooler.pgbouncer declare is what PgBouncer does: each
-SHOW's RowDescription byte for byte, SHOW CONFIG (keys, defaults, values) for the same file,
-the console's error messages, and that every auth_file format our code writes is one
-PgBouncer accepts. The client scenarios (psql, psycopg2, pgbench in each pool mode) and the
-console probes are functions of a port, so the very same ones can run against Greenvisor
-once ``runpooler --pgbouncer-ini`` is wired.
+PgBouncer's half proves that what pooler.admin and pooler.pgbouncer declare is what
+PgBouncer does: each SHOW's RowDescription byte for byte, SHOW CONFIG (keys, defaults,
+values) for the same file, the console's error messages, and that every auth_file format
+our code writes is one PgBouncer accepts. Greenvisor's half runs the very same client
+scenarios (psql, psycopg2, pgbench in each pool mode) and console probes against the
+running Greenvisor and compares what each observed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pooler.pgbouncer.ini import load
 from tests.conftest import PASSWORDS
 from tests.support.net import WireClient, free_port, parse_error_fields, wait_port
 from tests.support.pg import PgCluster
+from tests.support.pgbouncer import IniPoolerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -144,6 +146,31 @@ def pgbouncer(pg: PgCluster) -> Iterator[PgBouncerProcess]:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def greenvisor(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[IniPoolerProcess]:
+    """Greenvisor from the same two files (written by the same function, another port)."""
+    workdir = tmp_path_factory.mktemp("greenvisor-ini")
+    port = free_port()
+    ini, _userlist = write_files(workdir, pg.port, port)
+    process = IniPoolerProcess(workdir, ini, port, sqlite_template=sqlite_template)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def pgbouncer_seen(pgbouncer: PgBouncerProcess, pg: PgCluster) -> dict[str, Any]:
+    """What the client scenarios observed through PgBouncer (run once per module)."""
+    for program in ("psql", "pgbench"):
+        if not (pg.bindir / program).is_file():
+            pytest.skip(f"{program} is not installed in {pg.bindir}")
+    return client_scenarios(pgbouncer.port, pg.bindir)
 
 
 # -- probes that take a port (usable against Greenvisor too) ----------------------------------
@@ -382,11 +409,8 @@ def test_fake_show_and_set_answer_like_pgbouncer(pgbouncer: PgBouncerProcess) ->
     assert parse_error_fields(theirs.first(b"N"))["M"] == "Console usage"
 
 
-def test_client_scenarios_through_pgbouncer(pgbouncer: PgBouncerProcess, pg: PgCluster) -> None:
-    for program in ("psql", "pgbench"):
-        if not (pg.bindir / program).is_file():
-            pytest.skip(f"{program} is not installed in {pg.bindir}")
-    seen = client_scenarios(pgbouncer.port, pg.bindir)
+def test_client_scenarios_through_pgbouncer(pgbouncer_seen: dict[str, Any]) -> None:
+    seen = pgbouncer_seen
     for database in ("app1", "app1_tx"):
         assert seen[f"psycopg2 {database} app1user"] == ("app1user", "app1")
         assert seen[f"psycopg2 {database} md5user"] == ("md5user", "app1")  # md5 secret upstream
@@ -406,6 +430,109 @@ def test_show_pools_after_the_scenarios(pgbouncer: PgBouncerProcess, pg: PgClust
     for database in MODES:
         _whoami(pgbouncer.port, database, "app1user")
     reply = console(pgbouncer.port, STATS, STATS_PASSWORD, ["SHOW POOLS"])["SHOW POOLS"]
+    names = [name for name, _ in COLUMNS["pools"]]
+    pools = {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in reply.rows()}
+    assert {key: pool["pool_mode"] for key, pool in pools.items()}.items() >= {
+        ("app1", "app1user"): "session",
+        ("app1_tx", "app1user"): "transaction",
+        ("app1_stmt", "app1user"): "statement",
+        ("pgbouncer", "pgbouncer"): "statement",
+    }.items()
+
+
+# -- Greenvisor's half: the same files, the same scenarios ------------------------------------
+
+
+def test_the_two_poolers_read_the_same_files(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    def without_port(path: Path) -> list[str]:
+        return [line for line in path.read_text().splitlines() if "listen_port" not in line]
+
+    theirs, mine = pgbouncer.ini, greenvisor.ini
+    assert without_port(theirs) == [
+        line.replace(str(mine.parent), str(theirs.parent)) for line in without_port(mine)
+    ]
+    assert (theirs.parent / "userlist.txt").read_text().splitlines()[1:3] == (
+        mine.parent / "userlist.txt"
+    ).read_text().splitlines()[1:3]
+
+
+def test_client_scenarios_through_greenvisor_match_pgbouncer(
+    pgbouncer_seen: dict[str, Any], greenvisor: IniPoolerProcess, pg: PgCluster
+) -> None:
+    seen = client_scenarios(greenvisor.listen_port, pg.bindir)
+    error = seen.pop("statement mode transaction")
+    theirs = dict(pgbouncer_seen)
+    their_error = theirs.pop("statement mode transaction")
+    assert seen == theirs
+    assert {k: error.get(k) for k in "SCM"} == their_error
+    assert seen["psycopg2 app1_stmt md5user"] == ("app1user", "app1")
+    assert seen["pgbench app1_stmt"] == (0, "100/100")
+
+
+def test_every_show_row_description_matches_pgbouncer(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    queries = [f"SHOW {word.upper()}" for word in COLUMNS]
+    theirs = console(pgbouncer.port, ADMIN, ADMIN_PASSWORD, queries)
+    mine = console(greenvisor.listen_port, ADMIN, ADMIN_PASSWORD, queries)
+    for sql in queries:
+        assert mine[sql].raw(b"T") == theirs[sql].raw(b"T"), sql
+        assert mine[sql].messages[-1] == (b"C", b"SHOW\0"), sql
+
+
+def test_show_config_and_databases_match_pgbouncer(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    queries = ["SHOW CONFIG", "SHOW DATABASES", "SHOW LISTS"]
+    theirs = console(pgbouncer.port, ADMIN, ADMIN_PASSWORD, queries)
+    mine = console(greenvisor.listen_port, ADMIN, ADMIN_PASSWORD, queries)
+    their_config = {row[0]: row[1:] for row in theirs["SHOW CONFIG"].rows()}
+    my_config = {row[0]: row[1:] for row in mine["SHOW CONFIG"].rows()}
+    for key in set(their_config) - {"conffile", "listen_port", "auth_file"}:
+        assert my_config[key] == their_config[key], key
+    names = [name for name, _ in COLUMNS["databases"]]
+    skip = {"port", "current_connections"}  # listen_port; servers open right now
+
+    def databases(reply: Reply) -> dict[str | None, dict[str, str | None]]:
+        rows = [dict(zip(names, row, strict=True)) for row in reply.rows()]
+        return {r["name"]: {k: v for k, v in r.items() if k not in skip} for r in rows}
+
+    assert databases(mine["SHOW DATABASES"]) == databases(theirs["SHOW DATABASES"])
+    assert [r[0] for r in mine["SHOW LISTS"].rows()] == [r[0] for r in theirs["SHOW LISTS"].rows()]
+
+
+def test_console_errors_through_greenvisor_match_pgbouncer(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    bad = [
+        ";;;;", "", "show", "SHOW POOLS; SHOW STATS", "show pools extra", "show foo", "foo",
+        "SELECT 1", "shutdown now", "reload now", "PAUSE " + "x" * 70, "KILL", "DISABLE",
+        "PAUSE pgbouncer", "KILL pgbouncer",
+    ]  # fmt: skip
+    theirs = console(pgbouncer.port, ADMIN, ADMIN_PASSWORD, bad)
+    mine = console(greenvisor.listen_port, ADMIN, ADMIN_PASSWORD, bad)
+    for sql in bad:
+        t, m = theirs[sql].error(), mine[sql].error()
+        assert (t["S"], t["C"], t["M"]) == (m["S"], m["C"], m["M"]), sql
+
+
+def test_stats_users_may_only_show_in_greenvisor_too(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    commands = ["PAUSE", "RELOAD", "RESUME", "KILL app1", "SUSPEND", "SHUTDOWN"]
+    theirs = console(pgbouncer.port, STATS, STATS_PASSWORD, [*commands, "SHOW POOLS"])
+    mine = console(greenvisor.listen_port, STATS, STATS_PASSWORD, [*commands, "SHOW POOLS"])
+    for sql in commands:
+        assert mine[sql].error()["M"] == theirs[sql].error()["M"] == "admin access needed", sql
+    assert mine["SHOW POOLS"].raw(b"T") == theirs["SHOW POOLS"].raw(b"T")
+
+
+def test_show_pools_in_greenvisor_after_the_scenarios(greenvisor: IniPoolerProcess) -> None:
+    for database in MODES:
+        _whoami(greenvisor.listen_port, database, "app1user")
+    reply = console(greenvisor.listen_port, STATS, STATS_PASSWORD, ["SHOW POOLS"])["SHOW POOLS"]
     names = [name for name, _ in COLUMNS["pools"]]
     pools = {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in reply.rows()}
     assert {key: pool["pool_mode"] for key, pool in pools.items()}.items() >= {

@@ -400,10 +400,10 @@ def test_keys_greenvisor_does_not_apply_warn_only_when_changed(tmp_path: Path) -
         tmp_path,
         """
         [pgbouncer]
-        min_pool_size = 0
+        reserve_pool_size = 0
         tcp_keepalive = 1
         unix_socket_dir =
-        min_pool_size = 5
+        reserve_pool_size = 5
         syslog = 1
         unix_socket_dir = /var/run/postgresql
         default_pool_size = 50
@@ -411,7 +411,7 @@ def test_keys_greenvisor_does_not_apply_warn_only_when_changed(tmp_path: Path) -
     )
     path = tmp_path.resolve() / "pgbouncer.ini"
     assert sorted(config.warnings) == [
-        f"{path}:5: min_pool_size: not applied yet by Greenvisor (servers kept open)",
+        f"{path}:5: reserve_pool_size: not applied yet by Greenvisor (extra servers under load)",
         f"{path}:6: syslog: ignored by Greenvisor (Python logging decides)",
         f"{path}:7: unix_socket_dir: Greenvisor listens on TCP only, not on a Unix socket",
     ]

@@ -175,6 +175,12 @@ class Command(BaseCommand):
             "password exchange began (same time whatever failed)",
         )
         parser.add_argument(
+            "--pgbouncer-ini",
+            default=None,
+            help="run from a pgbouncer.ini (its listen_addr/listen_port replace the two "
+            "proxy ports); see docs/PGBOUNCER.md",
+        )
+        parser.add_argument(
             "--no-migrate", action="store_true", help="do not apply metadata DB migrations at start"
         )
         add_cluster_arguments(parser)
@@ -221,6 +227,11 @@ class Command(BaseCommand):
             auth_failure_delay=opts["auth_failure_delay"],
         )
         _raise_fd_limit()
+        if opts["pgbouncer_ini"]:
+            from pooler.pgbouncer.serve import serve
+
+            serve(self, opts, settings)
+            return
         node = Node(settings)
         sync = ConfigSync(
             node, _db_call(config_version), _db_call(build_snapshot), opts["config_poll_interval"]
