@@ -58,3 +58,7 @@ bench-quick:
 SOAK_ARGS ?= --minutes 30
 soak:  ## mixed load + random faults, then fds/greenlets/pool slots/RSS vs. baseline
 	$(PYTHON) -m bench.soak $(SOAK_ARGS)
+
+.PHONY: bench-micro
+bench-micro:  ## hot-path microbenchmarks (< 30 s); ARGS="--json new.json --compare old.json"
+	$(PYTHON) -m bench.micro $(ARGS)

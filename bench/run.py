@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import pwd
+import resource
 import secrets
 import shutil
 import signal
@@ -43,6 +44,7 @@ from bench.scenarios import (  # noqa: E402
     ALL_TARGETS,
     DIRECT,
     GREENVISOR,
+    NOT_APPLICABLE,
     PGBOUNCER,
     SCENARIOS,
     Scenario,
@@ -51,6 +53,9 @@ from bench.scenarios import (  # noqa: E402
     parse_pgbench,
     scenario_by_name,
     summarize,
+    target_checks,
+    targets_markdown,
+    targets_text,
     text_table,
 )
 
@@ -552,12 +557,42 @@ def _wait4(pid: int, deadline: float) -> tuple[int, Any]:
     return status, usage
 
 
-def pgbench_argv(scenario: Scenario, endpoint: Endpoint, duration: int) -> list[str]:
-    argv = [str(PG_BINDIR / "pgbench"), *scenario.pgbench_args, "-T", str(duration)]
-    if scenario.vacuum:
-        argv.append("-n")
+def pgbench_argv(
+    scenario: Scenario, endpoint: Endpoint, duration: int, log_prefix: Path | None = None
+) -> list[str]:
+    argv = [str(PG_BINDIR / "pgbench"), *scenario.pgbench_args, "-T", str(duration), "-n"]
+    if log_prefix is not None:
+        argv += ["--log", f"--log-prefix={log_prefix}"]
     argv += ["-h", "127.0.0.1", "-p", str(endpoint.port), "-U", endpoint.user, BENCH_DB]
     return argv
+
+
+def latency_percentiles(prefix: Path) -> dict[str, float | None]:
+    """p50 and p99 in ms from pgbench's per-transaction logs (``prefix.<pid>[.<thread>]``).
+
+    Each line is ``client_id transaction_no time script_no time_epoch time_us [lag]`` with
+    ``time`` the transaction's latency in microseconds; the files are deleted afterwards.
+    """
+    latencies: list[int] = []
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        with path.open() as log:
+            for line in log:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies.append(int(fields[2]))
+        path.unlink()
+    if not latencies:
+        return {"latency_p50_ms": None, "latency_p99_ms": None, "latency_samples": 0}
+    latencies.sort()
+
+    def pick(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1000, 4)
+
+    return {
+        "latency_p50_ms": pick(0.50),
+        "latency_p99_ms": pick(0.99),
+        "latency_samples": len(latencies),
+    }
 
 
 def measure(
@@ -575,10 +610,12 @@ def measure(
     roots = {"postgres": cluster.child.pid}
     roots.update({name: ep.pooler.pid for name, ep in poolers.items() if ep.pooler})
     load = os.getloadavg()[0]
+    log_prefix = cluster.base / "pgbench-latency" if scenario.latency_log else None
     before = tree_cpu(roots)
-    argv = pgbench_argv(scenario, endpoint, duration)
+    argv = pgbench_argv(scenario, endpoint, duration, log_prefix)
     run = run_pgbench(procs, argv, client_env(cluster.password), duration + 120)
     after = tree_cpu(roots)
+    extra = latency_percentiles(log_prefix) if log_prefix is not None else {}
     for ep in poolers.values():
         if ep.pooler and not ep.pooler.alive():
             raise BenchError(
@@ -595,7 +632,113 @@ def measure(
         "loadavg_1m_before": load,
         "cpu_s": cpu,
         **parsed.as_dict(),
+        **extra,
         "pgbench_output": run.stdout.splitlines()[-15:],
+    }
+
+
+# --- idle clients --------------------------------------------------------------------------
+
+#: Connections per load process: with its own sockets well under the ~20,000 files per process.
+IDLE_PER_PROCESS = 4000
+IDLE_OPEN_TIMEOUT = 240.0
+
+
+def tree_rss_kb(root: int) -> int:
+    """Resident memory (VmRSS, KB) of ``root`` and its live descendants."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += _rss_kb(pid)
+        stack.extend(children.get(pid, ()))
+    return total
+
+
+def _rss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_count_sockets(root: int) -> int:
+    """Open sockets of ``root`` (file descriptors that are sockets)."""
+    try:
+        return sum(
+            1 for fd in os.scandir(f"/proc/{root}/fd") if os.readlink(fd.path).startswith("socket:")
+        )
+    except OSError:
+        return -1
+
+
+def _settled_rss_kb(root: int) -> int:
+    """RSS after the allocator has settled: the lowest of a few reads over about a second."""
+    reads = []
+    for _ in range(5):
+        time.sleep(0.2)
+        reads.append(tree_rss_kb(root))
+    return min(reads)
+
+
+def open_idle_clients(
+    procs: Processes, cluster: Cluster, endpoint: Endpoint, count: int, loaders: list[Child]
+) -> dict[str, Any]:
+    """Log ``count`` clients in to ``endpoint`` with SCRAM (bench/idle.py, several processes)
+    and leave them idle; return the pooler's RSS per idle client. ``loaders`` gets the load
+    processes, which the caller stops."""
+    assert endpoint.pooler is not None
+    root = endpoint.pooler.pid
+    rss_before = _settled_rss_kb(root)
+    print(f"  {endpoint.name}: opening {count} idle SCRAM clients ...", flush=True)
+    started = time.monotonic()
+    shares = [IDLE_PER_PROCESS] * (count // IDLE_PER_PROCESS)
+    if count % IDLE_PER_PROCESS:
+        shares.append(count % IDLE_PER_PROCESS)
+    mine: list[Child] = []
+    for i, share in enumerate(shares):
+        argv = [sys.executable, "-m", "bench.idle", "--port", str(endpoint.port)]
+        argv += ["--user", endpoint.user, "--database", BENCH_DB, "--count", str(share)]
+        argv += ["--timeout", str(IDLE_OPEN_TIMEOUT - 10)]
+        log = cluster.base / f"idle-{endpoint.name}-{i}.log"
+        child = procs.start(f"idle clients {i}", argv, log, env=client_env(cluster.password))
+        mine.append(child)
+        loaders.append(child)
+    deadline = time.monotonic() + IDLE_OPEN_TIMEOUT
+    waiting = list(mine)
+    while waiting:
+        for child in list(waiting):
+            text = child.log.read_text(errors="replace") if child.log.exists() else ""
+            if text.startswith("ready"):
+                waiting.remove(child)
+            elif "error" in text or not child.alive():
+                raise BenchError(
+                    f"{endpoint.name}: idle clients failed to log in:\n{child.log_tail()}\n"
+                    f"{endpoint.name} log:\n{endpoint.pooler.log_tail()}"
+                )
+        if time.monotonic() > deadline:
+            raise BenchError(f"{endpoint.name}: {count} idle clients not logged in in time")
+        time.sleep(0.2)
+    opened_s = time.monotonic() - started
+    rss_after = _settled_rss_kb(root)
+    per_client = (rss_after - rss_before) / count
+    sockets = tree_count_sockets(root)
+    print(
+        f"  {endpoint.name}: {count} idle clients in {opened_s:.1f} s; RSS {rss_before} -> "
+        f"{rss_after} KB = {per_client:.2f} KB each; {sockets} sockets open",
+        flush=True,
+    )
+    return {
+        "idle_clients": count,
+        "idle_rss_before_kb": rss_before,
+        "idle_rss_after_kb": rss_after,
+        "idle_kb_per_client": round(per_client, 3),
+        "idle_open_s": round(opened_s, 1),
+        "idle_pooler_sockets": sockets,
     }
 
 
@@ -610,7 +753,18 @@ class Settings:
     duration: int
     warmup: int
     scale: int
+    idle_clients: int = 15000
+    all_targets: bool = False
     argv: list[str] = field(default_factory=list)
+
+    def targets_of(self, scenario: Scenario) -> list[str]:
+        """The targets ``scenario`` runs on: its own, or (--all-targets) every one it can."""
+        return [
+            t
+            for t in self.targets
+            if t in scenario.targets
+            or (self.all_targets and (scenario.name, t) not in NOT_APPLICABLE)
+        ]
 
 
 def start_targets(
@@ -628,6 +782,24 @@ def start_targets(
     return endpoints
 
 
+def warm_up(
+    procs: Processes,
+    cluster: Cluster,
+    scenario: Scenario,
+    endpoint: Endpoint,
+    poolers: dict[str, Endpoint],
+    seconds: int,
+) -> None:
+    """Unmeasured runs until one completes transactions (at most three): on a busy machine
+    100 SCRAM logins can take longer than a short warm-up, and the pool would still be
+    filling during the first measured run."""
+    for attempt in range(3):
+        result = measure(procs, cluster, scenario, endpoint, poolers, seconds + 2 * attempt)
+        if result["transactions"]:
+            return
+        print(f"  {endpoint.name}: warm-up ran no transaction; again", flush=True)
+
+
 def run_scenario(
     procs: Processes,
     cluster: Cluster,
@@ -636,13 +808,20 @@ def run_scenario(
     as_user: str | None,
     runs: list[dict[str, Any]],
 ) -> None:
-    targets = [t for t in settings.targets if t in scenario.targets]
+    targets = settings.targets_of(scenario)
     endpoints = start_targets(procs, cluster, scenario, targets, as_user)
     poolers = {name: ep for name, ep in endpoints.items() if ep.pooler}
+    idle: dict[str, dict[str, Any]] = {}
+    loaders: list[Child] = []
     try:
         if settings.warmup:
             for name in targets:
-                measure(procs, cluster, scenario, endpoints[name], poolers, settings.warmup)
+                warm_up(procs, cluster, scenario, endpoints[name], poolers, settings.warmup)
+        if scenario.idle_clients:
+            for name in targets:
+                idle[name] = open_idle_clients(
+                    procs, cluster, endpoints[name], settings.idle_clients, loaders
+                )
         for rep in range(settings.reps):
             order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
             for name in order:
@@ -650,9 +829,19 @@ def run_scenario(
                     procs, cluster, scenario, endpoints[name], poolers, settings.duration
                 )
                 result["rep"] = rep + 1
+                result.update(idle.get(name, {}))
+                if scenario.baseline:
+                    result["baseline"] = scenario.baseline
                 runs.append(result)
                 _print_run(result)
+        for name in idle:
+            endpoint = endpoints[name]
+            if endpoint.pooler and endpoint.pooler.alive():
+                held = tree_count_sockets(endpoint.pooler.pid)
+                print(f"  {name}: {held} sockets open after the runs", flush=True)
     finally:
+        for loader in loaders:
+            procs.stop(loader)
         for endpoint in poolers.values():
             assert endpoint.pooler is not None
             procs.stop(endpoint.pooler)
@@ -682,10 +871,16 @@ def bench(settings: Settings, result: dict[str, Any], keep: bool) -> None:
             shutil.chown(base, as_user, as_user)
         cluster = start_cluster(procs, base, as_user)
         pgbench_init(cluster, settings.scale)
+        started = time.monotonic()
         for scenario in settings.scenarios:
-            print(f"scenario {scenario.name}: {scenario.description}", flush=True)
+            elapsed = time.monotonic() - started
+            print(
+                f"scenario {scenario.name} (at {elapsed / 60:.1f} min): {scenario.description}",
+                flush=True,
+            )
             run_scenario(procs, cluster, scenario, settings, as_user, result["runs"])
         ok = True
+        print(f"all scenarios done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     finally:
         procs.stop_all()
         _clean_up(base, keep=keep, failed=not ok)
@@ -710,6 +905,8 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
         "duration_s": settings.duration,
         "warmup_s": settings.warmup,
         "scale": settings.scale,
+        "idle_clients": settings.idle_clients,
+        "all_targets": settings.all_targets,
         "targets": settings.targets,
         "scenarios": [
             {
@@ -717,6 +914,10 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
                 "description": s.description,
                 "pgbench_args": list(s.pgbench_args),
                 "pool_size": s.pool_size,
+                "targets": settings.targets_of(s),
+                "latency_log": s.latency_log,
+                "idle_clients": s.idle_clients,
+                "baseline": s.baseline,
             }
             for s in settings.scenarios
         ],
@@ -767,11 +968,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--scenarios", default="all", help=f"comma-separated ({names}) or all")
     p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma-separated targets")
+    p.add_argument(
+        "--all-targets",
+        action="store_true",
+        help="run every scenario on every target that can (e.g. latency and storm direct too)",
+    )
     p.add_argument("--reps", type=int, default=3, help="measured runs per target (3)")
-    p.add_argument("--duration", type=int, default=15, help="pgbench -T seconds per run (15)")
-    p.add_argument("--warmup", type=int, default=3, help="unmeasured seconds per target, 0 = off")
+    p.add_argument("--duration", type=int, default=7, help="pgbench -T seconds per run (7)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per target, 0 = off")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s scale (10)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 rep, -T 5, 1 s warm-up")
+    p.add_argument(
+        "--idle-clients", type=int, default=15000, help="idle clients per pooler (15000)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 rep, -T 4, 1 s warm-up, 2000 idle"
+    )
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     p.add_argument("--report", metavar="JSON", help="print the tables of a saved result; no run")
     p.add_argument("--keep", action="store_true", help="keep the temporary dir (logs)")
@@ -790,17 +1001,23 @@ def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
     unknown = sorted(set(targets) - set(ALL_TARGETS))
     if unknown or not targets:
         raise BenchError(f"unknown targets {unknown}: choose from {', '.join(ALL_TARGETS)}")
-    reps, duration, warmup = args.reps, args.duration, args.warmup
+    reps, duration, warmup, idle = args.reps, args.duration, args.warmup, args.idle_clients
     if args.quick:
-        reps, duration, warmup = 1, 5, 1
-    if reps < 1 or duration < 1 or warmup < 0:
-        raise BenchError("--reps and --duration must be >= 1, --warmup >= 0")
-    return Settings(scenarios, targets, reps, duration, warmup, args.scale, argv)
+        reps, duration, warmup, idle = 1, 4, 1, min(idle, 2000)
+    if reps < 1 or duration < 1 or warmup < 0 or idle < 1:
+        raise BenchError("--reps, --duration and --idle-clients must be >= 1, --warmup >= 0")
+    return Settings(
+        scenarios, targets, reps, duration, warmup, args.scale, idle, args.all_targets, argv
+    )
 
 
 def report(result: dict[str, Any], markdown: bool) -> None:
+    checks = target_checks(result["summary"])
     print()
     print(text_table(result["summary"]))
+    print()
+    print("Issue 4 targets (Greenvisor, medians of this run):")
+    print(targets_text(checks))
     if markdown:
         print()
         print(markdown_machine(result["machine"]))
@@ -808,6 +1025,8 @@ def report(result: dict[str, Any], markdown: bool) -> None:
         print(f"Command: `{result['command']}`")
         print()
         print(markdown_table(result["summary"]))
+        print()
+        print(targets_markdown(checks))
 
 
 def save(result: dict[str, Any]) -> Path:
@@ -834,12 +1053,15 @@ def interrupts_as_keyboardinterrupt() -> Iterator[None]:
 
 
 def estimate_minutes(settings: Settings) -> float:
-    """Rough wall time: runs plus ~3 s of set-up each, pooler starts, and pgbench -i."""
+    """Rough wall time: runs plus set-up each, pooler starts, idle logins and pgbench -i."""
     seconds = 20.0 + settings.scale * 3
     for scenario in settings.scenarios:
-        targets = [t for t in settings.targets if t in scenario.targets]
-        seconds += 10 + len(targets) * (settings.warmup + 3)
-        seconds += len(targets) * settings.reps * (settings.duration + 3)
+        targets = settings.targets_of(scenario)
+        per_run = 2 + (2 if scenario.vacuum else 0)
+        seconds += 8 + len(targets) * (settings.warmup + per_run)
+        seconds += len(targets) * settings.reps * (settings.duration + per_run)
+        if scenario.idle_clients:
+            seconds += len(targets) * (5 + settings.idle_clients / 1000)
     return seconds / 60
 
 
@@ -853,6 +1075,14 @@ def new_result(settings: Settings) -> dict[str, Any]:
     }
 
 
+def raise_nofile_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, for the harness and (inherited) every child."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -864,6 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, OSError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
+    raise_nofile_limit()
     result = new_result(settings)
     print(f"about {estimate_minutes(settings):.0f} min; temporary files in {tempfile.gettempdir()}")
     status = 0

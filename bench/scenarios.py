@@ -17,10 +17,11 @@ ALL_TARGETS = (DIRECT, PGBOUNCER, GREENVISOR)
 class Scenario:
     """One pgbench workload, run against each target with the same pool size.
 
-    ``pgbench_args`` never holds -T or connection options: the harness adds those. Unless
-    ``vacuum`` is False, the harness does pgbench's own pre-run cleanup (VACUUM the branches
-    and tellers, TRUNCATE the history) directly on Postgres and passes ``-n``, so every target
-    starts from the same state and no pooler has to relay the maintenance commands.
+    ``pgbench_args`` never holds -T or connection options: the harness adds those, and always
+    ``-n``, so no pooler has to relay pgbench's maintenance commands. Unless ``vacuum`` is
+    False (select-only workloads, which change nothing), the harness does pgbench's own
+    pre-run cleanup (VACUUM the branches and tellers, TRUNCATE the history, CHECKPOINT)
+    directly on Postgres before each run, so every target starts from the same state.
     """
 
     name: str
@@ -29,6 +30,13 @@ class Scenario:
     pool_size: int
     targets: tuple[str, ...] = ALL_TARGETS
     vacuum: bool = True
+    #: pgbench writes a per-transaction log (--log); the harness computes p50 and p99 from it.
+    latency_log: bool = False
+    #: Each pooler holds ``--idle-clients`` idle, SCRAM-authenticated clients during the runs;
+    #: its RSS per idle client is measured (bench/idle.py opens them).
+    idle_clients: bool = False
+    #: Another scenario of the same run whose tps this one is compared with, target by target.
+    baseline: str | None = None
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -43,8 +51,51 @@ SCENARIOS: tuple[Scenario, ...] = (
         description="select-only, extended protocol, 100 clients, pool 20",
         pgbench_args=("-S", "-M", "extended", "-c", "100", "-j", "2"),
         pool_size=20,
+        vacuum=False,
+    ),
+    Scenario(
+        name="prepared",
+        description="select-only, named prepared statements (-M prepared), 100 clients, pool 20",
+        pgbench_args=("-S", "-M", "prepared", "-c", "100", "-j", "2"),
+        pool_size=20,
+        targets=(DIRECT, GREENVISOR),  # PgBouncer 1.18 cannot: see NOT_APPLICABLE
+        vacuum=False,
+    ),
+    Scenario(
+        name="storm",
+        description="connection storm: a new SCRAM login per transaction (-C), select-only",
+        # -j 10: pgbench logs in synchronously per thread, so with -j 2 only two logins are
+        # ever in flight and the figure is login latency, not how many logins/s a pooler takes.
+        pgbench_args=("-C", "-S", "-M", "extended", "-c", "20", "-j", "10"),
+        pool_size=20,
+        targets=(PGBOUNCER, GREENVISOR),
+        vacuum=False,
+    ),
+    Scenario(
+        name="latency",
+        description="one client, select-only, extended protocol: p50 and p99 latency",
+        pgbench_args=("-S", "-M", "extended", "-c", "1", "-j", "1"),
+        pool_size=20,
+        targets=(PGBOUNCER, GREENVISOR),  # --all-targets adds direct
+        vacuum=False,
+        latency_log=True,
+    ),
+    Scenario(
+        name="idle",
+        description="select as above while each pooler holds many idle authenticated clients",
+        pgbench_args=("-S", "-M", "extended", "-c", "100", "-j", "2"),
+        pool_size=20,
+        targets=(PGBOUNCER, GREENVISOR),
+        vacuum=False,
+        idle_clients=True,
+        baseline="select",
     ),
 )
+
+#: (scenario, target) pairs a target cannot run, shown as n/a with the reason.
+NOT_APPLICABLE: dict[tuple[str, str], str] = {
+    ("prepared", PGBOUNCER): "PgBouncer 1.18: no named prepared statements in transaction mode",
+}
 
 
 def scenario_by_name(name: str) -> Scenario:
@@ -163,21 +214,57 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "tps_all": [r["tps"] for r in group],
                 "failed_total": sum(r["failed"] or 0 for r in group),
                 "latency_avg_ms_median": _median([r["latency_avg_ms"] for r in ok]),
+                "latency_p50_ms_median": _median(_present(ok, "latency_p50_ms")),
+                "latency_p99_ms_median": _median(_present(ok, "latency_p99_ms")),
+                "idle_clients": max(_present(group, "idle_clients"), default=None),
+                "idle_kb_per_client": _median(_present(group, "idle_kb_per_client")),
+                "baseline": group[0].get("baseline"),
                 "cpu_s_median": cpu,
                 "pooler_cpu_us_per_txn": pooler_us,
             }
         )
+    _add_not_applicable(rows)
     _add_ratios(rows)
     return rows
+
+
+def _present(runs: list[dict[str, Any]], key: str) -> list[Any]:
+    return [r[key] for r in runs if r.get(key) is not None]
+
+
+def _add_not_applicable(rows: list[dict[str, Any]]) -> None:
+    """A row saying why, for a target a scenario that ran cannot measure (PgBouncer -M prepared)."""
+    present = {(r["scenario"], r["target"]) for r in rows}
+    scenarios = {r["scenario"] for r in rows}
+    for (scenario, target), reason in NOT_APPLICABLE.items():
+        if scenario in scenarios and (scenario, target) not in present:
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "target": target,
+                    "runs": 0,
+                    "ok_runs": 0,
+                    "not_applicable": reason,
+                    "tps_median": None,
+                    "tps_all": [],
+                    "failed_total": 0,
+                    "cpu_s_median": {},
+                    "pooler_cpu_us_per_txn": None,
+                }
+            )
+    order = {s.name: i for i, s in enumerate(SCENARIOS)}
+    rows.sort(key=lambda r: (order.get(r["scenario"], 99), ALL_TARGETS.index(r["target"])))
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     by_key = {(r["scenario"], r["target"]): r["tps_median"] for r in rows}
     for row in rows:
+        tps = row["tps_median"]
         for base in (PGBOUNCER, DIRECT):
             ref = by_key.get((row["scenario"], base))
-            tps = row["tps_median"]
             row[f"vs_{base}"] = round(tps / ref, 3) if tps and ref else None
+        ref = by_key.get((row.get("baseline") or "", row["target"]))
+        row["vs_baseline"] = round(tps / ref, 3) if tps and ref else None
 
 
 COLUMNS = (
@@ -192,6 +279,7 @@ COLUMNS = (
     ("CPU s pooler", "pooler"),
     ("CPU s pgbench", "pgbench"),
     ("pooler CPU us/txn", "us"),
+    ("notes", "notes"),
 )
 
 
@@ -199,7 +287,31 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _notes(row: dict[str, Any]) -> str:
+    """Scenario-specific figures: percentiles, idle memory, connections/s, baseline ratio."""
+    notes = []
+    if row.get("not_applicable"):
+        return str(row["not_applicable"])
+    if row.get("latency_p50_ms_median") is not None:
+        notes.append(
+            f"p50 {_fmt(row['latency_p50_ms_median'], 3)} ms, "
+            f"p99 {_fmt(row.get('latency_p99_ms_median'), 3)} ms"
+        )
+    if row.get("idle_kb_per_client") is not None:
+        notes.append(
+            f"{row['idle_clients']} idle: {_fmt(row['idle_kb_per_client'], 2)} KB RSS each"
+        )
+    if row.get("baseline"):
+        notes.append(f"{_fmt(row.get('vs_baseline'), 2)}x of {row['baseline']}")
+    if row["scenario"] == "storm" and row["tps_median"]:
+        notes.append(f"{row['tps_median']:.0f} logins/s")
+    return "; ".join(notes)
+
+
 def table_cells(row: dict[str, Any]) -> list[str]:
+    if row.get("not_applicable"):
+        na = ["n/a"] + ["-"] * (len(COLUMNS) - 4) + [_notes(row)]
+        return [row["scenario"], row["target"], *na]
     cpu = row["cpu_s_median"]
     pooler = cpu.get(row["target"]) if row["target"] in (PGBOUNCER, GREENVISOR) else None
     tps = row["tps_median"]
@@ -215,8 +327,141 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         "pooler": _fmt(pooler, 1),
         "pgbench": _fmt(cpu["pgbench"], 1),
         "us": _fmt(row["pooler_cpu_us_per_txn"], 1),
+        "notes": _notes(row),
     }
     return [cells[key] for _, key in COLUMNS]
+
+
+# --- the issue's targets --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal of issue 4: a figure taken from the summary rows, compared with ``goal``."""
+
+    number: str
+    what: str
+    goal: float
+    higher_is_better: bool
+    unit: str = "x"
+
+
+def _row(rows: list[dict[str, Any]], scenario: str, target: str) -> dict[str, Any]:
+    for row in rows:
+        if row["scenario"] == scenario and row["target"] == target:
+            return row
+    return {}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 4's seven targets against this run's medians: value, goal, PASS/MISS (or n/a)."""
+    g = {
+        s: _row(rows, s, GREENVISOR)
+        for s in ("tpcb", "select", "prepared", "storm", "latency", "idle")
+    }
+    b = {s: _row(rows, s, PGBOUNCER) for s in ("select", "storm", "latency", "idle")}
+    checks: list[tuple[Target, float | None, str]] = [
+        (Target("1", "TPC-B tps vs PgBouncer", 1.0, True), g["tpcb"].get("vs_pgbouncer"), ""),
+        (Target("2", "select tps vs PgBouncer", 0.9, True), g["select"].get("vs_pgbouncer"), ""),
+        (
+            Target("3", "prepared (-M prepared) tps vs direct", 0.55, True),
+            g["prepared"].get("vs_direct"),
+            "PgBouncer 1.18: n/a",
+        ),
+        (
+            Target("4", "pooler CPU us/txn on select vs PgBouncer", 1.3, False),
+            _ratio(
+                g["select"].get("pooler_cpu_us_per_txn"), b["select"].get("pooler_cpu_us_per_txn")
+            ),
+            _us_note(g["select"], b["select"]),
+        ),
+        (
+            Target("5a", "pooler RSS per idle client", 2.0, False, " KB"),
+            g["idle"].get("idle_kb_per_client"),
+            f"PgBouncer {_fmt(b['idle'].get('idle_kb_per_client'), 2)} KB",
+        ),
+        (
+            Target("5b", "select tps while idle clients vs without", 0.9, True),
+            g["idle"].get("vs_baseline"),
+            f"PgBouncer {_fmt(b['idle'].get('vs_baseline'), 2)}x",
+        ),
+        (
+            Target("6", "connection storm logins/s vs PgBouncer", 1.0, True),
+            g["storm"].get("vs_pgbouncer"),
+            "",
+        ),
+        (
+            Target("7a", "one-client p50 latency vs PgBouncer", 1.2, False),
+            _ratio(
+                g["latency"].get("latency_p50_ms_median"), b["latency"].get("latency_p50_ms_median")
+            ),
+            _ms_note(g["latency"], b["latency"], "latency_p50_ms_median"),
+        ),
+        (
+            Target("7b", "one-client p99 latency vs PgBouncer", 1.2, False),
+            _ratio(
+                g["latency"].get("latency_p99_ms_median"), b["latency"].get("latency_p99_ms_median")
+            ),
+            _ms_note(g["latency"], b["latency"], "latency_p99_ms_median"),
+        ),
+    ]
+    out = []
+    for target, value, note in checks:
+        if value is None:
+            status, note = "n/a", ""
+        elif target.higher_is_better:
+            status = "PASS" if value >= target.goal else "MISS"
+        else:
+            status = "PASS" if value <= target.goal else "MISS"
+        out.append(
+            {
+                "target": target.number,
+                "what": target.what,
+                "value": None if value is None else round(value, 3),
+                "goal": f"{'>=' if target.higher_is_better else '<='} {target.goal:g}{target.unit}",
+                "unit": target.unit,
+                "status": status,
+                "note": note,
+            }
+        )
+    return out
+
+
+def _us_note(g: dict[str, Any], b: dict[str, Any]) -> str:
+    gv, pb = g.get("pooler_cpu_us_per_txn"), b.get("pooler_cpu_us_per_txn")
+    return f"Greenvisor {_fmt(gv, 1)} us, PgBouncer {_fmt(pb, 1)} us"
+
+
+def _ms_note(g: dict[str, Any], b: dict[str, Any], key: str) -> str:
+    return f"Greenvisor {_fmt(g.get(key), 3)} ms, PgBouncer {_fmt(b.get(key), 3)} ms"
+
+
+TARGET_COLUMNS = ("#", "target", "Greenvisor", "goal", "result", "for comparison")
+
+
+def target_cells(check: dict[str, Any]) -> list[str]:
+    value = check["value"]
+    shown = "-" if value is None else f"{value:.2f}{check['unit']}"
+    return [check["target"], check["what"], shown, check["goal"], check["status"], check["note"]]
+
+
+def targets_text(checks: list[dict[str, Any]]) -> str:
+    lines = [list(TARGET_COLUMNS)] + [target_cells(c) for c in checks]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(TARGET_COLUMNS))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in out)
+
+
+def targets_markdown(checks: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(TARGET_COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in TARGET_COLUMNS) + "|"
+    body = ["| " + " | ".join(target_cells(c)) + " |" for c in checks]
+    return "\n".join([head, rule, *body])
 
 
 def text_table(rows: list[dict[str, Any]]) -> str:
@@ -228,17 +473,21 @@ def text_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _text_line(cells: list[str], widths: list[int]) -> str:
-    """Scenario and target left-aligned, figures right-aligned."""
+    """Scenario, target and notes left-aligned, figures right-aligned."""
+    last = len(cells) - 1
     padded = [
-        cell.ljust(width) if i < 2 else cell.rjust(width)
+        cell.ljust(width) if i < 2 or i == last else cell.rjust(width)
         for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
     ]
-    return "  ".join(padded)
+    return "  ".join(padded).rstrip()
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| " + " | ".join(title for title, _ in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"
+    rule = "|" + "|".join(
+        "---:" if 1 < i < len(COLUMNS) - 1 else "---" for i in range(len(COLUMNS))
+    )
+    rule += "|"
     body = ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
     return "\n".join([head, rule, *body])
 

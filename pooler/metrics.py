@@ -154,7 +154,9 @@ def _greenlets() -> int:
     """Greenlets that have not finished. A walk of the GC heap: scrape-time only, never on
     the relay path (clients are relayed by watcher callbacks, not greenlets, so this counts
     logins, timers and background loops, and must return to its baseline when load stops)."""
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+    # type(), not isinstance(): the heap holds weakref proxies, and isinstance() on a dead
+    # one raises ReferenceError.
+    return sum(1 for obj in gc.get_objects() if issubclass(type(obj), greenlet) and not obj.dead)
 
 
 class NodeCollector(Collector):
