@@ -47,7 +47,7 @@ from pooler.pgbouncer.ini import (
 
 if TYPE_CHECKING:
     from pooler.node import Node
-    from pooler.pool import Pool
+    from pooler.pool import Pool, PoolLimits
     from pooler.protocol.startup import StartupMessage
 
 log = logging.getLogger("pooler.pgbouncer")
@@ -139,6 +139,29 @@ class DropIn:
             )
         self._shadowed = shadowed
         return ConfigSnapshot(snapshot.version, {**snapshot.tenants, **self.ini_tenants})
+
+    def pool_limits(self, tenant: TenantConfig, limits: PoolLimits) -> PoolLimits:
+        """An ini database's pool limits: its reserve pool (the database's reserve_pool, else
+        reserve_pool_size), server_reset_query(_always), server_check_query/_delay.
+        Metadata-DB tenants keep theirs."""
+        tenant_id = tenant.external_id
+        if tenant_id not in self.ini_tenants:
+            return limits
+        config = self.config
+        entry = config.databases.get(tenant_id) if tenant_id != "*" else config.autodb
+        s = config.settings
+        reserve = s.reserve_pool_size
+        if entry is not None and entry.reserve_pool is not None:
+            reserve = entry.reserve_pool
+        return replace(
+            limits,
+            reserve_size=reserve,
+            reserve_timeout=s.reserve_pool_timeout,
+            reset_query=s.server_reset_query.strip(),
+            reset_always=s.server_reset_query_always,
+            check_query=s.server_check_query.strip(),
+            check_delay=s.server_check_delay,
+        )
 
     def is_db_tenant(self, tenant_id: str | None) -> bool:
         """A ``user.<tenant>`` login goes to the metadata DB's tenant of that id."""
