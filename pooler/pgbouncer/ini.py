@@ -60,7 +60,7 @@ MAX_INCLUDE_DEPTH = 10
 SECTIONS = ("pgbouncer", "databases", "users", "peers")
 POOL_MODES = ("session", "transaction", "statement")
 AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "pam", "scram-sha-256")
-AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256")  # hba: no HBA file reader
+AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256", "hba")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLMODES_REFUSED = ("require", "verify-ca", "verify-full")
 RESERVED_DATABASE = "pgbouncer"
@@ -123,7 +123,7 @@ KEYS: tuple[Key, ...] = (
     _k("application_name_add_host", "bool", "0", IGNORED, "Greenvisor names its own servers"),
     _k("auth_dbname", "str", None, SUPPORTED, "database auth_query runs in"),
     _k("auth_file", "path", None, SUPPORTED, "read by pooler.pgbouncer.authfile"),
-    _k("auth_hba_file", "path", "", IGNORED, "auth_type = hba is refused at start-up"),
+    _k("auth_hba_file", "path", "", SUPPORTED, "pg_hba.conf subset for auth_type = hba"),
     _k("auth_ident_file", "path", None, IGNORED, "no ident/peer authentication (TCP only)"),
     _k("auth_ldap_options", "str", None, IGNORED, "no LDAP authentication"),
     _k("auth_query", "str", _AUTH_QUERY, SUPPORTED, "users missing from auth_file"),
@@ -160,7 +160,7 @@ KEYS: tuple[Key, ...] = (
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
     _k("logfile", "path", "", SUPPORTED, "the log also goes to this file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
-    _k("max_client_conn", "count", "100", SUPPORTED, "clients per pool (PgBouncer: per process)"),
+    _k("max_client_conn", "count", "100", SUPPORTED, "clients of the whole process, console too"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
     _k("max_db_connections", "count", "0", PLANNED, "servers per database"),
     _k("max_packet_size", "uint", "2147483647", IGNORED, "messages of any size are streamed"),
