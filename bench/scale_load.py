@@ -1,0 +1,180 @@
+"""One load process of ``python -m bench.scale``: many idle, SCRAM-authenticated clients.
+
+Theory of operation: an asyncio loop opens ``--count`` TCP connections, bound to the
+``--source`` loopback addresses in turn (each source/destination address pair has only the
+~28,000 ephemeral ports of ``ip_local_port_range``), and logs each one in with the real
+client login of bench/idle.py (StartupMessage, SCRAM-SHA-256 through
+:class:`pooler.auth.scram.ScramClient`, until ReadyForQuery), spreading the connections
+over the ``--user`` names in turn. At most ``--concurrency`` logins are in flight. The salted
+password is computed once per salt, so the load side costs little CPU; every exchange is
+still a full SCRAM exchange with a fresh nonce.
+
+Lines on stdout (flushed), read by the parent: ``opened N`` every second while opening,
+``ready N SECONDS`` once all are in, ``error MESSAGE`` if a login fails or opening takes
+longer than ``--timeout``. Then the connections are held, sending nothing, until stdin
+closes (the parent is done or died) or ``--hold`` seconds pass; the process then prints
+``held N of M`` (connections the pooler had not closed) and closes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.idle import (  # noqa: E402
+    AUTH_OK,
+    AUTH_SASL,
+    AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL,
+    LoginError,
+    cache_salted_password,
+    raise_nofile_limit,
+    read_message,
+)
+from pooler.auth import scram  # noqa: E402
+from pooler.protocol import builders, parsers  # noqa: E402
+from pooler.protocol.errors import AuthError, ProtocolError  # noqa: E402
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _login_from(
+    source: str, host: str, port: int, user: str, database: str, password: str
+) -> Conn:
+    """bench.idle's login (StartupMessage, SCRAM until ReadyForQuery), from ``source``."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
+    try:
+        writer.write(builders.startup_message({"user": user, "database": database}))
+        client: scram.ScramClient | None = None
+        while True:
+            kind, body = await read_message(reader)
+            if kind == b"E":
+                fields = parsers.parse_error_fields(body)
+                raise LoginError(f"{fields.get('C', '?')}: {fields.get('M', '?')}")
+            if kind == b"Z":
+                return reader, writer
+            if kind != b"R":
+                continue  # ParameterStatus, BackendKeyData, NoticeResponse
+            code, data = parsers.parse_authentication(body)
+            if code == AUTH_OK:
+                continue
+            if code == AUTH_SASL:
+                client = scram.ScramClient(password)
+                writer.write(builders.sasl_initial_response("SCRAM-SHA-256", client.client_first()))
+            elif code == AUTH_SASL_CONTINUE and client is not None:
+                writer.write(builders.sasl_response(client.server_first(data)))
+            elif code == AUTH_SASL_FINAL and client is not None:
+                client.server_final(data)
+            else:
+                raise LoginError(f"expected SCRAM-SHA-256, the server asked for {code}")
+    except BaseException:
+        writer.close()
+        raise
+
+
+async def open_all(args: argparse.Namespace, password: str, conns: list[Conn]) -> None:
+    semaphore = asyncio.Semaphore(args.concurrency)
+    sources = args.source.split(",")
+    users = args.user.split(",")
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            conns.append(
+                await _login_from(
+                    sources[i % len(sources)],
+                    args.host,
+                    args.port,
+                    users[i % len(users)],
+                    args.database,
+                    password,
+                )
+            )
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            print(f"opened {len(conns)}", flush=True)
+
+    reporter = asyncio.create_task(progress())
+    tasks = [asyncio.create_task(one(i)) for i in range(args.count)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        reporter.cancel()
+
+
+async def stdin_closed_or(seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", 0)
+    )
+    try:
+        await asyncio.wait_for(reader.read(), seconds)
+    except TimeoutError:
+        pass
+
+
+def close_all(conns: list[Conn]) -> None:
+    for _, writer in conns:
+        if not writer.is_closing():
+            writer.write(builders.terminate())
+            writer.close()
+
+
+async def amain(args: argparse.Namespace) -> int:
+    password = os.environ.get("PGPASSWORD", "")
+    conns: list[Conn] = []
+    started = time.monotonic()
+    code = 0
+    try:
+        await open_all(args, password, conns)
+        print(f"ready {len(conns)} {time.monotonic() - started:.1f}", flush=True)
+        await stdin_closed_or(args.hold)
+        held = sum(1 for reader, _ in conns if not reader.at_eof())
+        print(f"held {held} of {len(conns)}", flush=True)
+    except (LoginError, AuthError, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
+        print(f"error after {len(conns)} logins: {type(exc).__name__}: {exc}", flush=True)
+        code = 1
+    except TimeoutError:
+        print(f"error timed out ({args.timeout:.0f} s) after {len(conns)} logins", flush=True)
+        code = 1
+    close_all(conns)
+    await asyncio.sleep(0.5)  # let the Terminates go out
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale_load")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--source", default="127.0.0.1", help="comma-separated source addresses")
+    p.add_argument("--user", required=True, help="comma-separated login names, used in turn")
+    p.add_argument("--database", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--hold", type=float, default=600.0)
+    args = p.parse_args(argv)
+    limit = raise_nofile_limit()
+    if args.count + 64 > limit:
+        print(f"error {args.count} connections need more than RLIMIT_NOFILE {limit}", flush=True)
+        return 2
+    cache_salted_password()
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
