@@ -402,6 +402,10 @@ def scale_run(
         )
         if not pooler.child.alive():
             raise br.BenchError("greenvisor died:\n" + pooler.child.log_tail())
+        log_text = pooler.child.log.read_text(errors="replace")
+        problems = [ln for ln in log_text.splitlines() if " ERROR " in ln or "Too many" in ln]
+        result["pooler_error_lines"] = {"count": len(problems), "first": problems[:5]}
+        print(f"pooler log: {len(problems)} ERROR lines {problems[:3]}", flush=True)
         print("pgbench with the idle clients held:", flush=True)
         result["pgbench_with"] = pgbench(procs, cluster, pooler, [pgb_user], 100, args.duration)
     finally:
@@ -494,7 +498,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--throughput", action="store_true", help="--workers 1 vs 2 instead")
     p.add_argument("--clients", type=int, default=100_000, help="idle clients (100000)")
-    p.add_argument("--workers", type=int, default=20, help="runpooler --workers (20)")
+    p.add_argument("--workers", type=int, default=24, help="runpooler --workers (24)")
     p.add_argument("--loaders", type=int, default=8, help="load processes (8)")
     p.add_argument(
         "--tenants-per-worker", type=int, default=2, help="idle tenants owned by each worker (2)"
