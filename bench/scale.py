@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -52,6 +51,7 @@ import psycopg2  # noqa: E402
 
 from bench import run as br  # noqa: E402
 from bench.idle import raise_nofile_limit  # noqa: E402
+from bench.scale_load import read_loaders, start_loaders, stop_loaders  # noqa: E402
 from bench.scenarios import parse_pgbench  # noqa: E402
 
 PGBENCH_TENANT = "pgb"
@@ -239,108 +239,6 @@ def pgbench(
     return result
 
 
-# --- the idle load ---------------------------------------------------------------------------
-
-
-@dataclass
-class Loader:
-    proc: subprocess.Popen[bytes]
-    count: int
-    opened: int = 0
-    ready: bool = False
-    held: int | None = None
-    error: str | None = None
-
-
-def start_loaders(
-    procs: br.Processes, pooler: Pooler, users: list[str], password: str, args: argparse.Namespace
-) -> list[Loader]:
-    loaders = []
-    per = [
-        args.clients // args.loaders + (i < args.clients % args.loaders)
-        for i in range(args.loaders)
-    ]
-    for i, count in enumerate(per):
-        sources = ",".join(f"127.0.{1 + i // 250}.{2 + i % 250}" for _ in range(1))
-        argv = [sys.executable, "-m", "bench.scale_load", "--port", str(pooler.port)]
-        argv += ["--source", sources, "--user", ",".join(users), "--database", br.BENCH_DB]
-        argv += ["--count", str(count), "--concurrency", str(args.concurrency)]
-        argv += ["--timeout", str(args.open_timeout), "--hold", str(args.hold)]
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=br.REPO,
-            env=dict(os.environ, PGPASSWORD=password),
-            **br._popen_kwargs(None, signal.SIGTERM),
-        )
-        loaders.append(Loader(proc, count))
-    return loaders
-
-
-def read_loaders(loaders: list[Loader], until: str, timeout: float) -> None:
-    """Follow the loaders' lines until each is ``until`` ("ready" or "held") or failed."""
-    sel = selectors.DefaultSelector()
-    for loader in loaders:
-        assert loader.proc.stdout is not None
-        sel.register(loader.proc.stdout, selectors.EVENT_READ, loader)
-    buffers: dict[int, bytes] = {}
-    deadline = time.monotonic() + timeout
-    last_print = 0.0
-
-    def done(ld: Loader) -> bool:
-        return ld.error is not None or (ld.ready if until == "ready" else ld.held is not None)
-
-    while not all(done(ld) for ld in loaders) and time.monotonic() < deadline:
-        for key, _ in sel.select(timeout=0.5):
-            ld: Loader = key.data
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                if not done(ld):
-                    ld.error = ld.error or f"exited ({ld.proc.wait()}) without a result"
-                continue
-            buffers[key.fd] = buffers.get(key.fd, b"") + chunk
-            *lines, buffers[key.fd] = buffers[key.fd].split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                if line.startswith("opened "):
-                    ld.opened = int(line.split()[1])
-                elif line.startswith("ready "):
-                    ld.opened, ld.ready = int(line.split()[1]), True
-                elif line.startswith("held "):
-                    ld.held = int(line.split()[1])
-                elif line.startswith("error"):
-                    ld.error = line
-                    print(f"  load pid {ld.proc.pid}: {line}", flush=True)
-        if time.monotonic() - last_print > 5:
-            last_print = time.monotonic()
-            print(f"  idle clients logged in: {sum(ld.opened for ld in loaders)}", flush=True)
-    sel.close()
-
-
-def stop_loaders(loaders: list[Loader]) -> None:
-    for loader in loaders:
-        if loader.proc.stdin is not None and not loader.proc.stdin.closed:
-            with contextlib.suppress(OSError):
-                loader.proc.stdin.close()
-    read_loaders(
-        [
-            ld
-            for ld in loaders
-            if ld.proc.stdout and not ld.proc.stdout.closed and ld.held is None and ld.error is None
-        ],
-        "held",
-        60,
-    )
-    for loader in loaders:
-        try:
-            loader.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            loader.proc.kill()
-            loader.proc.wait()
-
-
 def pick_idle_tenants(
     pooler: Pooler, password: str, candidates: list[str], per_worker: int, workers: int
 ) -> tuple[list[str], dict[int, list[str]]]:
@@ -386,7 +284,7 @@ def scale_run(
         flush=True,
     )
     started = time.monotonic()
-    loaders = start_loaders(procs, pooler, users, cluster.password, args)
+    loaders = start_loaders(pooler.port, users, cluster.password, args)
     try:
         read_loaders(loaders, "ready", args.open_timeout + 30)
         opened = sum(ld.opened for ld in loaders)

@@ -14,20 +14,29 @@ Lines on stdout (flushed), read by the parent: ``opened N`` every second while o
 longer than ``--timeout``. Then the connections are held, sending nothing, until stdin
 closes (the parent is done or died) or ``--hold`` seconds pass; the process then prints
 ``held N of M`` (connections the pooler had not closed) and closes everything.
+
+The parent's side (start the load processes, follow their lines, let them go) is at the
+end of this file, so that the protocol between the two lives in one place.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import selectors
+import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import run as br  # noqa: E402
 from bench.idle import (  # noqa: E402
     AUTH_OK,
     AUTH_SASL,
@@ -154,6 +163,109 @@ async def amain(args: argparse.Namespace) -> int:
     close_all(conns)
     await asyncio.sleep(0.5)  # let the Terminates go out
     return code
+
+
+# --- the parent side (bench/scale.py) ------------------------------------------------------
+
+
+@dataclass
+class Loader:
+    proc: subprocess.Popen[bytes]
+    count: int
+    opened: int = 0
+    ready: bool = False
+    held: int | None = None
+    error: str | None = None
+
+
+def start_loaders(
+    port: int, users: list[str], password: str, args: argparse.Namespace
+) -> list[Loader]:
+    """``args.loaders`` load processes, ``args.clients`` in all, each from its own source."""
+    loaders = []
+    per = [
+        args.clients // args.loaders + (i < args.clients % args.loaders)
+        for i in range(args.loaders)
+    ]
+    for i, count in enumerate(per):
+        sources = ",".join(f"127.0.{1 + i // 250}.{2 + i % 250}" for _ in range(1))
+        argv = [sys.executable, "-m", "bench.scale_load", "--port", str(port)]
+        argv += ["--source", sources, "--user", ",".join(users), "--database", br.BENCH_DB]
+        argv += ["--count", str(count), "--concurrency", str(args.concurrency)]
+        argv += ["--timeout", str(args.open_timeout), "--hold", str(args.hold)]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=br.REPO,
+            env=dict(os.environ, PGPASSWORD=password),
+            **br._popen_kwargs(None, signal.SIGTERM),
+        )
+        loaders.append(Loader(proc, count))
+    return loaders
+
+
+def read_loaders(loaders: list[Loader], until: str, timeout: float) -> None:
+    """Follow the loaders' lines until each is ``until`` ("ready" or "held") or failed."""
+    sel = selectors.DefaultSelector()
+    for loader in loaders:
+        assert loader.proc.stdout is not None
+        sel.register(loader.proc.stdout, selectors.EVENT_READ, loader)
+    buffers: dict[int, bytes] = {}
+    deadline = time.monotonic() + timeout
+    last_print = 0.0
+
+    def done(ld: Loader) -> bool:
+        return ld.error is not None or (ld.ready if until == "ready" else ld.held is not None)
+
+    while not all(done(ld) for ld in loaders) and time.monotonic() < deadline:
+        for key, _ in sel.select(timeout=0.5):
+            ld: Loader = key.data
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                if not done(ld):
+                    ld.error = ld.error or f"exited ({ld.proc.wait()}) without a result"
+                continue
+            buffers[key.fd] = buffers.get(key.fd, b"") + chunk
+            *lines, buffers[key.fd] = buffers[key.fd].split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if line.startswith("opened "):
+                    ld.opened = int(line.split()[1])
+                elif line.startswith("ready "):
+                    ld.opened, ld.ready = int(line.split()[1]), True
+                elif line.startswith("held "):
+                    ld.held = int(line.split()[1])
+                elif line.startswith("error"):
+                    ld.error = line
+                    print(f"  load pid {ld.proc.pid}: {line}", flush=True)
+        if time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            print(f"  idle clients logged in: {sum(ld.opened for ld in loaders)}", flush=True)
+    sel.close()
+
+
+def stop_loaders(loaders: list[Loader]) -> None:
+    for loader in loaders:
+        if loader.proc.stdin is not None and not loader.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                loader.proc.stdin.close()
+    read_loaders(
+        [
+            ld
+            for ld in loaders
+            if ld.proc.stdout and not ld.proc.stdout.closed and ld.held is None and ld.error is None
+        ],
+        "held",
+        60,
+    )
+    for loader in loaders:
+        try:
+            loader.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            loader.proc.kill()
+            loader.proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
