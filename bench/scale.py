@@ -291,6 +291,7 @@ def scale_run(
         result["idle_clients"] = opened
         result["open_seconds"] = round(time.monotonic() - started, 1)
         result["load_errors"] = [ld.error for ld in loaders if ld.error]
+        result["load_retries"] = [ld.retried for ld in loaders if ld.retried]
         time.sleep(2)  # let the last logins settle
         result["held"] = snapshot(pooler)
         print(

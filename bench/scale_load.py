@@ -10,9 +10,11 @@ password is computed once per salt, so the load side costs little CPU; every exc
 still a full SCRAM exchange with a fresh nonce.
 
 Lines on stdout (flushed), read by the parent: ``opened N`` every second while opening,
-``ready N SECONDS`` once all are in, ``error MESSAGE`` if a login fails or opening takes
-longer than ``--timeout``. Then the connections are held, sending nothing, until stdin
-closes (the parent is done or died) or ``--hold`` seconds pass; the process then prints
+``ready N SECONDS`` once all are in (after ``retried K logins, first: ...`` when a refused
+or cut login was tried again, as a real client reconnects; at most 3 tries each),
+``error MESSAGE`` if a login fails or opening takes longer than ``--timeout``. Then the
+connections are held, sending nothing, until stdin closes (the parent is done or died) or
+``--hold`` seconds pass; the process then prints
 ``held N of M`` (connections the pooler had not closed) and closes everything.
 
 The parent's side (start the load processes, follow their lines, let them go) is at the
@@ -52,6 +54,7 @@ from pooler.protocol import builders, parsers  # noqa: E402
 from pooler.protocol.errors import AuthError, ProtocolError  # noqa: E402
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+RETRIES = 3
 
 
 async def _login_from(
@@ -88,23 +91,35 @@ async def _login_from(
         raise
 
 
-async def open_all(args: argparse.Namespace, password: str, conns: list[Conn]) -> None:
+async def open_all(
+    args: argparse.Namespace, password: str, conns: list[Conn], retries: list[str]
+) -> None:
     semaphore = asyncio.Semaphore(args.concurrency)
     sources = args.source.split(",")
     users = args.user.split(",")
 
     async def one(i: int) -> None:
         async with semaphore:
-            conns.append(
-                await _login_from(
-                    sources[i % len(sources)],
-                    args.host,
-                    args.port,
-                    users[i % len(users)],
-                    args.database,
-                    password,
-                )
-            )
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    conns.append(
+                        await _login_from(
+                            sources[i % len(sources)],
+                            args.host,
+                            args.port,
+                            users[i % len(users)],
+                            args.database,
+                            password,
+                        )
+                    )
+                    return
+                except (OSError, asyncio.IncompleteReadError, LoginError) as exc:
+                    # A real client reconnects after a refused or cut login; a wrong
+                    # password (28P01) or a retry too many is an error.
+                    if str(exc).startswith("28") or attempt == RETRIES:
+                        raise
+                    retries.append(f"{type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.5 * attempt)
 
     async def progress() -> None:
         while True:
@@ -146,10 +161,13 @@ def close_all(conns: list[Conn]) -> None:
 async def amain(args: argparse.Namespace) -> int:
     password = os.environ.get("PGPASSWORD", "")
     conns: list[Conn] = []
+    retries: list[str] = []
     started = time.monotonic()
     code = 0
     try:
-        await open_all(args, password, conns)
+        await open_all(args, password, conns, retries)
+        if retries:
+            print(f"retried {len(retries)} logins, first: {retries[0]}", flush=True)
         print(f"ready {len(conns)} {time.monotonic() - started:.1f}", flush=True)
         await stdin_closed_or(args.hold)
         held = sum(1 for reader, _ in conns if not reader.at_eof())
@@ -176,6 +194,7 @@ class Loader:
     ready: bool = False
     held: int | None = None
     error: str | None = None
+    retried: str | None = None
 
 
 def start_loaders(
@@ -237,6 +256,9 @@ def read_loaders(loaders: list[Loader], until: str, timeout: float) -> None:
                     ld.opened, ld.ready = int(line.split()[1]), True
                 elif line.startswith("held "):
                     ld.held = int(line.split()[1])
+                elif line.startswith("retried"):
+                    ld.retried = line
+                    print(f"  load pid {ld.proc.pid}: {line}", flush=True)
                 elif line.startswith("error"):
                     ld.error = line
                     print(f"  load pid {ld.proc.pid}: {line}", flush=True)
