@@ -559,9 +559,11 @@ class Client(netio.Conn):
             if ex.expected:
                 self.node.cancel_server(server)  # do not let the orphaned query run on
             self.pool.discard(server, "client left in the middle of an exchange")
-        elif self.session_mode or (server.dirty and ex.tx_status == TX_IDLE):
+        elif (self.session_mode and self.pool.limits.reset_query) or (
+            server.dirty and ex.tx_status == TX_IDLE
+        ):
             server.dirty = False
-            server.reset(SESSION_RESET_QUERY)
+            server.reset(self.pool.limits.reset_query if self.session_mode else SESSION_RESET_QUERY)
         elif server.dirty:
             self.pool.discard(server, "client left a session-state change in a transaction")
         elif ex.tx_status != TX_IDLE:

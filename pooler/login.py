@@ -239,17 +239,29 @@ def _settings(startup: StartupMessage, pool: Pool) -> dict[str, str]:
     return settings
 
 
+#: AuthenticationOk + ParameterStatus messages by the values they report: clients of a pool
+#: mostly report the same ones, and building a dozen messages per login showed in profiles.
+_GREETINGS: dict[tuple[tuple[str, str], ...], bytes] = {}
+_GREETINGS_LIMIT = 1024
+_READY_IDLE = builders.ready_for_query(b"I")
+
+
 def _welcome(pool: Pool, settings: dict[str, str], pid: int, key: bytes) -> bytes:
-    parts = [builders.authentication_ok()]
     reported = dict(pool.server_params or {})
     for name in REPORTED.values():
         if name in settings:
             reported[name] = settings[name]
-    for name, value in reported.items():
-        parts.append(builders.parameter_status(name, value))
-    parts.append(builders.backend_key_data(pid, key))
-    parts.append(builders.ready_for_query(b"I"))
-    return b"".join(parts)
+    items = tuple(reported.items())
+    greeting = _GREETINGS.get(items)
+    if greeting is None:
+        parts = [builders.authentication_ok()]
+        for name, value in items:
+            parts.append(builders.parameter_status(name, value))
+        greeting = b"".join(parts)
+        if len(_GREETINGS) >= _GREETINGS_LIMIT:
+            _GREETINGS.clear()
+        _GREETINGS[items] = greeting
+    return greeting + builders.backend_key_data(pid, key) + _READY_IDLE
 
 
 # -- authentication --------------------------------------------------------------------------

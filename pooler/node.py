@@ -148,7 +148,7 @@ class Node:
         return pool
 
     def _limits(self, tenant: TenantConfig, user: UserConfig) -> PoolLimits:
-        return PoolLimits(
+        limits = PoolLimits(
             size=user.pool_size or tenant.default_pool_size,
             max_clients=user.max_clients or tenant.default_max_clients,
             checkout_timeout=min(
@@ -159,6 +159,9 @@ class Node:
             max_prepared_statements=self.settings.max_prepared_statements,
             state_policy=tenant.session_state_policy,
         )
+        if self.pgbouncer is not None:  # reserve pool, reset and check queries of the ini
+            limits = self.pgbouncer.pool_limits(tenant, limits)
+        return limits
 
     def _target(self, tenant: TenantConfig, user: UserConfig, database: str) -> Target:
         return Target(

@@ -29,6 +29,10 @@ class PoolServer(Protocol):
 
     def park(self) -> None: ...
 
+    def reset(self, query: str) -> None:
+        """Run ``query``; then checkin() if the server is fine, else discard()."""
+        ...
+
 
 class Waiter(Protocol):
     """A client waiting for a server connection."""
@@ -90,6 +94,7 @@ class PoolStats:
     checkouts: int = 0
     checkout_timeouts: int = 0
     servers_opened: int = 0
+    reserve_opened: int = 0  # logins started above the pool size (reserve pool)
     servers_closed: int = 0
     connect_failures: int = 0
     transactions: int = 0  # server releases at rest (transaction mode) / idle points (session)
@@ -110,6 +115,18 @@ class PoolLimits:
     server_idle_timeout: float = 600.0
     max_prepared_statements: int = 0  # per server, transaction mode only; 0 = no rewriting
     state_policy: str = "reset"  # session state in transaction mode: reset | warn | error
+    #: Extra servers allowed above ``size`` once the first waiter has waited
+    #: ``reserve_timeout`` seconds (PgBouncer's reserve_pool_size / reserve_pool_timeout).
+    reserve_size: int = 0
+    reserve_timeout: float = 0.0
+    #: Run when a session-mode client leaves ("" = none; server_reset_query), and after every
+    #: transaction-mode release too with ``reset_always`` (server_reset_query_always).
+    reset_query: str = "DISCARD ALL"
+    reset_always: bool = False
+    #: Run on an idle server idle for ``check_delay`` seconds or more before it is handed out
+    #: at checkout ("" = never; server_check_query / server_check_delay).
+    check_query: str = ""
+    check_delay: float = 0.0
 
 
 Connector = Callable[["Pool"], None]
@@ -145,7 +162,7 @@ class Pool:
     def resize(self, limits: PoolLimits) -> None:
         """Apply new limits; shrink by closing idle servers, grow by serving waiters."""
         self.limits = limits
-        while self.idle and self.total > limits.size:
+        while self.idle and self.total > limits.size + limits.reserve_size:
             self.idle.popleft().close("pool size reduced")
             self.stats.servers_closed += 1
         self._grow()
@@ -177,11 +194,15 @@ class Pool:
         if self.idle and not self.waiters and not self.paused:
             server = self.idle.pop()  # LIFO: the warmest connection
             self.active += 1
+            if self.limits.check_query and self._check_due(server):
+                self.waiters.append(waiter)  # served by the checkin after a good check
+                server.reset(self.limits.check_query)
+                return None
             self.stats.checkouts += 1
             self.stats.checkout_wait.observe(0.0)
             return server
         self.waiters.append(waiter)
-        self._grow()
+        self._grow(reserve=len(self.waiters) > 1)  # a new waiter's wait_started is set later
         return None
 
     def cancel_wait(self, waiter: Waiter) -> None:
@@ -227,10 +248,27 @@ class Pool:
             self.waiters.pop().checkout_failed(sqlstate, message)
 
     def retry_due(self, now: float) -> None:
-        """Called by the janitor: try again to open servers for waiting clients."""
+        """Called by the janitor while clients wait: try again to open servers for them
+        after a failed login, and open the reserve pool once the first waited long enough."""
         if self.retry_at and now >= self.retry_at:
             self.retry_at = 0.0
             self._grow()
+        elif self.limits.reserve_size and self.total < self.limits.size + self._reserve(now):
+            self._grow(now=now)
+
+    def _reserve(self, now: float) -> int:
+        """How many servers above ``size`` may be opened now (0 until a client waited)."""
+        limits = self.limits
+        waiters = self.waiters
+        if not limits.reserve_size or not waiters:
+            return 0
+        if now - waiters[0].wait_started >= limits.reserve_timeout:
+            return limits.reserve_size
+        return 0
+
+    def _check_due(self, server: PoolServer) -> bool:
+        idle_since = getattr(server, "idle_since", None)
+        return idle_since is None or time.monotonic() - idle_since >= self.limits.check_delay
 
     def _offer(self, server: PoolServer) -> None:
         if self.closed or server.generation != self.generation or self._expired(server):
@@ -260,13 +298,19 @@ class Pool:
         lifetime = self.limits.server_lifetime
         return lifetime > 0 and time.monotonic() - server.created_at > lifetime
 
-    def _grow(self) -> None:
-        """Open servers while waiters outnumber the servers on their way."""
+    def _grow(self, reserve: bool = True, now: float = 0.0) -> None:
+        """Open servers while waiters outnumber the servers on their way (``reserve``: up to
+        the reserve pool too, if the first waiter waited long enough)."""
         if self.closed or self.paused or self.retry_at:
             return
-        while (
-            self.waiters and self.connecting < len(self.waiters) and self.total < self.limits.size
-        ):
+        size = self.limits.size
+        if reserve and self.limits.reserve_size:
+            limit = size + self._reserve(now or time.monotonic())
+        else:
+            limit = size
+        while self.waiters and self.connecting < len(self.waiters) and self.total < limit:
+            if self.total >= size:
+                self.stats.reserve_opened += 1
             self.connecting += 1
             self.connector(self)
 

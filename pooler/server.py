@@ -166,8 +166,9 @@ class ServerConn(netio.Conn):
 
     # -- giving it back ---------------------------------------------------------------------
 
-    def release(self) -> None:
+    def release(self, clean: bool = False) -> None:
         """A client is done with this server: reset it if needed, then back to the pool.
+        ``clean``: it was just reset (server_reset_query_always is not run again).
 
         While a cancel for the last client is still on its way, the server is held back, so
         a late cancel can never interrupt the next client's query."""
@@ -178,6 +179,8 @@ class ServerConn(netio.Conn):
         if self.dirty:
             self.dirty = False
             self.reset("DISCARD ALL")
+        elif not clean and self.pool.limits.reset_always and self.pool.limits.reset_query:
+            self.reset(self.pool.limits.reset_query)
         else:
             self.pool.checkin(self)
 
@@ -196,10 +199,15 @@ class ServerConn(netio.Conn):
         """Run ``query`` (e.g. DISCARD ALL or ROLLBACK), swallow its replies, then go back to
         the pool if the server is idle, else close it."""
         self.client = None
-        if query.upper().startswith("DISCARD"):
-            if self.statements is not None:
-                self.statements.clear()
-            self.extra.clear()  # RESET ALL: our non-reported settings are gone too
+        upper = query.upper()
+        if upper.startswith("DISCARD") and self.statements is not None:
+            self.statements.clear()
+        if upper != "ROLLBACK" and query != self.pool.limits.check_query:
+            # DISCARD ALL (or an operator's server_reset_query) may have reset the
+            # non-reported settings we made: forget them, the next client SETs them again.
+            for name in self.extra:
+                self.params.pop(name, None)
+            self.extra.clear()
         self.resetting = Replies()
         self.start_reading(self._on_reset_readable)
         try:
@@ -234,7 +242,7 @@ class ServerConn(netio.Conn):
         self.resetting = None
         self.stop_reading()
         if replies.ready == b"I" and replies.error is None and not self.carry:
-            self.release()
+            self.release(clean=True)
         else:
             self.pool.discard(self, "the reset query failed or left a transaction open")
 

@@ -48,7 +48,6 @@ import _ssl
 import errno
 import hashlib
 import logging
-import select
 import socket as pysocket
 import ssl
 from dataclasses import dataclass
@@ -277,11 +276,21 @@ def accept(gsock: Any, server: ServerTLS, prefix: bytes = b"") -> GreenTLS:
     return conn
 
 
+def bytes_waiting(gsock: Any) -> bool:
+    """Whether the peer already sent bytes we have not read (never waits). A peek on the
+    socket itself: select() cannot watch descriptors above 1023, which a pooler holding
+    thousands of clients hands out all the time."""
+    raw = getattr(gsock, "_sock", gsock)  # gevent's socket would wait on EAGAIN
+    try:
+        return bool(raw.recv(1, pysocket.MSG_PEEK | pysocket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+
+
 def check_nothing_follows(gsock: Any) -> None:
     """CVE-2021-3935: refuse bytes sent right after an SSLRequest/GSSENCRequest, before our
     answer (a man in the middle injecting plaintext ahead of the handshake)."""
-    readable, _w, _x = select.select([gsock.fileno()], [], [], 0)
-    if readable and gsock.recv(1, pysocket.MSG_PEEK):
+    if bytes_waiting(gsock):
         gsock.recv(65536)  # read, so closing sends our FATAL and a FIN, not a reset
         raise ProtocolError(
             "received unencrypted data after SSL request: this could be either a "
@@ -298,8 +307,7 @@ def start_upstream(gsock: Any, context: ssl.SSLContext, host: str) -> GreenTLS:
             f"the tenant database at {host} does not accept TLS (it answered {answer!r} to "
             "SSLRequest): turn ssl on in its postgresql.conf, or set upstream_ssl false"
         )
-    readable, _w, _x = select.select([gsock.fileno()], [], [], 0)
-    if readable and gsock.recv(1, pysocket.MSG_PEEK):  # CVE-2021-23222
+    if bytes_waiting(gsock):  # CVE-2021-23222
         raise TLSError(
             f"the tenant database at {host} sent unencrypted data after agreeing to TLS "
             "(a man in the middle?)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,13 @@ def pooler(pooler_factory: PoolerFactory, pg: PgCluster) -> PoolerProcess:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """On a failure, attach the tail of every running pooler's log to the report."""
+    """On a failure, attach the tail of every running pooler's log to the report. With
+    GREENVISOR_NO_SKIP=1 (set by .ci/run) a skip is a failure: every skip here means a
+    missing install, which must never pass CI silently."""
     report = yield
+    if report.skipped and os.environ.get("GREENVISOR_NO_SKIP") == "1":
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and skips are failures in CI: {report.longrepr}"
     if report.failed:
         for process in _live_poolers:
             report.sections.append((f"pooler log tail ({process.log_path})", process.log_tail(60)))

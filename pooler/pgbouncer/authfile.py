@@ -130,6 +130,7 @@ class AuthFile:
     path: str
     entries: Mapping[str, AuthEntry] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    hba: Any = None  # pooler.pgbouncer.hba.HbaFile when auth_type = hba
 
     def __repr__(self) -> str:
         return f"AuthFile({self.path!r}, {len(self.entries)} users)"

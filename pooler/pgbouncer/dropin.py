@@ -47,7 +47,7 @@ from pooler.pgbouncer.ini import (
 
 if TYPE_CHECKING:
     from pooler.node import Node
-    from pooler.pool import Pool
+    from pooler.pool import Pool, PoolLimits
     from pooler.protocol.startup import StartupMessage
 
 log = logging.getLogger("pooler.pgbouncer")
@@ -85,6 +85,18 @@ def load_files(path: str | Path) -> tuple[PgBouncerConfig, AuthFile]:
         )
     else:
         authfile = AuthFile("")
+    if settings.auth_type == "hba":
+        from pooler.pgbouncer.hba import HbaError, load_hba
+
+        if not settings.auth_hba_file:
+            raise DropInError(
+                f"{config.path}: auth_hba_file: not set; auth_type hba needs a pg_hba.conf-style "
+                "file saying which method each database, user and address gets"
+            )
+        try:
+            authfile = replace(authfile, hba=load_hba(settings.auth_hba_file))
+        except HbaError as exc:
+            raise DropInError(str(exc)) from None
     return config, authfile
 
 
@@ -139,6 +151,29 @@ class DropIn:
             )
         self._shadowed = shadowed
         return ConfigSnapshot(snapshot.version, {**snapshot.tenants, **self.ini_tenants})
+
+    def pool_limits(self, tenant: TenantConfig, limits: PoolLimits) -> PoolLimits:
+        """An ini database's pool limits: its reserve pool (the database's reserve_pool, else
+        reserve_pool_size), server_reset_query(_always), server_check_query/_delay.
+        Metadata-DB tenants keep theirs."""
+        tenant_id = tenant.external_id
+        if tenant_id not in self.ini_tenants:
+            return limits
+        config = self.config
+        entry = config.databases.get(tenant_id) if tenant_id != "*" else config.autodb
+        s = config.settings
+        reserve = s.reserve_pool_size
+        if entry is not None and entry.reserve_pool is not None:
+            reserve = entry.reserve_pool
+        return replace(
+            limits,
+            reserve_size=reserve,
+            reserve_timeout=s.reserve_pool_timeout,
+            reset_query=s.server_reset_query.strip(),
+            reset_always=s.server_reset_query_always,
+            check_query=s.server_check_query.strip(),
+            check_delay=s.server_check_delay,
+        )
 
     def is_db_tenant(self, tenant_id: str | None) -> bool:
         """A ``user.<tenant>`` login goes to the metadata DB's tenant of that id."""
@@ -206,6 +241,8 @@ class DropIn:
         name = startup.user
         database = startup.database
         iterations = config.settings.scram_iterations
+        self._check_room()
+        auth_type = self._auth_type(gsock, addr, database, name)
         if database == CONSOLE_DATABASE:
             from pooler.pgbouncer.console import open_console
 
@@ -213,10 +250,9 @@ class DropIn:
             self._guarded(
                 addr,
                 CONSOLE_DATABASE,
-                lambda: authenticate(
-                    gsock, self.node, config.settings.auth_type, name, entry, iterations
-                ),
+                lambda: authenticate(gsock, self.node, auth_type, name, entry, iterations),
             )
+            self._check_room()
             open_console(self, gsock, name)
             return None
         db_entry = config.database(database)
@@ -233,7 +269,6 @@ class DropIn:
                 found = lookup(self, db_entry, name)
                 if found is not None:
                     self._remember(db_entry, name, found)
-            auth_type = config.settings.auth_type
             return authenticate(gsock, self.node, auth_type, name, found, iterations)
 
         keys = self._guarded(addr, tenant_id, check)
@@ -250,6 +285,7 @@ class DropIn:
             )
         pool = self.node.pool_for(tenant, user, db_entry.dbname or database, user.mode_type)
         self._pass_through(pool, user, keys if pool_user == name else None)
+        self._check_room()  # no yield from here to client_joined: the count stays right
         if not pool.client_joined():
             raise LoginFailed(
                 "53300",
@@ -268,6 +304,39 @@ class DropIn:
             pool.client_left()
             raise
         return pool, pid, key, message, settings
+
+    def clients(self) -> int:
+        """Clients of the ini's databases and console sessions: what max_client_conn limits
+        (process-wide, as PgBouncer; metadata-DB tenants keep their per-pool max_clients)."""
+        ini = self.ini_tenants
+        pools = self.node.pools
+        return self.consoles + sum(p.clients for k, p in pools.items() if k.tenant in ini)
+
+    def _check_room(self) -> None:
+        """Refuse a login when max_client_conn clients are in already (53300)."""
+        from pooler.login import LoginFailed
+
+        if self.clients() >= self.config.settings.max_client_conn:
+            raise LoginFailed("53300", "no more connections allowed (max_client_conn)")
+
+    def _auth_type(self, gsock: Any, addr: Any, database: str, user: str) -> str:
+        """The auth_type of this login: pgbouncer.ini's, or the auth_hba_file's first matching
+        line (auth_type = hba); a reject line or no line refuses it (28000, Postgres's words)."""
+        from pooler import tls
+        from pooler.login import LoginFailed
+        from pooler.pgbouncer.hba import METHODS, refusal
+
+        auth_type = self.config.settings.auth_type
+        rules = self.authfile.hba
+        if auth_type != "hba" or rules is None:
+            return auth_type
+        address = str(addr[0]) if isinstance(addr, tuple) and addr else None
+        encrypted = tls.is_tls(gsock)
+        rule = rules.find(database, user, address, encrypted)
+        method = METHODS.get(rule.method) if rule is not None else None
+        if method is None:
+            raise LoginFailed("28000", refusal(rule, database, user, address, encrypted))
+        return method
 
     def _guarded(self, addr: Any, tenant_id: str, check: Callable[[], T]) -> T:
         """``check()`` (authentication) behind the node's bans: a banned (database, client

@@ -60,7 +60,7 @@ MAX_INCLUDE_DEPTH = 10
 SECTIONS = ("pgbouncer", "databases", "users", "peers")
 POOL_MODES = ("session", "transaction", "statement")
 AUTH_TYPES = ("any", "trust", "plain", "md5", "cert", "hba", "pam", "scram-sha-256")
-AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256")  # hba: no HBA file reader
+AUTH_TYPES_SUPPORTED = ("trust", "plain", "md5", "scram-sha-256", "hba")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SSLMODES_REFUSED = ("require", "verify-ca", "verify-full")
 RESERVED_DATABASE = "pgbouncer"
@@ -123,7 +123,7 @@ KEYS: tuple[Key, ...] = (
     _k("application_name_add_host", "bool", "0", IGNORED, "Greenvisor names its own servers"),
     _k("auth_dbname", "str", None, SUPPORTED, "database auth_query runs in"),
     _k("auth_file", "path", None, SUPPORTED, "read by pooler.pgbouncer.authfile"),
-    _k("auth_hba_file", "path", "", IGNORED, "auth_type = hba is refused at start-up"),
+    _k("auth_hba_file", "path", "", SUPPORTED, "pg_hba.conf subset for auth_type = hba"),
     _k("auth_ident_file", "path", None, IGNORED, "no ident/peer authentication (TCP only)"),
     _k("auth_ldap_options", "str", None, IGNORED, "no LDAP authentication"),
     _k("auth_query", "str", _AUTH_QUERY, SUPPORTED, "users missing from auth_file"),
@@ -160,7 +160,7 @@ KEYS: tuple[Key, ...] = (
     _k("log_stats", "bool", "1", IGNORED, "Prometheus metrics instead"),
     _k("logfile", "path", "", SUPPORTED, "the log also goes to this file"),
     _k("login_notify_message", "str", "", IGNORED, "no login notice"),
-    _k("max_client_conn", "count", "100", SUPPORTED, "clients per pool (PgBouncer: per process)"),
+    _k("max_client_conn", "count", "100", SUPPORTED, "clients of the whole process, console too"),
     _k("max_db_client_connections", "count", "0", PLANNED, "clients per database"),
     _k("max_db_connections", "count", "0", PLANNED, "servers per database"),
     _k("max_packet_size", "uint", "2147483647", IGNORED, "messages of any size are streamed"),
@@ -178,20 +178,20 @@ KEYS: tuple[Key, ...] = (
     _k("query_timeout", "time", "0", SUPPORTED, "cancel and cut long queries (0.5 s ticks)"),
     _k("query_wait_notify", "int", "5", IGNORED, "no wait notice"),
     _k("query_wait_timeout", "time", "120", SUPPORTED, "NodeSettings.query_wait_timeout"),
-    _k("reserve_pool_size", "count", "0", PLANNED, "extra servers under load"),
-    _k("reserve_pool_timeout", "time", "5", PLANNED, "when the reserve pool opens"),
+    _k("reserve_pool_size", "count", "0", SUPPORTED, "PoolLimits.reserve_size"),
+    _k("reserve_pool_timeout", "time", "5", SUPPORTED, "PoolLimits.reserve_timeout"),
     _k("resolv_conf", "path", "", IGNORED, "the system resolver is used", reload=False),
     _k("sbuf_loopcnt", "int", "5", IGNORED, "gevent schedules fairly"),
     _k("scram_iterations", "count", "4096", SUPPORTED, "AuthEntry.scram_secret(iterations)"),
-    _k("server_check_delay", "time", "30", PLANNED, "health check of idle servers"),
-    _k("server_check_query", "str", "select 1", PLANNED, "health check of idle servers"),
+    _k("server_check_delay", "time", "30", SUPPORTED, "PoolLimits.check_delay"),
+    _k("server_check_query", "str", "select 1", SUPPORTED, "PoolLimits.check_query"),
     _k("server_connect_timeout", "time", "15", SUPPORTED, "NodeSettings.server_connect_timeout"),
     _k("server_fast_close", "bool", "0", IGNORED, "servers close when released"),
     _k("server_idle_timeout", "time", "600", SUPPORTED, "NodeSettings.server_idle_timeout"),
     _k("server_lifetime", "time", "3600", SUPPORTED, "NodeSettings.server_lifetime"),
     _k("server_login_retry", "time", "15", SUPPORTED, "NodeSettings.connect_retry_interval"),
-    _k("server_reset_query", "str", "DISCARD ALL", PLANNED, "Greenvisor always sends DISCARD ALL"),
-    _k("server_reset_query_always", "bool", "0", PLANNED, "reset in transaction mode"),
+    _k("server_reset_query", "str", "DISCARD ALL", SUPPORTED, "PoolLimits.reset_query"),
+    _k("server_reset_query_always", "bool", "0", SUPPORTED, "PoolLimits.reset_always"),
     _k("server_round_robin", "bool", "0", IGNORED, "the warmest idle server is reused"),
     _k("server_tls13_ciphers", "str", None, IGNORED, _NO_TLS),
     _k("server_tls_ca_file", "path", "", IGNORED, _NO_TLS),
@@ -590,7 +590,7 @@ _DB_LATER_KEYS = (
 )  # fmt: skip
 #: Known [databases] keys Greenvisor records but does not apply yet (a warning each).
 _DB_NOT_APPLIED = (
-    "reserve_pool", "reserve_pool_size", "max_db_connections",
+    "max_db_connections",
     "client_encoding", "datestyle", "timezone", "application_name",
 )  # fmt: skip
 _USER_LATER_KEYS = (

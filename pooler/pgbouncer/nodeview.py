@@ -216,7 +216,9 @@ class DropInView:
                     entry.user,
                     entry.pool_size if entry.pool_size is not None else settings.default_pool_size,
                     entry.min_pool_size or settings.min_pool_size,
-                    entry.reserve_pool or 0,
+                    entry.reserve_pool
+                    if entry.reserve_pool is not None
+                    else settings.reserve_pool_size,
                     entry.pool_mode,
                     entry.max_db_connections or 0,
                     servers.get(name, 0),

@@ -162,7 +162,8 @@ def test_start_up_writes_the_pidfile_and_logfile_and_warns_unknown_keys(
     ("override", "expected"),
     [
         ({"default_pool_size": "lots"}, "pgbouncer.ini:{line}: default_pool_size:"),
-        ({"auth_type": "hba"}, "pgbouncer.ini:{line}: auth_type: 'hba': auth_type hba is not"),
+        ({"auth_type": "cert"}, "pgbouncer.ini:{line}: auth_type: 'cert': auth_type cert is not"),
+        ({"auth_type": "hba"}, "pgbouncer.ini: auth_hba_file: not set; auth_type hba needs"),
         ({"auth_file": "missing.txt"}, "missing.txt: cannot read the auth_file"),
     ],
 )

@@ -77,6 +77,26 @@ def test_bytes_after_the_request_are_refused() -> None:
             tls.check_nothing_follows(left)
 
 
+def test_bytes_after_the_request_are_seen_on_descriptors_above_1023() -> None:
+    """A busy pooler hands out descriptors above select()'s limit; the check must work there
+    (it once used select() and failed every SSLRequest past 1,023 open files)."""
+    import gevent.socket
+
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        left, right = socket.socketpair()
+        green = gevent.socket.socket(fileno=os.dup(left.fileno()))
+        with left, right, green:
+            assert green.fileno() > 1023
+            tls.check_nothing_follows(green)  # nothing there, and no waiting
+            right.sendall(b"\0\0\0\x08")
+            with pytest.raises(ProtocolError, match="unencrypted data after SSL request"):
+                tls.check_nothing_follows(green)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+
+
 def _client(sock: socket.socket, payload: bytes, echoed: list[bytes]) -> None:
     context = ssl.create_default_context()
     context.check_hostname = False

@@ -1,0 +1,238 @@
+"""pgbouncer.ini's reserve pool, server_reset_query(_always) and server_check_query/_delay,
+against real Postgres: one Greenvisor for the module, reconfigured by SIGHUP between tests.
+Backends are counted and identified in pg_stat_activity by their own databases."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.conftest import PASSWORDS
+from tests.support.net import free_port
+from tests.support.pg import PgCluster
+from tests.support.pgbouncer import IniPoolerProcess
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+USER = "app1user"
+RES_DB, KEYS_DB = "gv_keys_res", "gv_keys"  # the reserve pool's backends are alone in RES_DB
+SEQ = "gv_check_seq"
+
+
+def ini_text(pg_port: int, port: int, workdir: Path, **overrides: str) -> str:
+    upstream = f"host={HOST} port={pg_port}"
+    settings = {
+        "listen_addr": HOST,
+        "listen_port": str(port),
+        "auth_type": "md5",
+        "auth_file": "userlist.txt",
+        "pool_mode": "transaction",
+        "default_pool_size": "1",
+        "reserve_pool_size": "0",
+        "reserve_pool_timeout": "1",
+        "server_check_delay": "30",
+        "logfile": str(workdir / "gv.log"),
+    }
+    settings.update(overrides)
+    return (
+        "[databases]\n"
+        f"res = {upstream} dbname={RES_DB} pool_mode=session reserve_pool=1\n"
+        f"sess = {upstream} dbname={KEYS_DB} pool_mode=session\n"
+        f"tx = {upstream} dbname={KEYS_DB}\n"
+        "\n[pgbouncer]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+    )
+
+
+@pytest.fixture(scope="module")
+def gv(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[IniPoolerProcess]:
+    for database in (RES_DB, KEYS_DB):
+        if not pg.execute("select 1 from pg_database where datname = %s", [database]):
+            pg.create_database(database)
+        pg.grant_connect(database, USER)
+    pg.execute(f"create sequence if not exists {SEQ}", dbname=KEYS_DB)
+    pg.execute(f"select setval('{SEQ}', 1, true)", dbname=KEYS_DB)  # last_value counts calls
+    pg.execute(f"grant usage, select on sequence {SEQ} to {USER}", dbname=KEYS_DB)
+    workdir = tmp_path_factory.mktemp("gv-keys")
+    port = free_port()
+    (workdir / "userlist.txt").write_text(f'"{USER}" "{PASSWORDS[USER]}"\n')
+    ini = workdir / "pgbouncer.ini"
+    ini.write_text(ini_text(pg.port, port, workdir))
+    process = IniPoolerProcess(workdir, ini, port, sqlite_template=sqlite_template)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def configure(gv: IniPoolerProcess, **overrides: str) -> None:
+    """Rewrite pgbouncer.ini with ``overrides`` and SIGHUP; returns once it was re-read."""
+    pg_port = gv.ini.read_text().split(" port=", 1)[1].split()[0]
+    gv.ini.write_text(ini_text(int(pg_port), gv.listen_port, gv.workdir, **overrides))
+    gv.reload()
+
+
+def connect(gv: IniPoolerProcess, database: str) -> Any:
+    conn = psycopg2.connect(
+        host=HOST, port=gv.listen_port, user=USER, password=PASSWORDS[USER], dbname=database,
+        connect_timeout=10,
+    )  # fmt: skip
+    conn.autocommit = True
+    return conn
+
+
+def one(conn: Any, sql: str) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+
+def backends(pg: PgCluster, database: str) -> list[int]:
+    rows = pg.execute(
+        "select pid from pg_stat_activity where datname = %s and usename = %s", [database, USER]
+    )
+    return sorted(row[0] for row in rows)
+
+
+def test_reserve_pool_opens_one_more_server_after_the_timeout_never_two(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    configure(gv)
+    holder = connect(gv, "res")  # session mode, pool_size 1: holds the only server
+    first = one(holder, "select pg_backend_pid()")
+    results: dict[str, Any] = {}
+
+    def waiting(name: str) -> None:
+        started = time.monotonic()  # session mode: the login may already wait
+        conn = connect(gv, "res")
+        try:
+            results[name] = (one(conn, "select pg_backend_pid()"), time.monotonic() - started)
+        finally:
+            results[name + "_conn"] = conn
+
+    second = threading.Thread(target=waiting, args=("second",))
+    second.start()
+    second.join(10)
+    assert "second" in results, "the reserve server never came"
+    pid, waited = results["second"]
+    assert pid != first and waited >= 0.9  # only after reserve_pool_timeout (1 s)
+    assert backends(pg, RES_DB) == sorted([first, pid])
+    third = threading.Thread(target=waiting, args=("third",))
+    third.start()
+    for _ in range(25):  # 2.5 s: well past the reserve timeout, still two servers
+        time.sleep(0.1)
+        assert len(backends(pg, RES_DB)) == 2
+        assert "third" not in results
+    holder.close()  # its server goes to the third client after the reset
+    third.join(10)
+    assert results["third"][0] == first
+    assert len(backends(pg, RES_DB)) == 2
+    for name in ("second_conn", "third_conn"):
+        results[name].close()
+
+
+def test_session_reset_query_runs_when_the_client_leaves_unless_empty(
+    gv: IniPoolerProcess,
+) -> None:
+    def leave_a_setting() -> int:
+        conn = connect(gv, "sess")
+        try:
+            one(conn, "select set_config('gvkeys.flag', 'left', false)")
+            return one(conn, "select pg_backend_pid()")
+        finally:
+            conn.close()
+
+    def next_client() -> tuple[int, str]:
+        conn = connect(gv, "sess")
+        try:
+            pid = one(conn, "select pg_backend_pid()")
+            return pid, one(conn, "select coalesce(current_setting('gvkeys.flag', true), '')")
+        finally:
+            conn.close()
+
+    configure(gv)  # server_reset_query = DISCARD ALL (PgBouncer's default)
+    pid = leave_a_setting()
+    assert next_client() == (pid, "")
+    configure(gv, server_reset_query="")
+    pid = leave_a_setting()
+    assert next_client() == (pid, "left")  # no reset: the session carries over, as PgBouncer
+    configure(gv, server_reset_query="RESET gvkeys.flag")
+    pid = leave_a_setting()
+    assert next_client() == (pid, "")
+
+
+def test_reset_query_always_runs_after_each_transaction_mode_release(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    """A reset query with a visible effect (a sequence) counts the resets."""
+    counter = f"select nextval('{SEQ}')"
+
+    def resets_around_three_transactions() -> tuple[int, set[int]]:
+        before = checks(pg)
+        conn = connect(gv, "tx")
+        try:
+            pids = {one(conn, "select pg_backend_pid()") for _ in range(3)}
+        finally:
+            conn.close()
+        for _ in range(40):  # the last release's reset runs after the client saw its answer
+            if checks(pg) - before >= 3:
+                break
+            time.sleep(0.05)
+        return checks(pg) - before, pids
+
+    configure(gv, server_reset_query=counter, server_reset_query_always="0")
+    assert resets_around_three_transactions()[0] == 0  # transaction mode: no reset
+    configure(gv, server_reset_query=counter, server_reset_query_always="1")
+    count, pids = resets_around_three_transactions()
+    assert count == 3 and len(pids) == 1  # one after each transaction, the server kept
+
+
+def checks(pg: PgCluster) -> int:
+    return pg.execute(f"select last_value from {SEQ}", dbname=KEYS_DB)[0][0]
+
+
+def test_check_query_runs_on_servers_idle_past_the_delay(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    check = f"select nextval('{SEQ}')"
+    configure(gv, server_check_query=check, server_check_delay="30")
+    conn = connect(gv, "tx")
+    try:
+        before = checks(pg)
+        pids = {one(conn, "select pg_backend_pid()") for _ in range(3)}
+        assert checks(pg) == before and len(pids) == 1  # reused within the delay: no check
+        configure(gv, server_check_query=check, server_check_delay="0")
+        again = {one(conn, "select pg_backend_pid()") for _ in range(3)}
+        assert checks(pg) >= before + 3 and again == pids  # checked at every checkout, kept
+        configure(gv, server_check_query="select 1/0", server_check_delay="0")
+        failing = [one(conn, "select pg_backend_pid()") for _ in range(3)]
+        assert len(set(failing)) == 3 and not set(failing) & pids  # a failed check: replaced
+    finally:
+        conn.close()
+
+
+def test_a_server_killed_while_idle_is_never_handed_out(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    configure(gv, server_check_delay="0")  # select 1 at every checkout, on top of the EOF watch
+    conn = connect(gv, "tx")
+    try:
+        pid = one(conn, "select pg_backend_pid()")
+        pg.execute("select pg_terminate_backend(%s)", [pid])
+        for _ in range(50):
+            if pid not in backends(pg, KEYS_DB):
+                break
+            time.sleep(0.05)
+        after = [one(conn, "select pg_backend_pid()") for _ in range(3)]
+        assert pid not in after and len(set(after)) == 1
+    finally:
+        conn.close()
