@@ -71,6 +71,7 @@ def _address(host: str, port: int, reuse_port: bool, option: str, name: str) -> 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(4096)
+        sock.setblocking(False)  # gevent's accept loop stops at EAGAIN (never blocks the hub)
     except OSError as exc:
         sock.close()
         raise ListenError(

@@ -57,6 +57,10 @@ def internal_listener(host: str, port: int, node: Node) -> StreamServer:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
+    # gevent's accept loop takes up to 100 connections per readiness event and stops at
+    # EAGAIN: a blocking listening socket would block the whole hub in accept() after the
+    # first one, until the next peer connects (ZooKeeper pings stop, the session expires).
+    sock.setblocking(False)
     return StreamServer(sock, lambda s, a: handle_peer(s, a, node), spawn=GreenletPool(10000))
 
 

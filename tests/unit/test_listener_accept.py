@@ -1,0 +1,90 @@
+"""Listening sockets we build ourselves must never block the hub in accept().
+
+gevent's StreamServer accepts up to 100 connections per readiness event and relies on
+EAGAIN to stop; a blocking listening socket instead blocks the whole process in accept()
+after the first connection, until another one arrives. On the internal (node-to-node) port
+that froze a relaying node for tens of seconds: its ZooKeeper session expired and its
+relayed clients held the owner's servers inside their transactions (the flaky kill -9
+test in tests/integration/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import gevent
+import pytest
+from gevent import socket as gsocket
+
+from pooler import listener as listener_mod
+from pooler.cluster import setup
+
+pytestmark = pytest.mark.unit
+
+
+def _hub_keeps_running(server: Any, port: int, handled: list[float]) -> float:
+    """Connect once, then watch the hub for a second; return the longest stall.
+
+    A watchdog thread connects again and again after 2 s so that a hub blocked in accept()
+    wakes up and the test fails instead of hanging."""
+    done = threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(2.0):
+            return
+        while not done.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        peer = gsocket.create_connection(("127.0.0.1", port))
+        ticks = [time.monotonic()]
+        while ticks[-1] - ticks[0] < 1.0:
+            gevent.sleep(0.05)
+            ticks.append(time.monotonic())
+        peer.close()
+    finally:
+        done.set()
+        thread.join(5)
+        server.stop()
+    assert handled, "the connection was never handled"
+    return max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+
+
+def test_internal_listener_never_blocks_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    handled: list[float] = []
+
+    def handle(sock: Any, addr: Any, node: Any) -> None:
+        handled.append(time.monotonic())
+        sock.close()
+
+    monkeypatch.setattr(setup, "handle_peer", handle)
+    server = setup.internal_listener("127.0.0.1", 0, None)  # type: ignore[arg-type]
+    assert server.socket.getblocking() is False
+    server.start()
+    stall = _hub_keeps_running(server, server.socket.getsockname()[1], handled)
+    assert stall < 1.0, f"the hub stalled {stall:.2f} s after one internal connection"
+
+
+def test_reuse_port_listener_never_blocks_the_hub() -> None:
+    handled: list[float] = []
+
+    def handle(sock: Any, addr: Any) -> None:
+        handled.append(time.monotonic())
+        sock.close()
+
+    lst = listener_mod.protocol_listener(
+        "transaction", "127.0.0.1", 0, "--port", handle, reuse_port=True
+    )
+    server = lst.server
+    server.start()
+    stall = _hub_keeps_running(server, server.socket.getsockname()[1], handled)
+    assert stall < 1.0, f"the hub stalled {stall:.2f} s after one client connection"
