@@ -84,7 +84,16 @@ async def login(
     host: str, port: int, user: str, database: str, password: str
 ) -> asyncio.StreamWriter:
     """Open one connection and log in; the writer keeps the socket open."""
-    reader, writer = await asyncio.open_connection(host, port)
+    _reader, writer = await login_stream(host, port, user, database, password)
+    return writer
+
+
+async def login_stream(
+    host: str, port: int, user: str, database: str, password: str, source: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open one connection (from local address ``source`` if given) and log in."""
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     try:
         writer.write(builders.startup_message({"user": user, "database": database}))
         client: scram.ScramClient | None = None
@@ -94,7 +103,7 @@ async def login(
                 fields = parsers.parse_error_fields(body)
                 raise LoginError(f"{fields.get('C', '?')}: {fields.get('M', '?')}")
             if kind == b"Z":
-                return writer
+                return reader, writer
             if kind != b"R":
                 continue  # ParameterStatus, BackendKeyData, NoticeResponse
             code, data = parsers.parse_authentication(body)

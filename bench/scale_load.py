@@ -40,17 +40,12 @@ if __package__ in (None, ""):
 
 from bench import run as br  # noqa: E402
 from bench.idle import (  # noqa: E402
-    AUTH_OK,
-    AUTH_SASL,
-    AUTH_SASL_CONTINUE,
-    AUTH_SASL_FINAL,
     LoginError,
     cache_salted_password,
+    login_stream,
     raise_nofile_limit,
-    read_message,
 )
-from pooler.auth import scram  # noqa: E402
-from pooler.protocol import builders, parsers  # noqa: E402
+from pooler.protocol import builders  # noqa: E402
 from pooler.protocol.errors import AuthError, ProtocolError  # noqa: E402
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -61,34 +56,7 @@ async def _login_from(
     source: str, host: str, port: int, user: str, database: str, password: str
 ) -> Conn:
     """bench.idle's login (StartupMessage, SCRAM until ReadyForQuery), from ``source``."""
-    reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
-    try:
-        writer.write(builders.startup_message({"user": user, "database": database}))
-        client: scram.ScramClient | None = None
-        while True:
-            kind, body = await read_message(reader)
-            if kind == b"E":
-                fields = parsers.parse_error_fields(body)
-                raise LoginError(f"{fields.get('C', '?')}: {fields.get('M', '?')}")
-            if kind == b"Z":
-                return reader, writer
-            if kind != b"R":
-                continue  # ParameterStatus, BackendKeyData, NoticeResponse
-            code, data = parsers.parse_authentication(body)
-            if code == AUTH_OK:
-                continue
-            if code == AUTH_SASL:
-                client = scram.ScramClient(password)
-                writer.write(builders.sasl_initial_response("SCRAM-SHA-256", client.client_first()))
-            elif code == AUTH_SASL_CONTINUE and client is not None:
-                writer.write(builders.sasl_response(client.server_first(data)))
-            elif code == AUTH_SASL_FINAL and client is not None:
-                client.server_final(data)
-            else:
-                raise LoginError(f"expected SCRAM-SHA-256, the server asked for {code}")
-    except BaseException:
-        writer.close()
-        raise
+    return await login_stream(host, port, user, database, password, source)
 
 
 async def open_all(
