@@ -378,4 +378,7 @@ def drain(cluster: Cluster) -> None:
 
 
 def busy(cluster: Cluster) -> int:
-    return sum(1 for end in cluster.pipes if not end.to_owner)
+    """Relayed clients a stopping node waits for: piped ones not cut yet, and parked ones
+    whose first query is being relayed."""
+    waking = sum(1 for p in cluster.parked.values() if p.waking)
+    return waking + sum(1 for end in cluster.pipes if not end.to_owner)

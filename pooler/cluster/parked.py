@@ -100,6 +100,11 @@ class Parked(netio.Conn):
     def asleep(self) -> bool:
         return self.state == _STATE_ASLEEP
 
+    @property
+    def waking(self) -> bool:
+        """Its first bytes arrived and it is being relayed (or served here)."""
+        return self.state == _STATE_WAKING and not self.closed
+
     def on_readable(self) -> None:
         try:
             view, n = self.recv()
@@ -210,7 +215,7 @@ def park(
 
 def _wake(parked: Parked) -> None:
     """The parked client sent its first bytes: pipe it to the owner, or serve it here."""
-    from pooler.cluster.internal import lookup_owner, unreachable_message
+    from pooler.cluster.internal import SHUTDOWN_REASON, lookup_owner, unreachable_message
     from pooler.login import LoginFailed
 
     cluster = parked.cluster
@@ -235,7 +240,10 @@ def _wake(parked: Parked) -> None:
                     why = str(exc)
                 except (OSError, netio.ConnectionClosed) as exc:
                     why = f"node {owner.node_id} unreachable: {exc}"
-            if time.monotonic() >= deadline or cluster.draining:
+            if cluster.draining:
+                parked.leave("57P01", SHUTDOWN_REASON)
+                return
+            if time.monotonic() >= deadline:
                 parked.leave("08006", unreachable_message(parked.key, why))
                 return
             gevent.sleep(0.25)

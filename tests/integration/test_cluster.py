@@ -328,6 +328,13 @@ def _client_rows(node: PoolerProcess) -> int:
     return len(_api(node, "GET", f"tenants/{TENANT}/clients")["data"])
 
 
+def _metric(node: PoolerProcess, name: str) -> float:
+    text = requests.get(f"http://{node.host}:{node.http_port}/metrics", timeout=10).text
+    found = re.search(rf"^greenvisor_{name} (\S+)$", text, re.M)
+    assert found, f"greenvisor_{name} missing from /metrics"
+    return float(found.group(1))
+
+
 def _open_files(node: PoolerProcess) -> int:
     assert node.proc is not None
     return len(os.listdir(f"/proc/{node.proc.pid}/fd"))
@@ -347,18 +354,21 @@ def test_idle_clients_on_a_non_owner_are_parked_until_they_query(
         assert all(c.info.parameter_status("server_version") for c in conns)
         assert _client_rows(owner) == on_owner
         assert _open_files(other) - files < 15, "parked clients hold more than their socket"
+        assert _metric(other, "parked_clients") == len(conns)
         for i, conn in enumerate(conns):
             with conn.cursor() as cur:
                 cur.execute("SELECT %s::int", (i,))
                 assert cur.fetchone() == (i,)
             conn.commit()
         assert _client_rows(owner) == on_owner + len(conns)
+        assert _metric(other, "parked_clients") == 0
+        assert _metric(other, "relayed_clients") == len(conns)
     finally:
         for conn in conns:
             conn.close()
     deadline = time.monotonic() + 5
-    while _client_rows(owner) != on_owner:
-        assert time.monotonic() < deadline, "the owner kept relayed clients that left"
+    while _client_rows(owner) != on_owner or _metric(other, "relayed_clients"):
+        assert time.monotonic() < deadline, "relayed clients that left are still counted"
         time.sleep(0.1)
 
 
