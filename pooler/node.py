@@ -289,6 +289,8 @@ class Node:
             from pooler.cluster.parked import expire
 
             expire(self.cluster, now, snapshot)
+        if not idle_tx and not snapshot.idle_timeouts:
+            return  # nothing to enforce: no walk over every client each second
         for client in list(self.clients.values()):
             if client.server is None:
                 if client.pending is not None:
