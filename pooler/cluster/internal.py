@@ -102,14 +102,7 @@ def relay_client(
     cluster = node.cluster
     assert cluster is not None
     key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
-    request = {
-        "op": "client",
-        "tenant": tenant.external_id,
-        "user": user.db_user_alias,
-        "database": database,
-        "mode": mode,
-        "params": requested,
-    }
+    request = _request_for(key, requested)
     deadline = time.monotonic() + node.settings.client_login_timeout * 0.8
     why = "no owner yet"
     while True:
@@ -132,6 +125,28 @@ def relay_client(
         if time.monotonic() >= deadline:
             raise LoginFailed("08006", unreachable_message(key, why))
         gevent.sleep(0.25)
+
+
+#: One (read-only) request dict per pool and client settings: a parked client keeps its
+#: request until it wakes, and most clients of a pool send the same settings.
+_REQUESTS: dict[tuple[PoolKey, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+
+
+def _request_for(key: PoolKey, requested: dict[str, str]) -> dict[str, Any]:
+    cache_key = (key, tuple(sorted(requested.items())))
+    request = _REQUESTS.get(cache_key)
+    if request is None:
+        if len(_REQUESTS) >= 4096:
+            _REQUESTS.clear()
+        request = _REQUESTS[cache_key] = {
+            "op": "client",
+            "tenant": key.tenant,
+            "user": key.user,
+            "database": key.database,
+            "mode": key.mode,
+            "params": requested,
+        }
+    return request
 
 
 def lookup_owner(cluster: Cluster, key: PoolKey) -> NodeInfo | None:
