@@ -34,11 +34,32 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 def detach(gsock: Any) -> _socket.socket:
     """Take the file descriptor away from a gevent socket as a plain non-blocking socket."""
-    family, type_, proto = gsock.family, gsock.type, gsock.proto
+    # gevent's own family/type/proto properties convert to enums (measurable per login);
+    # the socket it wraps has the plain ints.
+    inner = getattr(gsock, "_sock", gsock)
+    family, type_, proto = inner.family, inner.type, inner.proto
     fd = gsock.detach()
     sock = _socket.socket(family, type_, proto, fd)
     sock.setblocking(False)
     return sock
+
+
+def sendall(gsock: Any, data: bytes) -> None:
+    """``gsock.sendall(data)`` for the login phase, minus gevent's overhead when the kernel
+    takes it all at once (nearly always: login messages are small). gevent's sendall asks
+    the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
+    raw = getattr(gsock, "_sock", None)  # None for a TLS stream: it encrypts in sendall
+    if raw is not None and data:
+        try:
+            sent = raw.send(data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    gsock.sendall(data)
 
 
 def recv_exact(gsock: Any, size: int) -> bytes:
