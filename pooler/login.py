@@ -26,6 +26,7 @@ from pooler.auth.md5 import md5_secret, verify_md5_response
 from pooler.auth.scram import ChannelBindingError, ScramSecret, ScramServer
 from pooler.client import Client
 from pooler.config import TenantConfig, UserConfig
+from pooler.loginio import LoginSocket
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -69,7 +70,12 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         pass
     timeout = gevent.Timeout(node.settings.client_login_timeout)
     timeout.start()
-    sock: Any = gsock  # a tls.GreenTLS once the client asked for TLS
+    # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
+    # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
+    # socket their own way, so they read from it directly.
+    plain = node.cluster is None and node.pgbouncer is None
+    sock: Any = LoginSocket(gsock) if plain else gsock
+    leftover = b""  # bytes the client pipelined past its last login message
     held: list[bytes] = []  # AuthenticationSASLFinal: it leaves with what follows it
     try:
         startup, sock = _read_startup(sock, node)
@@ -82,7 +88,9 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         pool, pid, key, message, settings = welcome
         try:
             netio.sendall(sock, b"".join(held) + message if held else message)
-            pipelined = tls.is_tls(sock) and sock.pending()
+            if type(sock) is LoginSocket:
+                leftover = sock.take()
+            pipelined = leftover or (tls.is_tls(sock) and sock.pending())
             sock = tls.detach(sock)
         except BaseException:
             pool.client_left()
@@ -114,9 +122,11 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     if pool.key.mode == "statement":
         from pooler.pgbouncer.statement import StatementClient as client_class
     client = client_class(sock, node, pool, addr, pid, key, settings)
+    if leftover:
+        client.carry = leftover  # Conn.recv hands it over even if nothing more comes
     node.client_opened(client)
     client.start()
-    if pipelined:  # already decrypted: no watcher would see it
+    if pipelined:  # already decrypted, or read ahead: no watcher would see it
         gevent.get_hub().loop.run_callback(client._on_client_readable)
 
 
@@ -151,6 +161,9 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
                     "direct TLS connection refused: this Greenvisor has no TLS certificate "
                     "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
                 )
+            if type(gsock) is LoginSocket:  # the rest of the ClientHello may be held
+                header += gsock.take()
+                gsock = gsock.sock
             return None, tls.accept(gsock, server_tls, header)
         length = startup_packet_length(header)
         packet = parse_startup_packet(header + netio.recv_exact(gsock, length - 4))
@@ -160,7 +173,8 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
             tls.check_nothing_follows(gsock)
             if isinstance(packet, SSLRequest) and server_tls is not None:
                 netio.sendall(gsock, b"S")
-                return None, tls.accept(gsock, server_tls)
+                raw = gsock.sock if type(gsock) is LoginSocket else gsock
+                return None, tls.accept(raw, server_tls)
             netio.sendall(gsock, b"N")
             continue
         return packet, gsock

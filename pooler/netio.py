@@ -132,6 +132,9 @@ class Conn:
                 n = self.sock.recv_into(view[k:])
         except OSError as exc:
             if exc.errno in _AGAIN:
+                if k:  # e.g. bytes the login read ahead: deliver them, nothing new came
+                    self.carry = b""
+                    return view, k
                 return view, -1
             raise
         if n == 0:
