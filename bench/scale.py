@@ -8,11 +8,11 @@ tenant and many small idle tenants, then
 
 1. logs in to the idle tenants one by one and reads the local coordinator's
    ``pools/*.owner`` files to learn which worker owns each pool, and picks the same number
-   of idle tenants owned by every worker. Why: a client that lands (SO_REUSEPORT) on a worker
-   that does not own its pool is relayed to the owner over an internal connection, so the
-   owner holds one more file per relayed client; spreading ownership evenly spreads those
-   files, and every worker needs about 3 x clients / W descriptors (its own clients, their
-   relays out, the relays in to its pools), under the ~20,000 a process may open;
+   of idle tenants owned by every worker, so the pools' servers and any relayed traffic
+   spread evenly. (A client that lands, by SO_REUSEPORT, on a worker that does not own its
+   pool is parked there: one descriptor, like a client of the owner; the internal
+   connection to the owner opens only at its first query. Before parking, every relayed
+   idle client also held two descriptors of an internal connection.)
 2. runs pgbench (-S -M extended -c 100 -j 2, the pgbench tenant's pool 20) for the baseline;
 3. starts L load processes (bench/scale_load.py), each from its own loopback source
    address(es) (each source/destination pair has only ~28,000 ephemeral ports), which log
@@ -397,7 +397,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--throughput", action="store_true", help="--workers 1 vs 2 instead")
     p.add_argument("--clients", type=int, default=100_000, help="idle clients (100000)")
-    p.add_argument("--workers", type=int, default=24, help="runpooler --workers (24)")
+    p.add_argument("--workers", type=int, default=8, help="runpooler --workers (8)")
     p.add_argument("--loaders", type=int, default=8, help="load processes (8)")
     p.add_argument(
         "--tenants-per-worker", type=int, default=2, help="idle tenants owned by each worker (2)"

@@ -76,11 +76,14 @@ class ConfigSnapshot:
     tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
     #: external_id by lower-cased sni_hostname, built from ``tenants``.
     by_sni: Mapping[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+    #: Some tenant has a client_idle_timeout (else the janitor need not look at idle clients).
+    idle_timeouts: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         tenants = self.tenants.values()
         index = {t.sni_hostname.lower(): t.external_id for t in tenants if t.sni_hostname}
         object.__setattr__(self, "by_sni", index)
+        object.__setattr__(self, "idle_timeouts", any(t.client_idle_timeout for t in tenants))
 
     def tenant(self, external_id: str) -> TenantConfig | None:
         return self.tenants.get(external_id)

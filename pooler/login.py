@@ -118,16 +118,24 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     finally:
         timeout.close()
+    client = serve(sock, node, pool, addr, pid, key, settings)
+    if leftover:
+        client.carry = leftover  # Conn.recv hands it over even if nothing more comes
+    if pipelined:  # already decrypted, or read ahead: no watcher would see it
+        gevent.get_hub().loop.run_callback(client._on_client_readable)
+
+
+def serve(
+    sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes, settings: dict[str, str]
+) -> Client:
+    """Make a logged-in socket one of the node's relayed clients."""
     client_class = Client
     if pool.key.mode == "statement":
         from pooler.pgbouncer.statement import StatementClient as client_class
     client = client_class(sock, node, pool, addr, pid, key, settings)
-    if leftover:
-        client.carry = leftover  # Conn.recv hands it over even if nothing more comes
     node.client_opened(client)
     client.start()
-    if pipelined:  # already decrypted, or read ahead: no watcher would see it
-        gevent.get_hub().loop.run_callback(client._on_client_readable)
+    return client
 
 
 def _peer(addr: Any) -> str:
@@ -229,14 +237,25 @@ def _login(
     if user is None:
         user = authquery.passthrough_user(user_name, mode)
     database = startup.database if "database" in startup.params else tenant.db_database
+    requested = client_settings(startup.settings())
     if node.cluster is not None:
         from pooler.cluster.internal import relay_client
 
-        if relay_client(gsock, node, tenant, user, database, mode, startup.settings()):
-            return None  # another node owns the pool: this client is piped there
+        if relay_client(gsock, addr, node, tenant, user, database, mode, requested):
+            return None  # another node owns the pool: this client is piped (or parked)
     pool = node.pool_for(tenant, user, database, mode)
     if keys is not None:
         authquery.install(pool, *keys)
+    admit(pool, node)
+    settings = expected_settings(requested, pool.server_params)
+    pid, key = node.new_backend_key()
+    return pool, pid, key, welcome(pool.server_params, settings, pid, key), settings
+
+
+def admit(pool: Pool, node: Node) -> None:
+    """Count a new client into ``pool`` (53300 when it is full) and make sure the pool has
+    a logged-in server, so its ParameterStatus is known and a wrong upstream setting is
+    reported to the first client at once. On failure the client is counted out again."""
     if not pool.client_joined():
         raise LoginFailed(
             "53300",
@@ -245,25 +264,26 @@ def _login(
         )
     try:
         if pool.server_params is None:
-            # Leave time to tell the client why, before client_login_timeout cuts it off.
-            _warm_up(
-                pool, min(pool.limits.checkout_timeout, node.settings.client_login_timeout * 0.8)
-            )
-        settings = _settings(startup, pool)
-        pid, key = node.new_backend_key()
-        message = _welcome(pool, settings, pid, key)
+            warm_up_for(pool, node)
     except BaseException:
         pool.client_left()
         raise
-    return pool, pid, key, message, settings
 
 
-def _settings(startup: StartupMessage, pool: Pool) -> dict[str, str]:
-    """The session parameters this client expects: its own, else what the pool reports."""
-    settings = client_settings(startup.settings())
-    server_params = pool.server_params or {}
+def warm_up_for(pool: Pool, node: Node) -> None:
+    """_warm_up, leaving time to tell the client why before client_login_timeout cuts the
+    login off."""
+    _warm_up(pool, min(pool.limits.checkout_timeout, node.settings.client_login_timeout * 0.8))
+
+
+def expected_settings(
+    requested: dict[str, str], server_params: dict[str, str] | None
+) -> dict[str, str]:
+    """The session parameters a client expects: its own (``requested``, from
+    params.client_settings), else what the pool's servers report."""
+    settings = dict(requested)
     for name in REPORTED.values():
-        if name not in settings and name in server_params:
+        if name not in settings and server_params and name in server_params:
             settings[name] = server_params[name]
     return settings
 
@@ -275,8 +295,12 @@ _GREETINGS_LIMIT = 1024
 _READY_IDLE = builders.ready_for_query(b"I")
 
 
-def _welcome(pool: Pool, settings: dict[str, str], pid: int, key: bytes) -> bytes:
-    reported = dict(pool.server_params or {})
+def welcome(
+    server_params: dict[str, str] | None, settings: dict[str, str], pid: int, key: bytes
+) -> bytes:
+    """AuthenticationOk, the ParameterStatus a client of these servers expects, its
+    BackendKeyData and ReadyForQuery: the bytes that end a login."""
+    reported = dict(server_params or {})
     for name in REPORTED.values():
         if name in settings:
             reported[name] = settings[name]

@@ -146,6 +146,19 @@ def _node_totals(node: Node) -> Iterable[Metric]:
         ("config_version", "Configuration version this node runs", snapshot.version),
         ("greenlets", "Live greenlets in this process (a leak check)", _greenlets()),
     ]
+    parked = list(node.cluster.parked.values()) if node.cluster is not None else []
+    totals += [
+        (
+            "relayed_clients",
+            "Clients on this node whose pool another node owns (parked ones included)",
+            len(parked),
+        ),
+        (
+            "parked_clients",
+            "Relayed clients that have not queried yet (no internal connection)",
+            sum(1 for p in parked if p.asleep),
+        ),
+    ]
     for name, doc, value in totals:
         yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
 

@@ -131,12 +131,12 @@ class Conn:
                 view[:k] = carry
                 n = self.sock.recv_into(view[k:])
         except OSError as exc:
-            if exc.errno in _AGAIN:
-                if k:  # e.g. bytes the login read ahead: deliver them, nothing new came
-                    self.carry = b""
-                    return view, k
+            if exc.errno not in _AGAIN:
+                raise
+            if not k:
                 return view, -1
-            raise
+            self.carry = b""  # nothing new: hand back what was carried (a parked
+            return view, k  # client's first bytes, see cluster.parked; or login read-ahead)
         if n == 0:
             return view, 0
         if k:

@@ -228,7 +228,7 @@ class Node:
                 pid = self.pid_prefix | (secrets.randbelow(0x1FFFFF) + 1)
             else:
                 pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
-            if pid not in self.clients:
+            if pid not in self.clients and (self.cluster is None or pid not in self.cluster.parked):
                 return pid, struct.pack("!I", secrets.randbits(32))
 
     def client_opened(self, client: Client) -> None:
@@ -243,6 +243,9 @@ class Node:
         if forward and self.cluster is not None and self.cluster.forward_cancel(pid, key):
             return  # another node issued that key
         client = self.clients.get(pid)
+        if client is None and self.cluster is not None:
+            self.cluster.cancel_parked(pid, key)  # a client this node relays to the owner
+            return
         if client is None or not secrets.compare_digest(client.key, key):
             return
         server = client.server
@@ -282,6 +285,12 @@ class Node:
     def _client_timeouts(self, now: float) -> None:
         idle_tx = self.settings.idle_transaction_timeout
         snapshot = self.registry.snapshot
+        if self.cluster is not None and self.cluster.parked:
+            from pooler.cluster.parked import expire
+
+            expire(self.cluster, now, snapshot)
+        if not idle_tx and not snapshot.idle_timeouts:
+            return  # nothing to enforce: no walk over every client each second
         for client in list(self.clients.values()):
             if client.server is None:
                 if client.pending is not None:
@@ -354,4 +363,7 @@ class Node:
         closed = sum(1 for c in self.clients.values() if c.pool.key.tenant == tenant)
         for pool in [p for k, p in self.pools.items() if k.tenant == tenant]:
             self._drop_pool(pool, reason)
+        if self.cluster is not None:
+            why = f"terminating connection: {reason}"
+            closed += self.cluster.close_parked(tenant, "57P01", why)
         return closed

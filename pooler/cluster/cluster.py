@@ -108,6 +108,8 @@ class Cluster:
         self.suspended = False
         self.guards: dict[PoolKey, Semaphore] = {}
         self.pipes: set[Any] = set()  # relayed clients (internal.PipeEnd pairs)
+        self.parked: dict[int, Any] = {}  # parked.Parked by BackendKeyData pid
+        self.params_cache: dict[PoolKey, tuple[float, str, dict[str, str]]] = {}
         self.draining = False  # the node is stopping: cut relays between transactions
         self.info: NodeInfo | None = None
         coordinator.on_state = self._on_state
@@ -140,6 +142,9 @@ class Cluster:
         let the transactions finish), so the next owner finds nothing to fence."""
         for pipe in list(self.pipes):
             pipe.shut()
+        for parked in list(self.parked.values()):
+            if parked.asleep:
+                parked.leave("57P01", "this Greenvisor node is leaving the cluster: reconnect")
         closed = 0
         for key in list(self.owned):
             pool = self.node.pools.get(key)
@@ -282,6 +287,19 @@ class Cluster:
                     pool.resume()
 
     # -- cancel ---------------------------------------------------------------------------
+
+    def cancel_parked(self, pid: int, key: bytes) -> None:
+        """A cancel for a client this node parked (and maybe piped to the owner since)."""
+        parked = self.parked.get(pid)
+        if parked is not None:
+            parked.cancel(key)
+
+    def close_parked(self, tenant: str, sqlstate: str, message: str) -> int:
+        """Close the tenant's parked clients that have not queried yet; how many."""
+        found = [p for p in self.parked.values() if p.asleep and p.key.tenant == tenant]
+        for parked in found:
+            parked.leave(sqlstate, message)
+        return len(found)
 
     def forward_cancel(self, pid: int, key: bytes) -> bool:
         """True when ``pid`` was issued by another node (the cancel is sent there)."""

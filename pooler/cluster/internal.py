@@ -5,16 +5,22 @@ Handshake on a fresh TCP connection to a node's internal port:
 1. the owner sends ``GVI1`` and a 32-byte random nonce;
 2. the peer sends a 4-byte length, a JSON request and HMAC-SHA256(cluster secret,
    nonce + request): ``{"op": "client", tenant, user, database, mode, params}`` for a
-   client it has authenticated, or ``{"op": "cancel", pid, key}``;
+   client it has authenticated, ``{"op": "params", ...the same}`` for the pool's server
+   parameters, or ``{"op": "cancel", pid, key}``;
 3. for a client the owner answers one byte: ``Y`` (then the client's welcome, or its FATAL
    when the pool cannot serve it, exactly as the owner would send it on its own port) or
-   ``N`` + a reason (not the owner any more: the peer looks the owner up again).
+   ``N`` + a reason (not the owner any more: the peer looks the owner up again). For
+   params: ``P`` + a 4-byte length + JSON, ``E`` + a FATAL ErrorResponse (the pool cannot
+   log in upstream), or ``N`` + a reason.
 
-After ``Y`` the peer is a byte pipe: the owner treats the connection as one of its own
-clients (a :class:`~pooler.client.Client`), so transactions, prepared statements, COPY and
-the BackendKeyData all come from the owner. The pipe is two detached sockets relayed by
-watcher callbacks on the hub (:class:`PipeEnd`), no greenlet per client; when one side's
-kernel buffer is full the other side stops being read until it drains (backpressure).
+A client that logs in on a node that does not own its pool is welcomed there with the
+owner's parameters and parked (pooler.cluster.parked); only its first bytes open the
+``client`` connection. After ``Y`` the peer is a byte pipe: the owner treats the connection
+as one of its own clients (a :class:`~pooler.client.Client`), so transactions, prepared
+statements, COPY and cancels all happen on the owner. The pipe is two detached sockets
+relayed by watcher callbacks on the hub (:class:`PipeEnd`), no greenlet per client; when
+one side's kernel buffer is full the other side stops being read until it drains
+(backpressure).
 """
 
 from __future__ import annotations
@@ -32,12 +38,11 @@ from gevent import get_hub
 from gevent import socket as gsocket
 
 from pooler import netio, tls
-from pooler.client import Client
 from pooler.config import TenantConfig, UserConfig
 from pooler.pool import PoolKey
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
-from pooler.protocol.params import REPORTED, client_settings
+from pooler.protocol.params import client_settings
 
 if TYPE_CHECKING:
     from pooler.cluster.cluster import Cluster
@@ -80,57 +85,87 @@ def _handshake(cluster: Cluster, info: NodeInfo, request: dict[str, Any]) -> Any
 
 def relay_client(
     gsock: Any,
+    addr: Any,
     node: Node,
     tenant: TenantConfig,
     user: UserConfig,
     database: str,
     mode: str,
-    params: dict[str, str],
+    requested: dict[str, str],
 ) -> bool:
-    """Hand an authenticated client to the pool's owner; False when this node owns it."""
+    """Serve an authenticated client whose pool another node owns: welcome it with the
+    owner's server parameters and park it until it sends something (see parked). False
+    when this node owns the pool (the caller serves the client itself)."""
+    from pooler.cluster.parked import NotOwner, owner_params, park
     from pooler.login import LoginFailed  # login imports nothing of the cluster
 
     cluster = node.cluster
     assert cluster is not None
     key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
+    request = _request_for(key, requested)
     deadline = time.monotonic() + node.settings.client_login_timeout * 0.8
     why = "no owner yet"
     while True:
         try:
-            with gevent.Timeout(COORDINATOR_TIMEOUT, LookupError("the coordinator is slow")):
-                owner = cluster.owner_for(key)
-        except Exception as exc:  # noqa: BLE001 - coordinator trouble: retry until the deadline
-            owner, why = None, str(exc) or exc.__class__.__name__
+            owner = lookup_owner(cluster, key)
+        except LookupError as exc:
+            why = str(exc)
         else:
             if owner is None:
                 return False
-            request = {
-                "op": "client",
-                "tenant": tenant.external_id,
-                "user": user.db_user_alias,
-                "database": database,
-                "mode": mode,
-                "params": params,
-            }
             try:
-                peer = _handshake(cluster, owner, request)
-                peer.settimeout(node.settings.client_login_timeout)  # the owner may warm up
-                answer = netio.recv_exact(peer, 1)
-                if answer == b"Y":
-                    pipelined = tls.is_tls(gsock) and gsock.pending()  # decrypted, unread
-                    _pipe(cluster, tls.detach(gsock), netio.detach(peer), bool(pipelined))
-                    return True
-                why = peer.recv(512).decode(errors="replace") or "refused"
-                peer.close()
+                server_params = owner_params(cluster, key, owner, request)
+            except NotOwner as exc:
+                why = str(exc)
             except (OSError, netio.ConnectionClosed) as exc:
                 why = f"node {owner.node_id} unreachable: {exc}"
+            else:
+                park(gsock, addr, node, key, request, server_params)
+                return True
         if time.monotonic() >= deadline:
-            raise LoginFailed(
-                "08006",
-                f"the cluster node serving {key} cannot be reached ({why}); retry shortly: "
-                "another node takes the pool over when that node's session expires",
-            )
+            raise LoginFailed("08006", unreachable_message(key, why))
         gevent.sleep(0.25)
+
+
+#: One (read-only) request dict per pool and client settings: a parked client keeps its
+#: request until it wakes, and most clients of a pool send the same settings.
+_REQUESTS: dict[tuple[PoolKey, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+
+
+def _request_for(key: PoolKey, requested: dict[str, str]) -> dict[str, Any]:
+    cache_key = (key, tuple(sorted(requested.items())))
+    request = _REQUESTS.get(cache_key)
+    if request is None:
+        if len(_REQUESTS) >= 4096:
+            _REQUESTS.clear()
+        request = _REQUESTS[cache_key] = {
+            "op": "client",
+            "tenant": key.tenant,
+            "user": key.user,
+            "database": key.database,
+            "mode": key.mode,
+            "params": requested,
+        }
+    return request
+
+
+def lookup_owner(cluster: Cluster, key: PoolKey) -> NodeInfo | None:
+    """cluster.owner_for with a time limit; LookupError (saying why) while nobody can be
+    named, so callers retry until their own deadline."""
+    try:
+        with gevent.Timeout(COORDINATOR_TIMEOUT, LookupError("the coordinator is slow")):
+            return cluster.owner_for(key)
+    except LookupError as exc:
+        raise LookupError(str(exc) or "no owner yet") from exc
+    except Exception as exc:  # noqa: BLE001 - coordinator trouble: retry until the deadline
+        raise LookupError(str(exc) or exc.__class__.__name__) from exc
+
+
+def unreachable_message(key: PoolKey, why: str) -> str:
+    return (
+        f"the cluster node serving {key} cannot be reached ({why}); retry shortly: "
+        "another node takes the pool over when that node's session expires"
+    )
 
 
 def send_cancel_to(cluster: Cluster, info: NodeInfo, pid: int, key: bytes) -> None:
@@ -152,7 +187,7 @@ def send_cancel_to(cluster: Cluster, info: NodeInfo, pid: int, key: bytes) -> No
 
 def handle_peer(gsock: Any, addr: Any, node: Node) -> None:
     """The internal port's listener entry point."""
-    from pooler.login import LoginFailed
+    from pooler.login import LoginFailed, serve
 
     cluster = node.cluster
     assert cluster is not None
@@ -171,18 +206,20 @@ def handle_peer(gsock: Any, addr: Any, node: Node) -> None:
             log.warning("internal connection from %s refused: bad cluster secret", addr)
             return
         request = json.loads(payload.decode())
-        if request.get("op") == "cancel":
+        op = request.get("op")
+        if op == "cancel":
             node.cancel(int(request["pid"]), bytes.fromhex(request["key"]), forward=False)
             return
-        if request.get("op") != "client":
+        if op not in ("client", "params"):
             return
         try:
+            if op == "params":
+                _send_params(gsock, node, cluster, request)
+                return
             accepted = _accept_client(gsock, node, cluster, request)
-        except LoginFailed as exc:
-            gsock.sendall(b"Y" + builders.error_response("FATAL", exc.sqlstate, exc.message))
-            return
-        except ProtocolError as exc:
-            gsock.sendall(b"Y" + builders.error_response("FATAL", exc.sqlstate, exc.message))
+        except (LoginFailed, ProtocolError) as exc:
+            tag = b"Y" if op == "client" else b"E"
+            gsock.sendall(tag + builders.error_response("FATAL", exc.sqlstate, exc.message))
             return
         if accepted is None:
             return
@@ -201,14 +238,12 @@ def handle_peer(gsock: Any, addr: Any, node: Node) -> None:
         return
     finally:
         timeout.close()
-    client = Client(sock, node, pool, addr, pid, key, settings)
-    node.client_opened(client)
-    client.start()
+    serve(sock, node, pool, addr, pid, key, settings)
 
 
-def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, Any]) -> Any:
-    from pooler.login import LoginFailed, _warm_up, _welcome
-
+def _owned_pool(gsock: Any, node: Node, cluster: Cluster, request: dict[str, Any]) -> Any:
+    """The pool a peer's request names, when this node owns it; else answer ``N`` + why
+    (the peer looks the owner up again) and return None."""
     snapshot = node.registry.snapshot
     tenant = snapshot.tenant(str(request["tenant"]))
     mode = str(request["mode"])
@@ -219,36 +254,40 @@ def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, 
     database = str(request["database"])
     key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
     try:
-        with gevent.Timeout(COORDINATOR_TIMEOUT, LookupError("the coordinator is slow")):
-            owner = cluster.owner_for(key)
-    except Exception as exc:  # noqa: BLE001 - coordinator trouble: the peer retries
-        gsock.sendall(b"N" + (str(exc) or exc.__class__.__name__).encode()[:400])
+        owner = lookup_owner(cluster, key)
+    except LookupError as exc:
+        gsock.sendall(b"N" + str(exc).encode()[:400])
         return None
     if owner is not None:
         gsock.sendall(b"N" + f"not the owner of {key}".encode())
         return None
-    pool = node.pool_for(tenant, user, database, mode)
-    if not pool.client_joined():
-        raise LoginFailed(
-            "53300",
-            f"too many client connections for {pool.key} (max_clients "
-            f"{pool.limits.max_clients}): close idle connections or raise max_clients",
-        )
-    try:
-        if pool.server_params is None:
-            _warm_up(
-                pool, min(pool.limits.checkout_timeout, node.settings.client_login_timeout * 0.8)
-            )
-        settings = client_settings({str(k): str(v) for k, v in request["params"].items()})
-        for name in REPORTED.values():
-            if name not in settings and name in (pool.server_params or {}):
-                settings[name] = (pool.server_params or {})[name]
-        pid, bkey = node.new_backend_key()
-        message = _welcome(pool, settings, pid, bkey)
-    except BaseException:
-        pool.client_left()
-        raise
-    return pool, pid, bkey, message, settings
+    return node.pool_for(tenant, user, database, mode)
+
+
+def _send_params(gsock: Any, node: Node, cluster: Cluster, request: dict[str, Any]) -> None:
+    """``P`` + length + JSON of the pool's server parameters (warming the pool up first)."""
+    from pooler.login import warm_up_for
+
+    pool = _owned_pool(gsock, node, cluster, request)
+    if pool is None:
+        return
+    if pool.server_params is None:
+        warm_up_for(pool, node)
+    payload = json.dumps(pool.server_params or {}).encode()
+    gsock.sendall(b"P" + len(payload).to_bytes(4, "big") + payload)
+
+
+def _accept_client(gsock: Any, node: Node, cluster: Cluster, request: dict[str, Any]) -> Any:
+    from pooler.login import admit, expected_settings, welcome
+
+    pool = _owned_pool(gsock, node, cluster, request)
+    if pool is None:
+        return None
+    requested = client_settings({str(k): str(v) for k, v in request["params"].items()})
+    admit(pool, node)
+    settings = expected_settings(requested, pool.server_params)
+    pid, bkey = node.new_backend_key()
+    return pool, pid, bkey, welcome(pool.server_params, settings, pid, bkey), settings
 
 
 # -- the pipe ---------------------------------------------------------------------------------
@@ -266,12 +305,13 @@ class PipeEnd(netio.Conn):
     moved were the owner's ReadyForQuery(idle), with nothing sent by the client since. One
     comparison per chunk, no message parsing."""
 
-    __slots__ = ("peer", "cluster", "to_owner", "at_rest")
+    __slots__ = ("peer", "cluster", "to_owner", "at_rest", "pid")
 
     peer: PipeEnd
     cluster: Cluster
     to_owner: bool
     at_rest: bool
+    pid: int  # the client side of a parked client that woke: its key in cluster.parked
 
     def on_readable(self) -> None:
         try:
@@ -306,8 +346,12 @@ class PipeEnd(netio.Conn):
         self.shut()
 
     def shut(self) -> None:
-        self.cluster.pipes.discard(self)
-        self.cluster.pipes.discard(self.peer)
+        cluster = self.cluster
+        cluster.pipes.discard(self)
+        cluster.pipes.discard(self.peer)
+        for end in (self, self.peer):
+            if end.pid:
+                cluster.parked.pop(end.pid, None)
         self.close_socket()
         self.peer.close_socket()
 
@@ -318,29 +362,38 @@ SHUTDOWN_REASON = (
 )
 
 
-def _pipe(cluster: Cluster, client_sock: Any, owner_sock: Any, pipelined: bool = False) -> None:
+def pipe(cluster: Cluster, client_sock: Any, owner_sock: Any, pid: int) -> tuple[PipeEnd, PipeEnd]:
+    """Relay ``client_sock`` (a socket or tls.TLSStream) and ``owner_sock`` both ways."""
     a = PipeEnd(client_sock)
     b = PipeEnd(owner_sock)
     a.peer, b.peer = b, a
     a.cluster = b.cluster = cluster
     a.to_owner, b.to_owner = False, True
     a.at_rest = b.at_rest = False
+    a.pid, b.pid = pid, 0
     cluster.pipes.add(a)
     cluster.pipes.add(b)
     a.start_reading(a.on_readable)
     b.start_reading(b.on_readable)
-    if pipelined:  # TLS already holds client bytes: no readiness event will announce them
+    if isinstance(client_sock, tls.TLSStream):  # decrypted bytes no readiness announces
         get_hub().loop.run_callback(a.on_readable)
+    return a, b
 
 
 def drain(cluster: Cluster) -> None:
     """Stopping: cut relayed clients that are between transactions now, the others as soon
     as their transaction ends (see PipeEnd.on_readable)."""
     cluster.draining = True
+    for parked in list(cluster.parked.values()):
+        if parked.asleep:
+            parked.leave("57P01", SHUTDOWN_REASON)
     for end in list(cluster.pipes):
         if not end.to_owner and end.at_rest and not end.closed:
             end.leave()
 
 
 def busy(cluster: Cluster) -> int:
-    return sum(1 for end in cluster.pipes if not end.to_owner)
+    """Relayed clients a stopping node waits for: piped ones not cut yet, and parked ones
+    whose first query is being relayed."""
+    waking = sum(1 for p in cluster.parked.values() if p.waking)
+    return waking + sum(1 for end in cluster.pipes if not end.to_owner)

@@ -44,6 +44,7 @@ from pooler.pgbouncer.ini import (
     diff,
     load,
 )
+from pooler.protocol.params import client_settings
 
 if TYPE_CHECKING:
     from pooler.node import Node
@@ -234,7 +235,7 @@ class DropIn:
 
     def login(self, gsock: Any, startup: StartupMessage, addr: Any = None) -> Any:
         """Authenticate and route a plain-user login; what ``pooler.login._login`` returns."""
-        from pooler.login import LoginFailed, _settings, _warm_up, _welcome
+        from pooler.login import LoginFailed, _warm_up, expected_settings, welcome
         from pooler.pgbouncer.clientauth import authenticate
 
         config = self.config
@@ -285,6 +286,7 @@ class DropIn:
             )
         pool = self.node.pool_for(tenant, user, db_entry.dbname or database, user.mode_type)
         self._pass_through(pool, user, keys if pool_user == name else None)
+        requested = client_settings(startup.settings())
         self._check_room()  # no yield from here to client_joined: the count stays right
         if not pool.client_joined():
             raise LoginFailed(
@@ -297,9 +299,9 @@ class DropIn:
                 wait = min(pool.limits.checkout_timeout, self.node.settings.client_login_timeout)
                 _warm_up(pool, wait * 0.8)
             self._pause_if_paused(pool)  # after the warm-up: a new pool needs one server
-            settings = _settings(startup, pool)
+            settings = expected_settings(requested, pool.server_params)
             pid, key = self.node.new_backend_key()
-            message = _welcome(pool, settings, pid, key)
+            message = welcome(pool.server_params, settings, pid, key)
         except BaseException:
             pool.client_left()
             raise

@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from gevent.event import Event
 
-from pooler import metrics, runtime
 from pooler.config import MODE_TRANSACTION
-from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
+from pooler.listener import ListenError, http_listener, protocol_listener, stop_all
 from pooler.login import handle_client
 from pooler.node import Node, NodeSettings
 from pooler.pgbouncer import upkeep
@@ -71,7 +69,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
     from django.core.wsgi import get_wsgi_application
 
     from pooler.configsync import ConfigSync
-    from pooler.management.commands.runpooler import _db_call
+    from pooler.management.commands.runpooler import _db_call, start_serving, stop_on_signals
     from tenants.services import build_snapshot, config_version
 
     if os.environ.get("GREENVISOR_REUSE_PORT") == "1" or opts.get("workers", 1) > 1:
@@ -130,15 +128,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
 
     node.apply_snapshot(sync.load_now())
 
-    stop = Event()
-    signals = [0]
-
-    def on_signal() -> None:
-        signals[0] += 1
-        if signals[0] > 1:
-            log.warning("greenvisor: second signal, exiting now")
-            os._exit(1)
-        stop.set()
+    stop = stop_on_signals()
 
     def on_hup() -> None:
         try:
@@ -161,13 +151,8 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
         gevent.spawn(wait)
 
     dropin.shutdown_hook = on_shutdown
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, on_signal)
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
-    runtime.current.node = node
-    metrics.install(node)
-    runtime.current.listeners = listeners
-    start_all(listeners)
+    start_serving(node, listeners)
     log.info(
         "greenvisor: serving pgbouncer.ini %s (%d databases) and %d metadata-DB tenants",
         config.path,

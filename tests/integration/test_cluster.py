@@ -27,6 +27,7 @@ import requests
 from tests import conftest
 from tests.support import zookeeper
 from tests.support.certs import TestCA
+from tests.support.net import WireClient, parse_error_fields
 from tests.support.pg import PgCluster, find_bindir
 from tests.support.pooler import PoolerProcess, run_manage, tenant_doc, user_doc
 
@@ -310,6 +311,89 @@ def test_cancel_sent_to_a_non_owner_reaches_the_query(
         conn.close()
 
 
+def _api(node: PoolerProcess, method: str, path: str, **kwargs: Any) -> Any:
+    token = run_manage(["minttoken", "--ttl", "600"], node.env).stdout.strip()
+    response = requests.request(
+        method,
+        f"http://{node.host}:{node.http_port}/api/{path}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+        **kwargs,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _client_rows(node: PoolerProcess) -> int:
+    return len(_api(node, "GET", f"tenants/{TENANT}/clients")["data"])
+
+
+def _metric(node: PoolerProcess, name: str) -> float:
+    text = requests.get(f"http://{node.host}:{node.http_port}/metrics", timeout=10).text
+    found = re.search(rf"^greenvisor_{name} (\S+)$", text, re.M)
+    assert found, f"greenvisor_{name} missing from /metrics"
+    return float(found.group(1))
+
+
+def _open_files(node: PoolerProcess) -> int:
+    assert node.proc is not None
+    return len(os.listdir(f"/proc/{node.proc.pid}/fd"))
+
+
+def test_idle_clients_on_a_non_owner_are_parked_until_they_query(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    owner = owner_of(nodes)
+    other = next(n for n in nodes if n is not owner)
+    on_owner = _client_rows(owner)
+    files = _open_files(other)
+    conns = [connect(other, sslmode=mode) for mode in ("disable", "require") * 5]
+    try:
+        # Logged in and welcomed (parameters from the owner's servers), but no internal
+        # connection yet: one descriptor per client on the node, nothing on the owner.
+        assert all(c.info.parameter_status("server_version") for c in conns)
+        assert _client_rows(owner) == on_owner
+        assert _open_files(other) - files < 15, "parked clients hold more than their socket"
+        assert _metric(other, "parked_clients") == len(conns)
+        for i, conn in enumerate(conns):
+            with conn.cursor() as cur:
+                cur.execute("SELECT %s::int", (i,))
+                assert cur.fetchone() == (i,)
+            conn.commit()
+        assert _client_rows(owner) == on_owner + len(conns)
+        assert _metric(other, "parked_clients") == 0
+        assert _metric(other, "relayed_clients") == len(conns)
+    finally:
+        for conn in conns:
+            conn.close()
+    deadline = time.monotonic() + 5
+    while _client_rows(owner) != on_owner or _metric(other, "relayed_clients"):
+        assert time.monotonic() < deadline, "relayed clients that left are still counted"
+        time.sleep(0.1)
+
+
+def test_client_idle_timeout_closes_parked_clients(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    owner = owner_of(nodes)
+    other = next(n for n in nodes if n is not owner)
+    applied = other.log_text().count("applied")
+    _api(other, "PATCH", f"tenants/{TENANT}", json={"tenant": {"client_idle_timeout": 1}})
+    try:
+        deadline = time.monotonic() + 5
+        while other.log_text().count("applied") == applied:
+            assert time.monotonic() < deadline, "the change did not reach the node"
+            time.sleep(0.05)
+        with WireClient(other.host, other.transaction_port) as wire:
+            assert wire.login(f"{ROLE}.{TENANT}", PW, ROLE) == {}
+            kind, body = wire.read_message()  # sent by the node within ~2 s, unasked
+            assert kind == b"E", (kind, body)
+            fields = parse_error_fields(body)
+            assert fields["C"] == "57P05" and "client_idle_timeout" in fields["M"], fields
+    finally:
+        _api(other, "PATCH", f"tenants/{TENANT}", json={"tenant": {"client_idle_timeout": 0}})
+
+
 def test_config_change_through_a_reaches_c_within_a_second(nodes: list[PoolerProcess]) -> None:
     a, b, c = nodes
     token = run_manage(["minttoken", "--ttl", "600"], a.env).stdout.strip()
@@ -430,6 +514,7 @@ def test_kill_9_of_the_owner_clients_recover_by_reconnecting(
         threading.Thread(target=_client_loop, args=(n, stop, r), daemon=True)
         for n, r in zip((b, c, b, c), records, strict=True)
     ]
+    parked = [connect(b), connect(c)]  # logged in, never queried: parked, not relayed
     for t in threads:
         t.start()
     try:
@@ -455,6 +540,11 @@ def test_kill_9_of_the_owner_clients_recover_by_reconnecting(
             waited = r["recovered_at"] - killed
             assert waited <= budget + 0.5, f"served again {waited:.2f} s after the kill"
     assert owner_of(nodes) in (b, c)
+    for conn in parked:  # a parked client outlives the owner without reconnecting
+        with conn.cursor() as cur:
+            cur.execute("SELECT 42")
+            assert cur.fetchone() == (42,)
+        conn.close()
 
 
 def test_paused_owner_past_its_session_is_fenced(

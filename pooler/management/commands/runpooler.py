@@ -264,22 +264,8 @@ class Command(BaseCommand):
             os._exit(1)
         node.apply_snapshot(sync.load_now())
         internal = join_cluster(node, sync, opts)
-        stop = Event()
-        signals = [0]
-
-        def on_signal() -> None:
-            signals[0] += 1
-            if signals[0] > 1:
-                log.warning("greenvisor: second signal, exiting now")
-                os._exit(1)
-            stop.set()
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(signum, on_signal)
-        runtime.current.node = node
-        metrics.install(node)
-        runtime.current.listeners = listeners
-        start_all(listeners)
+        stop = stop_on_signals()
+        start_serving(node, listeners)
         log.info(
             "greenvisor: serving %d tenants (configuration version %s)",
             len(node.registry.snapshot.tenants),
@@ -328,6 +314,32 @@ class Command(BaseCommand):
             client.fatal("57P01", SHUTDOWN_MESSAGE)
         gevent.killall(housekeeping, timeout=1)
         log.info("greenvisor: stopped")
+
+
+def stop_on_signals() -> Event:
+    """An event set by the first SIGTERM or SIGINT (a graceful stop); a second one exits
+    at once."""
+    stop = Event()
+    signals = [0]
+
+    def on_signal() -> None:
+        signals[0] += 1
+        if signals[0] > 1:
+            log.warning("greenvisor: second signal, exiting now")
+            os._exit(1)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, on_signal)
+    return stop
+
+
+def start_serving(node: Node, listeners: list[Any]) -> None:
+    """Publish the node to the HTTP side and metrics, then open the listeners."""
+    runtime.current.node = node
+    metrics.install(node)
+    runtime.current.listeners = listeners
+    start_all(listeners)
 
 
 def _raise_fd_limit() -> None:

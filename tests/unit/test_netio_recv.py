@@ -1,0 +1,57 @@
+"""netio.Conn.recv: carried bytes, nothing to read, end of file.
+
+A parked cluster client's first bytes are read before it is handed to a Client (see
+pooler.cluster.parked) and given to it as ``carry``; the Client's first read must return
+them even when the kernel has nothing more, instead of reporting "nothing to read yet".
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from pooler import netio
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def pair() -> tuple[netio.Conn, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    conn = netio.Conn(ours)
+    yield conn, theirs
+    conn.close_socket()
+    theirs.close()
+
+
+def test_nothing_to_read_is_minus_one(pair: tuple[netio.Conn, socket.socket]) -> None:
+    conn, _ = pair
+    assert conn.recv()[1] == -1
+
+
+def test_carried_bytes_come_back_when_the_kernel_has_none(
+    pair: tuple[netio.Conn, socket.socket],
+) -> None:
+    conn, _ = pair
+    conn.carry = b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    view, n = conn.recv()
+    assert bytes(view[:n]) == b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    assert conn.carry == b""
+    assert conn.recv()[1] == -1  # handed back once, not again
+
+
+def test_carried_bytes_come_first(pair: tuple[netio.Conn, socket.socket]) -> None:
+    conn, theirs = pair
+    conn.carry = b"Q\x00\x00"
+    theirs.sendall(b"\x00\x0dSELECT 1\x00")
+    view, n = conn.recv()
+    assert bytes(view[:n]) == b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    assert conn.carry == b""
+
+
+def test_end_of_file_is_zero(pair: tuple[netio.Conn, socket.socket]) -> None:
+    conn, theirs = pair
+    theirs.close()
+    assert conn.recv()[1] == 0
