@@ -18,7 +18,9 @@ import errno
 from typing import Any
 
 from gevent import get_hub
+from gevent.socket import socket as GeventSocket
 
+from pooler.loginio import LoginSocket
 from pooler.protocol.errors import ProtocolError
 
 #: One receive buffer for every relay callback: callbacks run one at a time and never keep
@@ -48,10 +50,10 @@ def sendall(gsock: Any, data: bytes) -> None:
     """``gsock.sendall(data)`` for the login phase, minus gevent's overhead when the kernel
     takes it all at once (nearly always: login messages are small). gevent's sendall asks
     the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
-    raw = getattr(gsock, "_sock", None)  # None for a TLS stream: it encrypts in sendall
-    if raw is not None and data:
+    inner = gsock.sock if type(gsock) is LoginSocket else gsock
+    if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
         try:
-            sent = raw.send(data)
+            sent = inner._sock.send(data)
         except OSError as exc:
             if exc.errno not in _AGAIN:
                 raise

@@ -188,3 +188,45 @@ def test_welcome_and_sasl_final_are_well_formed_together() -> None:
     assert kind == ord("R") and body[:4] == struct.pack("!i", 12) and body[4:] == b"v=abc"
     assert netio.read_message(sock, 8192) == (ord("R"), struct.pack("!i", 0))
     assert netio.read_message(sock, 8192) == (ord("Z"), b"I")
+
+
+def test_sendall_fast_path_on_a_gevent_socket_and_the_wrapper() -> None:
+    import gevent.socket
+
+    left, right = socket.socketpair()
+    green = gevent.socket.socket(fileno=left.detach())
+    with green, right:
+        netio.sendall(green, b"one")
+        netio.sendall(LoginSocket(green), b"two")
+        big = b"x" * (4 << 20)  # more than the kernel takes at once: the rest via gevent
+
+        def reader() -> bytes:
+            got = b""
+            while len(got) < 6 + len(big):
+                got += right.recv(1 << 20)
+            return got
+
+        import gevent
+
+        receiving = gevent.get_hub().threadpool.spawn(reader)
+        netio.sendall(green, big)
+        assert receiving.get(timeout=30) == b"onetwo" + big
+
+
+def test_sendall_leaves_other_streams_to_their_own_sendall() -> None:
+    """A TLS stream (or anything not a bare gevent socket) encrypts in its own sendall: the
+    fast path must never write around it, whatever attributes it has."""
+
+    class Stream:
+        _sock = "must not be used"
+
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        def sendall(self, data: bytes) -> None:
+            self.sent.append(data)
+
+    stream = Stream()
+    netio.sendall(stream, b"secret")
+    netio.sendall(LoginSocket(stream), b"more")
+    assert stream.sent == [b"secret", b"more"]
