@@ -25,6 +25,7 @@ Nothing here touches sockets; the login greenlet calls it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import OrderedDict
@@ -48,8 +49,12 @@ def _networks(allow_list: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+@functools.lru_cache(maxsize=4096)
 def address_allowed(allow_list: tuple[str, ...], address: str) -> bool:
-    """True when ``address`` (an IP string, maybe IPv4-mapped IPv6) is in ``allow_list``."""
+    """True when ``address`` (an IP string, maybe IPv4-mapped IPv6) is in ``allow_list``.
+
+    Cached: a pure function of its arguments, and parsing the address and every network
+    on each login showed in login profiles (clients mostly come back from the same hosts)."""
     if not allow_list:
         return True
     try:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 from gevent.pool import Pool as GreenletPool
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
@@ -90,6 +91,10 @@ def protocol_listener(
     reuse_port: bool = False,
 ) -> Listener:
     address = _address(host, port, reuse_port, option, name)
+    # One greenlet per login: gevent records each new greenlet's spawning greenlet, tree
+    # locals and stack by default (debugging aids nothing here reads), which showed in
+    # login profiles. Process-wide, so set where the listeners are made.
+    gevent.config.track_greenlet_tree = False
     server = StreamServer(
         address,
         handle,

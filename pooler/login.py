@@ -26,6 +26,7 @@ from pooler.auth.md5 import md5_secret, verify_md5_response
 from pooler.auth.scram import ChannelBindingError, ScramSecret, ScramServer
 from pooler.client import Client
 from pooler.config import TenantConfig, UserConfig
+from pooler.loginio import LoginSocket
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -69,19 +70,27 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         pass
     timeout = gevent.Timeout(node.settings.client_login_timeout)
     timeout.start()
-    sock: Any = gsock  # a tls.GreenTLS once the client asked for TLS
+    # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
+    # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
+    # socket their own way, so they read from it directly.
+    plain = node.cluster is None and node.pgbouncer is None
+    sock: Any = LoginSocket(gsock) if plain else gsock
+    leftover = b""  # bytes the client pipelined past its last login message
+    held: list[bytes] = []  # AuthenticationSASLFinal: it leaves with what follows it
     try:
         startup, sock = _read_startup(sock, node)
         if startup is None:  # TLS is up: the startup packet comes inside it
             startup, sock = _read_startup(sock, node)
         assert startup is not None
-        welcome = _login(sock, startup, addr, node, mode)
+        welcome = _login(sock, startup, addr, node, mode, held)
         if welcome is None:
             return
         pool, pid, key, message, settings = welcome
         try:
-            sock.sendall(message)
-            pipelined = tls.is_tls(sock) and sock.pending()
+            netio.sendall(sock, b"".join(held) + message if held else message)
+            if type(sock) is LoginSocket:
+                leftover = sock.take()
+            pipelined = leftover or (tls.is_tls(sock) and sock.pending())
             sock = tls.detach(sock)
         except BaseException:
             pool.client_left()
@@ -91,6 +100,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
             raise
         _refuse(
             sock,
+            held,
             "08P01",
             "timed out waiting for the login to complete "
             "(client_login_timeout): check the client's network and credentials",
@@ -98,18 +108,20 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         return
     except LoginFailed as exc:
         log.info("login refused for %s: %s %s", _peer(addr), exc.sqlstate, exc.message)
-        _refuse(sock, exc.sqlstate, exc.message)
+        _refuse(sock, held, exc.sqlstate, exc.message)
         return
     except ProtocolError as exc:
         log.info("protocol violation from %s: %s", _peer(addr), exc.message)
-        _refuse(sock, exc.sqlstate, exc.message)
+        _refuse(sock, held, exc.sqlstate, exc.message)
         return
     except (netio.ConnectionClosed, OSError):
         return
     finally:
         timeout.close()
     client = serve(sock, node, pool, addr, pid, key, settings)
-    if pipelined:  # already decrypted: no watcher would see it
+    if leftover:
+        client.carry = leftover  # Conn.recv hands it over even if nothing more comes
+    if pipelined:  # already decrypted, or read ahead: no watcher would see it
         gevent.get_hub().loop.run_callback(client._on_client_readable)
 
 
@@ -132,9 +144,9 @@ def _peer(addr: Any) -> str:
     return str(addr)
 
 
-def _refuse(gsock: Any, sqlstate: str, message: str) -> None:
+def _refuse(gsock: Any, held: list[bytes], sqlstate: str, message: str) -> None:
     try:
-        gsock.sendall(builders.error_response("FATAL", sqlstate, message))
+        netio.sendall(gsock, b"".join(held) + builders.error_response("FATAL", sqlstate, message))
     except OSError:
         pass
 
@@ -157,6 +169,9 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
                     "direct TLS connection refused: this Greenvisor has no TLS certificate "
                     "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
                 )
+            if type(gsock) is LoginSocket:  # the rest of the ClientHello may be held
+                header += gsock.take()
+                gsock = gsock.sock
             return None, tls.accept(gsock, server_tls, header)
         length = startup_packet_length(header)
         packet = parse_startup_packet(header + netio.recv_exact(gsock, length - 4))
@@ -165,22 +180,33 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
                 raise ProtocolError("encryption requested again on an encrypted connection")
             tls.check_nothing_follows(gsock)
             if isinstance(packet, SSLRequest) and server_tls is not None:
-                gsock.sendall(b"S")
-                return None, tls.accept(gsock, server_tls)
-            gsock.sendall(b"N")
+                netio.sendall(gsock, b"S")
+                raw = gsock.sock if type(gsock) is LoginSocket else gsock
+                return None, tls.accept(raw, server_tls)
+            netio.sendall(gsock, b"N")
             continue
         return packet, gsock
     raise ProtocolError("too many encryption requests before the startup message")
 
 
 def _login(
-    gsock: Any, startup: StartupMessage | CancelRequest, addr: Any, node: Node, mode: str
+    gsock: Any,
+    startup: StartupMessage | CancelRequest,
+    addr: Any,
+    node: Node,
+    mode: str,
+    held: list[bytes] | None = None,
 ) -> tuple[Pool, int, bytes, bytes, dict[str, str]] | None:
+    """Authenticate; return what to welcome the client with, or None when it was handled
+    (a cancel, or piped to another node). Bytes put in ``held`` (SASLFinal) are the
+    caller's to send ahead of the welcome or of the FATAL: one send instead of two."""
     if isinstance(startup, CancelRequest):
         node.cancel(startup.pid, startup.key)
         return None
     if startup.minor > 0 or startup.protocol_options:
-        gsock.sendall(builders.negotiate_protocol_version(0, sorted(startup.protocol_options)))
+        netio.sendall(
+            gsock, builders.negotiate_protocol_version(0, sorted(startup.protocol_options))
+        )
     snapshot = node.registry.snapshot
     user_name, tenant_id = split_tenant(startup.user)
     sni_tenant = snapshot.tenant_by_sni(tls.server_name(gsock))
@@ -203,7 +229,10 @@ def _login(
             "sslmode=require (or verify-full)",
         )
     user = tenant.find_user(user_name, mode) if tenant is not None else None
-    keys = _checked_login(gsock, addr, node, tenant, tenant_id, user_name, startup.user, user)
+    keys = _checked_login(gsock, addr, node, tenant, tenant_id, user_name, startup.user, user, held)
+    if held and node.cluster is not None:  # the relay below may hand the socket over
+        netio.sendall(gsock, b"".join(held))
+        held.clear()
     assert tenant is not None
     if user is None:
         user = authquery.passthrough_user(user_name, mode)
@@ -300,6 +329,7 @@ def _checked_login(
     user_name: str,
     login_name: str,
     user: UserConfig | None,
+    held: list[bytes] | None = None,
 ) -> tuple[tuple[bytes, bytes] | None, str | None] | None:
     """Allow list, bans, then authentication (pooler.bans); a failure is counted and
     answered no sooner than auth_failure_delay. Returns auth_query pass-through keys."""
@@ -313,8 +343,8 @@ def _checked_login(
         if banned:
             raise LoginFailed("28000", bans.ban_message(tenant_id, ip, banned))
         if user is None and tenant is not None and authquery.enabled(tenant):
-            return _authenticate_auth_query(gsock, node, tenant, user_name, login_name)
-        _authenticate(gsock, node, login_name, user)
+            return _authenticate_auth_query(gsock, node, tenant, user_name, login_name, held)
+        _authenticate(gsock, node, login_name, user, held)
         return None
     except LoginFailed as exc:
         if exc.sqlstate == "28P01" and node.bans.failed(ban_key):
@@ -324,7 +354,12 @@ def _checked_login(
 
 
 def _authenticate_auth_query(
-    gsock: Any, node: Node, tenant: TenantConfig, user_name: str, login_name: str
+    gsock: Any,
+    node: Node,
+    tenant: TenantConfig,
+    user_name: str,
+    login_name: str,
+    held: list[bytes] | None = None,
 ) -> tuple[tuple[bytes, bytes] | None, str | None]:
     """Check the client against the verifier the tenant's auth_query returns."""
     try:
@@ -342,16 +377,18 @@ def _authenticate_auth_query(
         _authenticate_md5(gsock, login_name, user if md5 else None, md5)
         return None, md5
     secret = found.scram if found is not None else None
-    server = _authenticate_scram(gsock, node, login_name, user if secret else None, secret)
+    server = _authenticate_scram(gsock, node, login_name, user if secret else None, secret, held)
     assert secret is not None and server.client_key is not None
     return (server.client_key, secret.server_key), None
 
 
-def _authenticate(gsock: Any, node: Node, login_name: str, user: UserConfig | None) -> None:
+def _authenticate(
+    gsock: Any, node: Node, login_name: str, user: UserConfig | None, held: list[bytes] | None
+) -> None:
     if node.settings.client_auth == "md5":
         _authenticate_md5(gsock, login_name, user)
     else:
-        _authenticate_scram(gsock, node, login_name, user)
+        _authenticate_scram(gsock, node, login_name, user, None, held)
 
 
 def _read_password_message(gsock: Any) -> bytes:
@@ -367,7 +404,7 @@ def _authenticate_md5(
     gsock: Any, login_name: str, user: UserConfig | None, secret: str | None = None
 ) -> None:
     salt = os.urandom(4)
-    gsock.sendall(builders.authentication_md5_password(salt))
+    netio.sendall(gsock, builders.authentication_md5_password(salt))
     response = parsers.parse_password_message(_read_password_message(gsock))
     if user is None:
         raise auth_failed(login_name)
@@ -383,13 +420,16 @@ def _authenticate_scram(
     login_name: str,
     user: UserConfig | None,
     secret: ScramSecret | None = None,
+    held: list[bytes] | None = None,
 ) -> ScramServer:
+    """The SCRAM exchange; with ``held`` the SASLFinal is appended there (the caller sends
+    it with the welcome) instead of sent on its own."""
     if secret is None:
         secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
     binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
     server = ScramServer(secret, channel_binding=binding)
     mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else ["SCRAM-SHA-256"]
-    gsock.sendall(builders.authentication_sasl(mechanisms))
+    netio.sendall(gsock, builders.authentication_sasl(mechanisms))
     try:
         mechanism, data = parsers.parse_sasl_initial_response(_read_password_message(gsock))
         if mechanism not in mechanisms:
@@ -398,7 +438,7 @@ def _authenticate_scram(
                 f"unsupported SASL mechanism {mechanism!r}: use {' or '.join(mechanisms)}",
             )
         first = server.client_first(data, plus=mechanism == "SCRAM-SHA-256-PLUS")
-        gsock.sendall(builders.authentication_sasl_continue(first))
+        netio.sendall(gsock, builders.authentication_sasl_continue(first))
         final = parsers.parse_sasl_response(_read_password_message(gsock))
         server_final = server.client_final(final)
     except ChannelBindingError as exc:  # the connection's fault, not the password's
@@ -407,7 +447,11 @@ def _authenticate_scram(
         raise auth_failed(login_name) from None
     if user is None:
         raise auth_failed(login_name)
-    gsock.sendall(builders.authentication_sasl_final(server_final))
+    final = builders.authentication_sasl_final(server_final)
+    if held is None:
+        netio.sendall(gsock, final)
+    else:
+        held.append(final)
     return server
 
 

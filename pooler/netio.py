@@ -18,7 +18,9 @@ import errno
 from typing import Any
 
 from gevent import get_hub
+from gevent.socket import socket as GeventSocket
 
+from pooler.loginio import LoginSocket
 from pooler.protocol.errors import ProtocolError
 
 #: One receive buffer for every relay callback: callbacks run one at a time and never keep
@@ -34,11 +36,32 @@ _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 def detach(gsock: Any) -> _socket.socket:
     """Take the file descriptor away from a gevent socket as a plain non-blocking socket."""
-    family, type_, proto = gsock.family, gsock.type, gsock.proto
+    # gevent's own family/type/proto properties convert to enums (measurable per login);
+    # the socket it wraps has the plain ints.
+    inner = getattr(gsock, "_sock", gsock)
+    family, type_, proto = inner.family, inner.type, inner.proto
     fd = gsock.detach()
     sock = _socket.socket(family, type_, proto, fd)
     sock.setblocking(False)
     return sock
+
+
+def sendall(gsock: Any, data: bytes) -> None:
+    """``gsock.sendall(data)`` for the login phase, minus gevent's overhead when the kernel
+    takes it all at once (nearly always: login messages are small). gevent's sendall asks
+    the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
+    inner = gsock.sock if type(gsock) is LoginSocket else gsock
+    if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
+        try:
+            sent = inner._sock.send(data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    gsock.sendall(data)
 
 
 def recv_exact(gsock: Any, size: int) -> bytes:
@@ -115,7 +138,7 @@ class Conn:
             if not k:
                 return view, -1
             self.carry = b""  # nothing new: hand back what was carried (a parked
-            return view, k  # client's first bytes, see cluster.parked)
+            return view, k  # client's first bytes, see cluster.parked; or login read-ahead)
         if n == 0:
             return view, 0
         if k:

@@ -55,6 +55,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from pooler import netio
+from pooler.loginio import LoginSocket
 from pooler.protocol.builders import error_response, ssl_request
 from pooler.protocol.errors import ProtocolError
 
@@ -280,6 +281,8 @@ def bytes_waiting(gsock: Any) -> bool:
     """Whether the peer already sent bytes we have not read (never waits). A peek on the
     socket itself: select() cannot watch descriptors above 1023, which a pooler holding
     thousands of clients hands out all the time."""
+    if type(gsock) is LoginSocket:
+        gsock = gsock.sock
     raw = getattr(gsock, "_sock", gsock)  # gevent's socket would wait on EAGAIN
     try:
         return bool(raw.recv(1, pysocket.MSG_PEEK | pysocket.MSG_DONTWAIT))
@@ -289,9 +292,14 @@ def bytes_waiting(gsock: Any) -> bool:
 
 def check_nothing_follows(gsock: Any) -> None:
     """CVE-2021-3935: refuse bytes sent right after an SSLRequest/GSSENCRequest, before our
-    answer (a man in the middle injecting plaintext ahead of the handshake)."""
-    if bytes_waiting(gsock):
-        gsock.recv(65536)  # read, so closing sends our FATAL and a FIN, not a reset
+    answer (a man in the middle injecting plaintext ahead of the handshake). Bytes a
+    pooler.loginio.LoginSocket read ahead count (Postgres checks its own buffer the same way)."""
+    held = getattr(gsock, "buffered", 0)
+    if held or bytes_waiting(gsock):
+        if held:
+            gsock.take()
+        if not held or bytes_waiting(gsock):
+            gsock.recv(65536)  # read, so closing sends our FATAL and a FIN, not a reset
         raise ProtocolError(
             "received unencrypted data after SSL request: this could be either a "
             "client-software bug or evidence of an attempted man-in-the-middle attack"

@@ -1,0 +1,82 @@
+"""Buffered reads for a client's login: one recv() takes whatever the kernel already has.
+
+Theory of operation. The login reads each message as a header then a body
+(:func:`pooler.netio.recv_exact`), which on a bare gevent socket is two recv() system calls
+per message, and a third when an SSLRequest is followed by the CVE-2021-3935 check. A
+client sends each login message in one piece, so the first recv() of a larger size gets
+the whole message: :class:`LoginSocket` wraps the gevent socket, reads up to
+:data:`READ_SIZE` bytes at a time and serves ``recv(n)`` from what it holds. Everything
+else (sendall, setsockopt, family...) goes to the wrapped socket unchanged, so the login
+code, which only calls ``recv`` through ``recv_exact``/``read_message``, does not change.
+
+Bytes the client sent ahead (before the server answered) are kept, never lost:
+
+- after an SSLRequest/GSSENCRequest they are the CVE-2021-3935 case, refused exactly as
+  bytes still in the kernel are (:attr:`LoginSocket.buffered`, checked by
+  :func:`pooler.tls.check_nothing_follows`);
+- before a TLS handshake (direct TLS) they go to the TLS layer with the header;
+- at the hand-off to the relay, :meth:`LoginSocket.take` gives them to the client's
+  :class:`pooler.netio.Conn` as its ``carry`` (a client that pipelines past its last
+  login message: its bytes are relayed as if they had arrived after the welcome);
+- :meth:`LoginSocket.detach` with bytes still held refuses (a path that did not take
+  them would drop them silently); only the plain single-node login uses this class.
+
+Sans-IO apart from the wrapped socket's ``recv``: tests drive it with any object that has
+one (tests/unit/test_loginio.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pooler.protocol.errors import ProtocolError
+
+#: What one recv() asks for: more than any login message a well-behaved client sends in
+#: one go (a startup packet is < 1 KB, SCRAM messages ~100 bytes).
+READ_SIZE = 8192
+
+
+class LoginSocket:
+    """A gevent socket during the login, with reads buffered (see the module docstring)."""
+
+    __slots__ = ("sock", "buf")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes: from what is held, else from one recv() of the socket
+        (which waits like the socket does); ``b""`` at EOF."""
+        buf = self.buf
+        if not buf:
+            buf = self.sock.recv(size if size > READ_SIZE else READ_SIZE)
+            if len(buf) <= size:
+                return buf  # the common case: exactly the message, or EOF
+        elif len(buf) <= size:
+            self.buf = b""
+            return buf
+        self.buf = buf[size:]
+        return buf[:size]
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes the client sent that were read but not consumed yet."""
+        return len(self.buf)
+
+    def take(self) -> bytes:
+        """The bytes held (and no longer held)."""
+        buf = self.buf
+        self.buf = b""
+        return buf
+
+    def detach(self) -> int:
+        if self.buf:
+            raise ProtocolError(
+                "the client sent data before the login completed: wait for ReadyForQuery"
+            )
+        fd: int = self.sock.detach()
+        return fd
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
