@@ -276,7 +276,7 @@ def scale_run(
         pgbench(procs, cluster, pooler, [pgb_user], 100, args.warmup)
     print("baseline pgbench (no idle clients):", flush=True)
     result["before"] = snapshot(pooler)
-    result["pgbench_without"] = pgbench(procs, cluster, pooler, [pgb_user], 100, args.duration)
+    result["pgbench_without"] = pgbench_reps(procs, cluster, pooler, pgb_user, args)
     users = [f"{br.BENCH_ROLE}.{t}" for t in chosen]
     print(
         f"opening {args.clients} idle clients from {args.loaders} load processes "
@@ -306,17 +306,30 @@ def scale_run(
         result["pooler_error_lines"] = {"count": len(problems), "first": problems[:5]}
         print(f"pooler log: {len(problems)} ERROR lines {problems[:3]}", flush=True)
         print("pgbench with the idle clients held:", flush=True)
-        result["pgbench_with"] = pgbench(procs, cluster, pooler, [pgb_user], 100, args.duration)
+        result["pgbench_with"] = pgbench_reps(procs, cluster, pooler, pgb_user, args)
     finally:
         stop_loaders(loaders)
     result["still_held_at_release"] = sum(ld.held or 0 for ld in loaders)
     time.sleep(3)
     print("baseline pgbench again (idle clients gone):", flush=True)
-    result["pgbench_without_after"] = pgbench(
-        procs, cluster, pooler, [pgb_user], 100, args.duration
-    )
+    result["pgbench_without_after"] = pgbench_reps(procs, cluster, pooler, pgb_user, args)
     procs.stop(pooler.child)
     summarize_scale(result)
+
+
+def pgbench_reps(
+    procs: br.Processes, cluster: br.Cluster, pooler: Pooler, user: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """``--scale-reps`` pgbench runs in a row (this VM's run-to-run spread is ~20%)."""
+    return [
+        pgbench(procs, cluster, pooler, [user], 100, args.duration) for _ in range(args.scale_reps)
+    ]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def summarize_scale(r: dict[str, Any]) -> None:
@@ -324,7 +337,8 @@ def summarize_scale(r: dict[str, Any]) -> None:
     rss_before = sum(before["workers_rss_kb"])
     rss_held = sum(held["workers_rss_kb"])
     clients = max(r.get("idle_clients", 0), 1)
-    base = (r["pgbench_without"]["tps"] + r["pgbench_without_after"]["tps"]) / 2
+    without = [run["tps"] for run in r["pgbench_without"] + r["pgbench_without_after"]]
+    with_ = [run["tps"] for run in r["pgbench_with"]]
     r["summary"] = {
         "idle_clients": r.get("idle_clients"),
         "still_held_at_release": r.get("still_held_at_release"),
@@ -332,10 +346,10 @@ def summarize_scale(r: dict[str, Any]) -> None:
         "workers_rss_mb_held": round(rss_held / 1024, 1),
         "rss_kb_per_idle_client": round((rss_held - rss_before) / clients, 2),
         "max_open_files_per_worker": max(held["workers_open_files"]),
-        "tps_without": r["pgbench_without"]["tps"],
-        "tps_with": r["pgbench_with"]["tps"],
-        "tps_without_after": r["pgbench_without_after"]["tps"],
-        "ratio_with_over_without_mean": round(r["pgbench_with"]["tps"] / base, 3),
+        "tps_without_before": [run["tps"] for run in r["pgbench_without"]],
+        "tps_with": with_,
+        "tps_without_after": [run["tps"] for run in r["pgbench_without_after"]],
+        "ratio_with_over_without_median": round(_median(with_) / _median(without), 3),
     }
     print(json.dumps(r["summary"], indent=1), flush=True)
 
@@ -414,6 +428,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=20, help="pgbench seconds (20)")
     p.add_argument("--warmup", type=int, default=5, help="pgbench warm-up seconds (5)")
     p.add_argument("--reps", type=int, default=2, help="throughput repetitions (2)")
+    p.add_argument(
+        "--scale-reps",
+        type=int,
+        default=3,
+        help="pgbench runs before, with and after the idle clients (3; medians compared)",
+    )
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (10)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)

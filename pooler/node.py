@@ -285,7 +285,7 @@ class Node:
     def _client_timeouts(self, now: float) -> None:
         idle_tx = self.settings.idle_transaction_timeout
         snapshot = self.registry.snapshot
-        if self.cluster is not None and self.cluster.parked:
+        if snapshot.idle_timeouts and self.cluster is not None and self.cluster.parked:
             from pooler.cluster.parked import expire
 
             expire(self.cluster, now, snapshot)
