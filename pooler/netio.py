@@ -52,16 +52,21 @@ def sendall(gsock: Any, data: bytes) -> None:
     the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
     inner = gsock.sock if type(gsock) is LoginSocket else gsock
     if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
-        try:
-            sent = inner._sock.send(data)
-        except OSError as exc:
-            if exc.errno not in _AGAIN:
-                raise
-            sent = 0
+        sent = send_now(inner._sock, data)
         if sent == len(data):
             return
         data = data[sent:]
     gsock.sendall(data)
+
+
+def send_now(sock: Any, data: Any) -> int:
+    """One non-blocking send(): how many bytes the kernel took (0 when its buffer is full)."""
+    try:
+        return int(sock.send(data))
+    except OSError as exc:
+        if exc.errno not in _AGAIN:
+            raise
+        return 0
 
 
 def recv_exact(gsock: Any, size: int) -> bytes:
@@ -152,12 +157,7 @@ class Conn:
         if self.outbuf is not None:
             self.outbuf += data
             return False
-        try:
-            sent = self.sock.send(data)
-        except OSError as exc:
-            if exc.errno not in _AGAIN:
-                raise
-            sent = 0
+        sent = send_now(self.sock, data)
         if sent == len(data):
             return True
         self.outbuf = bytearray(data[sent:])

@@ -460,12 +460,7 @@ class TLSStream:
             chunk = view[done : done + SEND_CHUNK]
             self.sslobj.write(chunk)
             out = self.outgoing.read()
-            try:
-                sent = self.sock.send(out)
-            except OSError as exc:
-                if exc.errno not in _AGAIN:
-                    raise
-                sent = 0
+            sent = netio.send_now(self.sock, out)
             if sent < len(out):
                 self.cipher += out[sent:]
                 self.owed = len(chunk)

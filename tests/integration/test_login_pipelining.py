@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import PASSWORDS, PoolerFactory
-from tests.support.net import WireClient, _Scram, parse_error_fields
+from tests.support.net import WireClient, parse_error_fields
 from tests.support.pg import PgCluster
 from tests.support.pooler import HOST, PoolerProcess, both_modes, tenant_doc
 
@@ -50,15 +50,8 @@ def test_query_pipelined_with_the_last_scram_message_is_answered(
     pooler: PoolerProcess, mode_port: str
 ) -> None:
     with WireClient(HOST, getattr(pooler, mode_port)) as client:
-        client.send_startup({"user": f"{USER}.t1", "database": "app1"})
-        kind, body = client.read_message()
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10
-        scram = _Scram(PASSWORD)
-        first = scram.client_first()
-        client.send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
-        kind, body = client.read_message()
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11
-        final = scram.client_final(body[4:])
+        startup = {"user": f"{USER}.t1", "database": "app1"}
+        final, scram = client.scram_until_final(startup, PASSWORD)
         # SASLResponse and a query in one segment, before the server said anything.
         client.sock.sendall(b"p" + struct.pack("!i", len(final) + 4) + final + _query("SELECT 42"))
         kind, body = client.read_message()

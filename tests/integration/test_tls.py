@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import PASSWORDS, PoolerFactory
 from tests.support.certs import CertFiles, TestCA
-from tests.support.net import WireClient, _Scram, parse_error_fields
+from tests.support.net import WireClient, parse_error_fields
 from tests.support.pg import PgCluster, find_bindir
 from tests.support.pooler import REPO_ROOT, PoolerProcess, both_modes, manage_env, tenant_doc
 
@@ -327,14 +327,7 @@ def test_query_pipelined_with_the_last_auth_message(tls_pooler: PoolerProcess) -
         client = WireClient.__new__(WireClient)
         client.sock = tls_context().wrap_socket(raw)
         client.params = {}
-        client.send_startup({"user": "app1user.t1", "database": "app1"})
-        assert client.read_message()[0] == b"R"
-        scram = _Scram(PW)
-        first = scram.client_first()
-        client.send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
-        kind, body = client.read_message()
-        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11
-        final = scram.client_final(body[4:])
+        final, _ = client.scram_until_final({"user": "app1user.t1", "database": "app1"}, PW)
         query = b"SELECT 'pipelined'\0"
         message = b"p" + struct.pack("!i", len(final) + 4) + final
         message += b"Q" + struct.pack("!i", len(query) + 4) + query

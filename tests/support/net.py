@@ -118,6 +118,20 @@ class WireClient:
             elif kind == b"R":
                 scram = self._auth_step(body, user, password, scram)
 
+    def scram_until_final(self, params: dict[str, str], password: str) -> tuple[bytes, _Scram]:
+        """Send the startup packet and SCRAM's first message; return the client-final
+        message (not sent, so a test can send it together with what must follow it) and
+        the exchange (to verify the server's final message)."""
+        self.send_startup(params)
+        kind, body = self.read_message()
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 10, (kind, body)
+        scram = _Scram(password)
+        first = scram.client_first()
+        self.send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+        kind, body = self.read_message()
+        assert kind == b"R" and struct.unpack("!i", body[:4])[0] == 11, (kind, body)
+        return scram.client_final(body[4:]), scram
+
     def _auth_step(
         self, body: bytes, user: str, password: str, scram: _Scram | None
     ) -> _Scram | None:
