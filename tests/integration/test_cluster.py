@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -301,7 +303,7 @@ def test_cancel_sent_to_a_non_owner_reaches_the_query(
     started = time.monotonic()
     thread.start()
     time.sleep(0.5)
-    conn.cancel()  # a CancelRequest to b, whose BackendKeyData came from the owner
+    conn.cancel()  # a CancelRequest to b, which issued the key and relays the client
     thread.join(10)
     try:
         assert not thread.is_alive(), "the query was not canceled"
@@ -392,6 +394,35 @@ def test_client_idle_timeout_closes_parked_clients(
             assert fields["C"] == "57P05" and "client_idle_timeout" in fields["M"], fields
     finally:
         _api(other, "PATCH", f"tenants/{TENANT}", json={"tenant": {"client_idle_timeout": 0}})
+
+
+def test_cancel_sent_to_a_third_node_reaches_the_query(
+    nodes: list[PoolerProcess], sampler: Sampler
+) -> None:
+    """The key comes from the node the client reached (it parked and relays the client);
+    a CancelRequest to yet another node goes to that node, which forwards it with the
+    owner's key to the owner."""
+    owner = owner_of(nodes)
+    relaying, third = (n for n in nodes if n is not owner)
+    with WireClient(relaying.host, relaying.transaction_port) as wire:
+        assert wire.login(f"{ROLE}.{TENANT}", PW, ROLE) == {}
+        pid = struct.unpack("!i", wire.backend_key[:4])[0]
+        index = re.findall(r"joined as node \S+ \(index (\d+)", relaying.log_text())[-1]
+        assert pid >> 21 == int(index), "the key was not issued by the node the client reached"
+        wire.send(b"Q", b"SELECT pg_sleep(20)\0")
+        time.sleep(0.5)
+        started = time.monotonic()
+        with socket.create_connection((third.host, third.transaction_port), 10) as raw:
+            raw.sendall(struct.pack("!ii", 16, 80877102) + wire.backend_key)
+        kinds = []
+        while True:
+            kind, body = wire.read_message()
+            kinds.append(kind)
+            if kind == b"E":
+                assert parse_error_fields(body)["C"] == "57014", parse_error_fields(body)
+            if kind == b"Z":
+                break
+        assert b"E" in kinds and time.monotonic() - started < 5, kinds
 
 
 def test_config_change_through_a_reaches_c_within_a_second(nodes: list[PoolerProcess]) -> None:

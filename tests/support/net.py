@@ -69,6 +69,7 @@ class WireClient:
         address = (source, 0) if source else None
         self.sock = socket.create_connection((host, port), timeout=timeout, source_address=address)
         self.params: dict[str, str] = {}
+        self.backend_key = b""  # BackendKeyData's body: pid and secret key
 
     def close(self) -> None:
         self.sock.close()
@@ -115,6 +116,8 @@ class WireClient:
             if kind == b"S":
                 name, value, _ = body.split(b"\0", 2)
                 self.params[name.decode()] = value.decode()
+            elif kind == b"K":
+                self.backend_key = body
             elif kind == b"R":
                 scram = self._auth_step(body, user, password, scram)
 
