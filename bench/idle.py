@@ -62,6 +62,17 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+def ready_to_open(count: int) -> bool:
+    """Raise RLIMIT_NOFILE and derive the SCRAM salted password once; False (said on
+    stdout, which the parent reads) when ``count`` connections cannot fit."""
+    limit = raise_nofile_limit()
+    if count + 64 > limit:
+        print(f"error {count} connections need more than RLIMIT_NOFILE {limit}", flush=True)
+        return False
+    cache_salted_password()
+    return True
+
+
 def cache_salted_password() -> None:
     """One PBKDF2 per (password, salt, iterations) in this process, not one per login."""
     scram.salted_password = functools.lru_cache(maxsize=16)(scram.salted_password)  # type: ignore[assignment]
@@ -220,11 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1 or args.concurrency < 1:
         print("error --count and --concurrency must be >= 1", flush=True)
         return 2
-    limit = raise_nofile_limit()
-    if args.count + 64 > limit:
-        print(f"error {args.count} connections need more than RLIMIT_NOFILE {limit}", flush=True)
+    if not ready_to_open(args.count):
         return 2
-    cache_salted_password()
     return asyncio.run(amain(args))
 
 

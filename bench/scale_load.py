@@ -39,12 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run as br  # noqa: E402
-from bench.idle import (  # noqa: E402
-    LoginError,
-    cache_salted_password,
-    login_stream,
-    raise_nofile_limit,
-)
+from bench.idle import LoginError, login_stream, ready_to_open  # noqa: E402
 from pooler.protocol import builders  # noqa: E402
 from pooler.protocol.errors import AuthError, ProtocolError  # noqa: E402
 
@@ -270,11 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--hold", type=float, default=600.0)
     args = p.parse_args(argv)
-    limit = raise_nofile_limit()
-    if args.count + 64 > limit:
-        print(f"error {args.count} connections need more than RLIMIT_NOFILE {limit}", flush=True)
+    if not ready_to_open(args.count):
         return 2
-    cache_salted_password()
     return asyncio.run(amain(args))
 
 
