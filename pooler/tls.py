@@ -71,6 +71,9 @@ SEND_CHUNK = 64 * 1024
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _SCRATCH = memoryview(bytearray(netio.RECV_SIZE))  # ciphertext on its way into a BIO
+#: The most ciphertext one TLS record takes (16 KB of plaintext plus overhead): what
+#: OpenSSL may hold of a partial record where ``incoming.pending`` no longer counts it.
+_RECORD_MAX = 16384 + 2048
 
 
 class TLSError(Exception):
@@ -403,10 +406,16 @@ class TLSStream:
             except ssl.SSLWantReadError:
                 if self.eof:
                     break
-                # Never more ciphertext than the rest of ``view`` holds as plaintext.
-                want = min(space - got - incoming.pending, len(_SCRATCH))
+                # Never more ciphertext than the rest of ``view`` holds as plaintext, with
+                # room for a record OpenSSL already started: plaintext left decryptable
+                # after a full ``view`` would wait for a readiness event that never comes
+                # (the kernel has nothing more), and a client that sent its last bytes
+                # would wait for ever.
+                want = min(space - got - incoming.pending - _RECORD_MAX, len(_SCRATCH))
                 if want <= 0:
-                    break
+                    if got:
+                        break  # the kernel's bytes stay there: the socket stays readable
+                    want = min(space, len(_SCRATCH))  # a small view: make progress
                 try:
                     size = self.sock.recv_into(_SCRATCH[:want])
                 except OSError as exc:

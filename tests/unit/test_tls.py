@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pooler import tls
+from pooler import netio, tls
 from pooler.config import ConfigSnapshot, TenantConfig
 from pooler.protocol.errors import ProtocolError
 from tests.support.certs import TestCA
@@ -169,3 +169,49 @@ def test_stream_echoes_megabytes_through_small_socket_buffers(ca: TestCA) -> Non
     stream.close()
     assert received == len(payload)
     assert echoed and echoed[0] == payload
+
+
+@pytest.mark.parametrize("size", [256 * 1024 + 1, 16384 * 17, 300_000, 16384 * 33])
+def test_no_plaintext_left_behind_when_the_view_fills(ca: TestCA, size: int) -> None:
+    """Everything the client sent is in the kernel at once and it then waits: a read that
+    fills the view must not leave decryptable bytes inside the TLS stream, where no
+    readiness event would ever announce them (256 KB + 1 byte stalled before the fix)."""
+    files = ca.issue("full-view")
+    server_tls = tls.ServerTLS.load(str(files.cert), str(files.key))
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    payload = os.urandom(size)
+    sent = threading.Event()
+    release = threading.Event()
+
+    def client() -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with context.wrap_socket(theirs) as conn:
+            conn.sendall(payload)
+            sent.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    stream = tls.accept(ours, server_tls).detach()
+    try:
+        assert sent.wait(10)
+        view = memoryview(bytearray(netio.RECV_SIZE))
+        got = bytearray()
+        while len(got) < size:
+            poller = select.poll()
+            poller.register(stream.fileno(), select.POLLIN)
+            assert poller.poll(5_000), f"stalled with {len(got)} of {size} bytes read"
+            try:
+                got += view[: stream.recv_into(view)]
+            except BlockingIOError:
+                pass
+        assert bytes(got) == payload
+    finally:
+        release.set()
+        thread.join(10)
+        stream.close()
