@@ -150,14 +150,23 @@ async def open_all(args: argparse.Namespace, password: str) -> list[asyncio.Stre
 
     tasks = [asyncio.create_task(one()) for _ in range(args.count)]
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
+        await gather_or_cancel(tasks, args.timeout)
+    except BaseException:
+        close_all(opened)
+        raise
+    return opened
+
+
+async def gather_or_cancel(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Wait for every task within ``timeout``; on a timeout or any failure cancel the rest
+    and wait for them to finish before raising."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        close_all(opened)
         raise
-    return opened
 
 
 def close_all(writers: list[asyncio.StreamWriter]) -> None:

@@ -39,7 +39,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run as br  # noqa: E402
-from bench.idle import LoginError, login_stream, ready_to_open  # noqa: E402
+from bench.idle import LoginError, gather_or_cancel, login_stream, ready_to_open  # noqa: E402
 from pooler.protocol import builders  # noqa: E402
 from pooler.protocol.errors import AuthError, ProtocolError  # noqa: E402
 
@@ -92,12 +92,7 @@ async def open_all(
     reporter = asyncio.create_task(progress())
     tasks = [asyncio.create_task(one(i)) for i in range(args.count)]
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), args.timeout)
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+        await gather_or_cancel(tasks, args.timeout)
     finally:
         reporter.cancel()
 
