@@ -14,7 +14,9 @@ relay's ``carry`` does). Cases:
   statement prepared for the first time (Parse renamed and forwarded), cached (Bind of a
   statement the server has; the client's Parse is answered by the pooler), and a client
   whose statement is new to the server (Parse injected, its reply swallowed);
-* ``builders.*`` / ``parsers.*``: the message builders and parsers the relay calls per query.
+* ``builders.*`` / ``parsers.*``: the message builders and parsers the relay calls per query;
+* ``relay.*``: the whole relay path of a round trip, real Client/ServerConn/Pool objects over
+  Unix socket pairs (:mod:`bench.relay`): a hand-off to a waiting client, and a linked client.
 
 Timing is timeit's: each case runs in a loop sized to ~0.025 s, best of ``--repeat`` (5), and
 is reported as ns per call, ns per protocol message and MB/s of protocol bytes. The clock is
@@ -385,8 +387,18 @@ def time_case(fn: Callable[[], object], repeat: int, budget_s: float) -> float:
     return best
 
 
+def relay_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
+    from bench import relay  # imports the relay (and gevent) only when these cases run
+
+    fe, be = select_extended()
+    return {
+        "relay.handoff": (relay.handoff_case(fe, be), fe + be),
+        "relay.linked": (relay.linked_case(fe, be, msg(b"Z", b"T")), fe + be),
+    }
+
+
 def all_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
-    return {**framing_cases(), **prepared_cases(), **builder_cases()}
+    return {**framing_cases(), **prepared_cases(), **builder_cases(), **relay_cases()}
 
 
 def run(filter_text: str, repeat: int, budget_s: float) -> list[Figure]:

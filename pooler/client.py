@@ -17,22 +17,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pooler import netio
 from pooler.config import MODE_SESSION
 from pooler.node import SHUTDOWN_MESSAGE
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
-from pooler.protocol.framing import F_TERMINATE, TX_IDLE, Exchange, names_statement
+from pooler.protocol.framing import F_PARSE, F_TERMINATE, TX_IDLE, Exchange, names_statement
 from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
 from pooler.protocol.sessionstate import (
-    classify,
+    classify_message,
     refusal_sql,
     sql_messages,
-    sql_text,
     stateful_kind,
 )
 
@@ -187,7 +186,13 @@ class Client(netio.Conn):
                 if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
                     self.disconnect()
                     return
-                if self.ps is None and self.ex.watch and names_statement(view, 0, n):
+                if (
+                    self.ps is None
+                    and self.ex.watch
+                    # An unnamed Parse, the usual first message, is told at a glance.
+                    and not (view[0] == F_PARSE and n > 6 and view[5] == 0)
+                    and names_statement(view, 0, n)
+                ):
                     self._start_rewriting(None)  # at rest: nothing to take over
                 if self.ps is not None:
                     answer = self.ps.answer_without_server(view, n)
@@ -196,7 +201,7 @@ class Client(netio.Conn):
                         self.busy_since = 0.0
                         self.write(answer)
                         return
-                server = cast("ServerConn | None", self.pool.checkout(self))
+                server = self.pool.checkout(self)  # type: ignore[assignment]
                 if server is None:
                     self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()
@@ -267,7 +272,7 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            kind, drops_statements = classify(sql_text(view, msg_type, start, end))
+            kind, drops_statements = classify_message(view, msg_type, start, end)
             if drops_statements and server.statements is not None:
                 # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
                 # may be wrong now; DISCARD ALL before the next client puts both in step.

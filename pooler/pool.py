@@ -64,20 +64,20 @@ class Histogram:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.counts = [0] * len(bounds)  # per bucket, not cumulative; exporters accumulate
+        # Per bucket, not cumulative (exporters accumulate), plus one past the last bound
+        # (+Inf, counted by ``count``) so that observe() needs no bounds check.
+        self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
         self.count = 0
 
     def observe(self, value: float) -> None:
-        index = bisect_left(self.bounds, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
         self.count += 1
 
     def cumulative(self) -> list[tuple[float, int]]:
         running, out = 0, []
-        for bound, count in zip(self.bounds, self.counts, strict=True):
+        for bound, count in zip(self.bounds, self.counts[:-1], strict=True):
             running += count
             out.append((bound, running))
         return out
@@ -191,18 +191,26 @@ class Pool:
 
     def checkout(self, waiter: Waiter) -> PoolServer | None:
         """An idle server now, or None after queueing ``waiter`` (FIFO)."""
-        if self.idle and not self.waiters and not self.paused:
+        waiters = self.waiters
+        if self.idle and not waiters and not self.paused:
             server = self.idle.pop()  # LIFO: the warmest connection
             self.active += 1
             if self.limits.check_query and self._check_due(server):
-                self.waiters.append(waiter)  # served by the checkin after a good check
+                waiters.append(waiter)  # served by the checkin after a good check
                 server.reset(self.limits.check_query)
                 return None
-            self.stats.checkouts += 1
-            self.stats.checkout_wait.observe(0.0)
+            stats = self.stats
+            stats.checkouts += 1
+            wait = stats.checkout_wait  # observe(0.0), inlined: it is always the first bucket
+            wait.counts[0] += 1
+            wait.count += 1
             return server
-        self.waiters.append(waiter)
-        self._grow(reserve=len(self.waiters) > 1)  # a new waiter's wait_started is set later
+        waiters.append(waiter)
+        limits = self.limits
+        # Under load every server is busy and the pool is full: nothing to open (the usual
+        # case, so _grow's checks are skipped).
+        if len(self.idle) + self.active + self.connecting < limits.size + limits.reserve_size:
+            self._grow(reserve=len(waiters) > 1)  # a new waiter's wait_started is set later
         return None
 
     def cancel_wait(self, waiter: Waiter) -> None:
@@ -213,6 +221,20 @@ class Pool:
 
     def checkin(self, server: PoolServer) -> None:
         """A linked server is clean again: give it to a waiter, or park it idle."""
+        waiters = self.waiters
+        if waiters and not self.paused and not self.closed and server.generation == self.generation:
+            # The hand-off under load, in one place (what _offer would do): the server stays
+            # active and goes straight to the first waiter that takes it.
+            now = time.monotonic()
+            lifetime = self.limits.server_lifetime
+            if lifetime <= 0 or now - server.created_at <= lifetime:
+                while waiters:
+                    waiter = waiters.popleft()
+                    if waiter.server_ready(server):
+                        stats = self.stats
+                        stats.checkouts += 1
+                        stats.checkout_wait.observe(now - waiter.wait_started)
+                        return
         self.active -= 1
         self._offer(server)
 

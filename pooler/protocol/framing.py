@@ -40,7 +40,8 @@ from pooler.protocol.errors import ProtocolError
 MAX_MESSAGE_LENGTH = 0x3FFFFFFF
 
 HEADER = 5
-_unpack_len = struct.Struct("!I").unpack_from
+#: (type, length) of the message header at an offset.
+_unpack_header = struct.Struct("!BI").unpack_from
 
 # Frontend message types (ints, as indexing a memoryview yields ints).
 F_QUERY = ord("Q")
@@ -71,8 +72,9 @@ TX_IDLE = ord("I")
 TX_IN_BLOCK = ord("T")
 TX_FAILED = ord("E")
 
-_EXTENDED = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE, F_FLUSH))
+_EXTENDED_OR_EXECUTE = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
 _NAMEABLE = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE))
+_BULK = frozenset((B_DATA_ROW, B_COPY_DATA))
 _S_KIND = ord("S")
 
 
@@ -184,53 +186,80 @@ class Exchange:
         expected = self.expected
         syncs = self.syncs_since_exec
         extended = self.extended
-        unpack = _unpack_len
+        unpack = _unpack_header
         kinds = self.fe_kinds if self.watch else None
+        inspect = self.inspect
+        last = n - HEADER
+        # Per message this loop is the relay's hottest code: every bytecode counts (see
+        # bench.micro's relay cases). A length over MAX_MESSAGE_LENGTH cannot end inside
+        # this read, so it is refused after the loop, where the read ends mid-message.
         try:
-            while n - pos >= HEADER:
-                msg_type = buf[pos]
-                length = unpack(buf, pos + 1)[0]
-                if length < 4 or length > MAX_MESSAGE_LENGTH:
+            while pos <= last:
+                msg_type, length = unpack(buf, pos)
+                if length < 4:
                     raise _bad_length("frontend", msg_type, length)
-                if kinds is not None and msg_type != F_COPY_DATA and msg_type != F_TERMINATE:
-                    if msg_type in _NAMEABLE and names_statement(buf, pos, n):
-                        self.named_at = pos
-                        self.fe_remaining = 0
-                        return pos
-                    kinds.append(msg_type)
-                if msg_type == F_SYNC:
+                # The extended-query messages first: five of them per pgbench transaction.
+                if msg_type in _EXTENDED_OR_EXECUTE:
+                    if kinds is not None:
+                        if msg_type in _NAMEABLE:  # names_statement(), inlined
+                            body = pos + HEADER
+                            if n - body < 2:
+                                named = True
+                            elif msg_type == F_PARSE:
+                                named = buf[body] != 0
+                            elif msg_type == F_BIND:
+                                named = buf[body] != 0 or buf[body + 1] != 0
+                            else:
+                                named = buf[body] == _S_KIND and buf[body + 1] != 0
+                            if named:
+                                self.named_at = pos
+                                self.fe_remaining = 0
+                                return pos
+                        kinds.append(msg_type)
+                    extended = True
+                    if msg_type == F_EXECUTE:
+                        syncs = 0
+                    elif msg_type == F_PARSE and inspect and pos + length < n:
+                        if self.sql_at is None:  # record_sql(), inlined
+                            self.sql_at = []
+                        self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
+                elif msg_type == F_SYNC:
+                    if kinds is not None:
+                        kinds.append(msg_type)
                     expected += 1
                     syncs += 1
                     extended = False
-                elif msg_type == F_EXECUTE:
-                    extended = True
-                    syncs = 0
-                elif msg_type in _EXTENDED:
-                    extended = True
-                    if msg_type == F_PARSE and self.inspect and pos + 1 + length <= n:
-                        self.record_sql(msg_type, pos, length)
                 elif msg_type == F_QUERY:
+                    if kinds is not None:
+                        kinds.append(msg_type)
                     expected += 1
                     syncs = 0
-                    if self.inspect and pos + 1 + length <= n:
+                    if inspect and pos + length < n:
                         self.record_sql(msg_type, pos, length)
-                elif msg_type in (F_COPY_DONE, F_COPY_FAIL):
-                    expected -= syncs
-                    syncs = 0
-                elif msg_type == F_FUNCTION_CALL:
-                    expected += 1
+                elif msg_type == F_COPY_DATA:
+                    pass
                 elif msg_type == F_TERMINATE:
                     self.terminate_at = pos
                     self.fe_remaining = 0
                     return pos
-                elif msg_type != F_COPY_DATA:
-                    raise unknown_frontend(msg_type)
-                pos += 1 + length
+                else:
+                    if kinds is not None:
+                        kinds.append(msg_type)
+                    if msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
+                        expected -= syncs
+                        syncs = 0
+                    elif msg_type == F_FUNCTION_CALL:
+                        expected += 1
+                    else:
+                        raise unknown_frontend(msg_type)
+                pos += length + 1
         finally:
             self.expected = expected
             self.syncs_since_exec = syncs
             self.extended = extended
         if pos > n:
+            if length > MAX_MESSAGE_LENGTH:
+                raise _bad_length("frontend", msg_type, length)
             self.fe_remaining = pos - n
             return n
         self.fe_remaining = 0
@@ -253,42 +282,46 @@ class Exchange:
         if pos >= n:
             self.be_remaining = pos - n
             return n
-        unpack = _unpack_len
+        unpack = _unpack_header
         kinds = self.be_kinds if self.watch else None
-        while n - pos >= HEADER:
-            msg_type = buf[pos]
-            length = unpack(buf, pos + 1)[0]
-            if length < 4 or length > MAX_MESSAGE_LENGTH:
+        last = n - HEADER
+        while pos <= last:  # as in frontend(): the hottest loop, oversize refused after it
+            msg_type, length = unpack(buf, pos)
+            if length < 4:
                 raise _bad_length("backend", msg_type, length)
-            if msg_type == B_READY_FOR_QUERY:
-                if n - pos < HEADER + 1:
-                    break
+            if msg_type in _BULK:
+                pass  # the bulk of a big result: nothing to note
+            elif msg_type == B_READY_FOR_QUERY:
+                if pos == last:
+                    break  # the status byte has not arrived yet
                 if length != 5:
                     raise _bad_length("backend", msg_type, length)
                 self.tx_status = buf[pos + 5]
                 self.ready_count += 1
-                if self.expected > 0:
-                    self.expected -= 1
+                expected = self.expected
+                if expected > 0:
+                    self.expected = expected = expected - 1
                 if kinds is not None:
-                    if self.expected == 0 and not self.extended and self.fe_remaining == 0:
+                    if expected == 0 and not self.extended and self.fe_remaining == 0:
                         kinds.clear()  # at rest: nothing before this can matter any more
                         self.fe_kinds.clear()  # type: ignore[union-attr]
                     else:
                         kinds.append(msg_type)
-            elif msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
-                if n - pos < 1 + length:
-                    break
-                if self.statuses is None:
-                    self.statuses = []
-                self.statuses.append((pos + HEADER, pos + 1 + length))
+            else:
+                if msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
+                    if pos + length >= n:
+                        break  # read it whole
+                    if self.statuses is None:
+                        self.statuses = []
+                    self.statuses.append((pos + HEADER, pos + 1 + length))
+                elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, n):
+                    self.server_fatal = True
                 if kinds is not None:
                     kinds.append(msg_type)
-            elif kinds is not None and msg_type != B_DATA_ROW and msg_type != B_COPY_DATA:
-                kinds.append(msg_type)
-            if msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, n):
-                self.server_fatal = True
-            pos += 1 + length
+            pos += length + 1
         if pos > n:
+            if length > MAX_MESSAGE_LENGTH:
+                raise _bad_length("backend", msg_type, length)
             self.be_remaining = pos - n
             return n
         self.be_remaining = 0

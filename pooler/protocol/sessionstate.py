@@ -95,6 +95,28 @@ def classify(sql: bytes) -> tuple[str | None, bool]:
     return verdict
 
 
+#: Verdicts by the raw body of a Query or a Parse (one dict per type: the same bytes mean
+#: different SQL in each), so the usual repeated message costs one copy and one lookup.
+_SEEN_BODY: dict[int, dict[bytes, tuple[str | None, bool]]] = {0x51: {}, 0x50: {}}
+
+
+def classify_message(
+    view: memoryview, msg_type: int, start: int, end: int
+) -> tuple[str | None, bool]:
+    """:func:`classify` of the SQL of the whole Query or Parse whose body is
+    ``view[start:end]``."""
+    body = bytes(view[start:end])
+    seen = _SEEN_BODY[msg_type]
+    verdict = seen.get(body)
+    if verdict is None:
+        verdict = classify(sql_text(memoryview(body), msg_type, 0, len(body)))
+        if len(body) <= _SEEN_MAX_TEXT:
+            if len(seen) >= _SEEN_LIMIT:
+                seen.clear()
+            seen[body] = verdict
+    return verdict
+
+
 def refusal_sql(kind: str) -> bytes:
     """A statement that makes the server itself refuse, so errors and transaction state
     behave exactly as for any failed statement (the error-policy response)."""

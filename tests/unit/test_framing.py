@@ -170,3 +170,17 @@ def test_stray_ready_for_query_never_goes_negative() -> None:
     feed_backend(ex, RFQ_IDLE)
     assert ex.expected == 0
     assert ex.releasable()
+
+
+@pytest.mark.parametrize("length", [0x40000000, 0xFFFFFFFF])
+def test_oversize_length_after_a_whole_message_is_refused(length: int) -> None:
+    # The scanner refuses an oversize length where the read ends inside that message
+    # (it cannot end inside a read): it must still be refused mid-chunk, in both directions.
+    data = QUERY + b"Q" + struct.pack("!I", length) + b"\0" * 8
+    with pytest.raises(ProtocolError) as info:
+        feed_frontend(Exchange(), data)
+    assert info.value.sqlstate == "08P01"
+    assert "invalid frontend message length" in info.value.message
+    with pytest.raises(ProtocolError) as info:
+        feed_backend(Exchange(), RFQ_IDLE + b"D" + struct.pack("!I", length) + b"\0" * 8)
+    assert "invalid backend message length" in info.value.message

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pooler.pool import Pool, PoolKey, PoolLimits
+from pooler.pool import Histogram, Pool, PoolKey, PoolLimits
 
 pytestmark = pytest.mark.unit
 
@@ -180,3 +180,37 @@ def test_max_clients() -> None:
     assert not pool.client_joined()
     pool.client_left()
     assert pool.client_joined()
+
+
+def test_histogram_buckets_and_overflow() -> None:
+    hist = Histogram((0.1, 1.0))
+    for value in (0.0, 0.1, 0.5, 1.0, 7.0):
+        hist.observe(value)
+    # Cumulative counts per bound (Prometheus "le"); the value above every bound is only in
+    # the total count (+Inf).
+    assert hist.cumulative() == [(0.1, 2), (1.0, 4)]
+    assert hist.count == 5
+    assert hist.total == pytest.approx(8.6)
+
+
+@pytest.mark.parametrize("why", ["lifetime", "generation"])
+def test_worn_out_server_is_closed_not_handed_to_a_waiter(why: str) -> None:
+    # checkin's hand-off fast path must apply the same rules as parking: a server past its
+    # lifetime or of an older generation is closed, and the waiter gets a fresh login.
+    pool, connects = make_pool(size=1)
+    first, second = FakeWaiter(), FakeWaiter()
+    pool.checkout(first)
+    server = FakeServer()
+    pool.opened(server)
+    assert first.got is server
+    pool.checkout(second)
+    if why == "lifetime":
+        server.created_at -= pool.limits.server_lifetime + 1
+    else:
+        pool.bump_generation()
+    logins = len(connects)
+    pool.checkin(server)
+    assert server.closed_because is not None
+    assert second.got is None
+    assert len(connects) == logins + 1  # a new server is on its way for the waiter
+    assert pool.active == 0 and pool.total == 1  # only that login

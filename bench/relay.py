@@ -1,0 +1,117 @@
+"""Microbenchmark cases for the whole relay path of one round trip, sockets included.
+
+``bench.micro``'s other cases time the sans-IO scanners alone. These drive the real
+:class:`pooler.client.Client`, :class:`pooler.server.ServerConn` and
+:class:`pooler.pool.Pool` objects over Unix socket pairs, calling the watcher callbacks
+directly (no event loop), so they also count what the scanners leave out: the receive and
+send calls, the checkout, the release and hand-off to a waiting client, the session-state
+look, the counters. Two cases, both with pgbench's select-only ``-M extended`` streams and
+the transaction-mode defaults (prepared-statement watching on, session-state policy reset):
+
+* ``relay.handoff``: pgbench -c 100 on a pool of 20 in miniature. Two clients share one
+  server: while A's query runs, B's arrives and waits; A's reply releases the server, which
+  goes straight to B, whose query is forwarded. One call = one transaction.
+* ``relay.linked``: a client that keeps its server (a transaction block, session mode, or an
+  idle pool): request forwarded, reply forwarded, nothing else. One call = one round trip.
+
+The peers' ends of the socket pairs are read and written by the harness itself, so each
+call also pays for those system calls (about as much again as the relay's own); compare
+runs with each other, not with the pooler's CPU per transaction.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from pooler.client import Client
+from pooler.pool import Pool, PoolKey, PoolLimits
+from pooler.protocol.prepared import StatementNames
+from pooler.server import ServerConn
+
+_BUF = 1 << 16
+
+
+class _Node(SimpleNamespace):
+    """The few Node attributes a Client reads on the hot path."""
+
+    def client_closed(self, client: Any) -> None:
+        pass
+
+    def cancel_server(self, server: Any) -> None:
+        pass
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    return ours, theirs
+
+
+def _setup(clients: int) -> tuple[Pool, list[Client], list[socket.socket], ServerConn, Any]:
+    node = _Node(
+        statement_names=StatementNames(),
+        shutting_down=False,
+        settings=SimpleNamespace(idle_transaction_timeout=0),
+    )
+    limits = PoolLimits(size=1, max_clients=100, checkout_timeout=30.0, max_prepared_statements=200)
+    pool = Pool(PoolKey("t1", "app", "app", "transaction"), limits, lambda _pool: None)
+    params = {"client_encoding": "UTF8", "application_name": "pgbench"}
+    server_sock, server_peer = _pair()
+    server = ServerConn(server_sock, pool, None, 1, b"k", dict(params))  # type: ignore[arg-type]
+    pool.idle.append(server)
+    relays, peers = [], []
+    for i in range(clients):
+        sock, peer = _pair()
+        client = Client(sock, node, pool, ("127.0.0.1", i), 100 + i, b"k", dict(params))  # type: ignore[arg-type]
+        pool.clients += 1
+        relays.append(client)
+        peers.append(peer)
+    return pool, relays, peers, server, server_peer
+
+
+def handoff_case(request: bytes, reply: bytes) -> Callable[[], None]:
+    """``relay.handoff`` (see the module docstring)."""
+    pool, (a, b), (peer_a, peer_b), server, server_peer = _setup(2)
+    # A holds the server with its query in flight.
+    peer_a.sendall(request)
+    a._on_client_readable()
+    server_peer.recv(_BUF)
+    state = {"running": a, "waiting": b}
+    peers = {id(a): peer_a, id(b): peer_b}
+
+    def run() -> None:
+        running, waiting = state["running"], state["waiting"]
+        peers[id(waiting)].sendall(request)
+        waiting._on_client_readable()  # no idle server: waits
+        server_peer.sendall(reply)
+        running._on_server_readable()  # reply out, release, hand-off, B's query in
+        if waiting.server is not server or running.server is not None:
+            raise AssertionError("the server was not handed to the waiting client")
+        peers[id(running)].recv(_BUF)
+        server_peer.recv(_BUF)
+        state["running"], state["waiting"] = waiting, running
+
+    return run
+
+
+def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], None]:
+    """``relay.linked`` (see the module docstring): replies end in ReadyForQuery 'T', so the
+    server stays with the client."""
+    pool, (a,), (peer_a,), server, server_peer = _setup(1)
+    tail = reply.rindex(b"Z\x00\x00\x00\x05")
+    reply_in_block = reply[:tail] + in_block
+
+    def run() -> None:
+        peer_a.sendall(request)
+        a._on_client_readable()
+        server_peer.recv(_BUF)
+        server_peer.sendall(reply_in_block)
+        a._on_server_readable()
+        if a.server is not server:
+            raise AssertionError("the server left a client inside a transaction block")
+        peer_a.recv(_BUF)
+
+    return run
