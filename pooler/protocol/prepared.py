@@ -45,6 +45,7 @@ from pooler.protocol.framing import (
 )
 
 _unpack_len = struct.Struct("!I").unpack_from
+_unpack_header = struct.Struct("!BI").unpack_from  # (type, length)
 _pack_len = struct.Struct("!I").pack
 
 FORWARD = 0  # a client request: its replies go to the client
@@ -271,13 +272,15 @@ class PreparedSession:
             ex.fe_remaining = 0
         run = 0  # start of bytes to pass through unchanged
         queue = self.queue
+        last = n - HEADER
         try:
-            while n - pos >= HEADER:
-                msg_type = view[pos]
-                length = _unpack_len(view, pos + 1)[0]
-                if length < 4 or length > MAX_MESSAGE_LENGTH:
+            while pos <= last:
+                msg_type, length = _unpack_header(view, pos)
+                if length < 4:
                     raise _bad_length("frontend", msg_type, length)
                 end = pos + 1 + length
+                if end > n and length > MAX_MESSAGE_LENGTH:
+                    raise _bad_length("frontend", msg_type, length)
                 if msg_type in _REWRITTEN:
                     ex.extended = True
                     if msg_type == _P and ex.inspect and end <= n:
@@ -292,6 +295,15 @@ class PreparedSession:
                             or (msg_type == _D and (first == _P_KIND or view[pos + 6] == 0))
                         ):
                             queue.append(msg_type)
+                            pos = end
+                            continue
+                        if msg_type == _B:  # a named statement: rewrite (_rewrite's case)
+                            replacement = self._bind(view, pos + HEADER, end, length)
+                            if replacement is not None:
+                                if run < pos:
+                                    to_server.append(view[run:pos])
+                                to_server.extend(replacement)
+                                run = end
                             pos = end
                             continue
                     if end > n:
@@ -423,10 +435,18 @@ class PreparedSession:
         self._register(server_name, out)
 
     def _bind(self, view: memoryview, start: int, stop: int, length: int) -> list | None:
-        portal_end = _find_nul(view, start, stop)
-        if portal_end < 0:
-            raise ProtocolError("malformed Bind message: the portal name is not terminated")
-        name_end = _find_nul(view, portal_end + 1, stop)
+        # Both names are nearly always in the first bytes: one copy finds them.
+        head = bytes(view[start : min(stop, start + 256)])
+        portal_end = head.find(0)
+        name_end = head.find(0, portal_end + 1) if portal_end >= 0 else -1
+        if name_end >= 0:
+            portal_end += start
+            name_end += start
+        else:
+            portal_end = _find_nul(view, start, stop)
+            if portal_end < 0:
+                raise ProtocolError("malformed Bind message: the portal name is not terminated")
+            name_end = _find_nul(view, portal_end + 1, stop)
         if name_end < 0:
             raise ProtocolError("malformed Bind message: the statement name is not terminated")
         if name_end == portal_end + 1:
@@ -505,14 +525,16 @@ class PreparedSession:
             ex.be_remaining = 0
         run = 0
         queue = self.queue
+        last = n - HEADER
         try:
-            while n - pos >= HEADER:
-                msg_type = view[pos]
-                length = _unpack_len(view, pos + 1)[0]
-                if length < 4 or length > MAX_MESSAGE_LENGTH:
+            while pos <= last:
+                msg_type, length = _unpack_header(view, pos)
+                if length < 4:
                     raise _bad_length("backend", msg_type, length)
                 end = pos + 1 + length
                 if end > n:
+                    if length > MAX_MESSAGE_LENGTH:
+                        raise _bad_length("backend", msg_type, length)
                     if msg_type in _STREAMED_BACKEND or length > MAX_REWRITE:
                         ex.be_remaining = end - n
                         pos = n

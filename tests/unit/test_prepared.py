@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import Exchange
 from pooler.protocol.prepared import (
     CLOSE_COMPLETE,
@@ -340,3 +341,26 @@ def test_unknown_statement_needs_a_server(names: StatementNames) -> None:
     ):
         assert session.answer_without_server(memoryview(bytearray(data)), len(data)) is None
     assert session.statements == {}
+
+
+@pytest.mark.parametrize("length", [0x40000000, 0xFFFFFFFF])
+def test_oversize_length_after_a_whole_message_is_refused(
+    names: StatementNames, length: int
+) -> None:
+    link = Link(names, ServerStatements(10))
+    data = SYNC + b"Q" + struct.pack("!I", length) + b"\0" * 8
+    with pytest.raises(ProtocolError, match="invalid frontend message length"):
+        link.session.frontend(memoryview(bytearray(data)), len(data), link.ex, [], [])
+    data = READY + b"D" + struct.pack("!I", length) + b"\0" * 8
+    with pytest.raises(ProtocolError, match="invalid backend message length"):
+        link.session.backend(memoryview(bytearray(data)), len(data), link.ex, [])
+
+
+def test_bind_with_a_long_portal_name_is_rewritten(names: StatementNames) -> None:
+    # The statement name lies past the first 256 bytes the fast path looks at.
+    link = Link(names, ServerStatements(10))
+    link.send(parse(b"s1", b"select 1") + SYNC)
+    link.reply(PARSE_COMPLETE + READY)
+    portal = b"p" * 300
+    sent, _early = link.send(bind(b"s1", portal=portal) + EXECUTE + SYNC)
+    assert sent == bind(b"gv_1", portal=portal) + EXECUTE + SYNC
