@@ -391,9 +391,16 @@ def relay_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
     from bench import relay  # imports the relay (and gevent) only when these cases run
 
     fe, be = select_extended()
+    fe_p, be_p = named_streams(b"P_1", with_parse=True)
+    fe_c, be_c = named_streams(b"P_1", with_parse=False)
     return {
         "relay.handoff": (relay.handoff_case(fe, be), fe + be),
+        "relay.prepared_handoff": (
+            relay.handoff_case(fe_c, be_c, first=(fe_p, be_p)),
+            fe_c + be_c,
+        ),
         "relay.linked": (relay.linked_case(fe, be, msg(b"Z", b"T")), fe + be),
+        "relay.idle_pool": (relay.idle_pool_case(fe, be), fe + be),
     }
 
 

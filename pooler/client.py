@@ -29,6 +29,7 @@ from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
 from pooler.protocol.sessionstate import (
+    SEEN_BODY,
     classify_message,
     refusal_sql,
     sql_messages,
@@ -272,7 +273,11 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            kind, drops_statements = classify_message(view, msg_type, start, end)
+            # classify_message(), its cache lookup inlined (a repeated statement, nearly always)
+            verdict = SEEN_BODY[msg_type].get(bytes(view[start:end]))
+            if verdict is None:
+                verdict = classify_message(view, msg_type, start, end)
+            kind, drops_statements = verdict
             if drops_statements and server.statements is not None:
                 # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
                 # may be wrong now; DISCARD ALL before the next client puts both in step.
