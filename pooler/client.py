@@ -227,10 +227,10 @@ class Client(netio.Conn):
         ps = self.ps
         if ps is None:
             end = ex.frontend(view, n)
-            if ex.sql_at:
-                self._note_session_state(view, server)
             if end and not server.write(view[:end]):
                 self.stop_reading()
+            if ex.sql_at:  # after the send: the server starts on the query sooner (the
+                self._note_session_state(view, server)  # reply comes in a later callback)
             if ex.named_at >= 0:
                 ex.named_at = -1
                 self._start_rewriting(server)
