@@ -56,7 +56,12 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
-def _setup(clients: int) -> tuple[Pool, list[Client], list[socket.socket], ServerConn, Any]:
+def relay_objects(
+    clients: int,
+) -> tuple[Pool, list[Client], list[socket.socket], ServerConn, Any]:
+    """A pool of one server (idle) and ``clients`` logged-in clients, each over a socket
+    pair: (pool, clients, the clients' peer sockets, the server, the server's peer socket).
+    Also used by the unit tests of the relay's waiting path."""
     node = _Node(
         statement_names=StatementNames(),
         shutting_down=False,
@@ -73,6 +78,7 @@ def _setup(clients: int) -> tuple[Pool, list[Client], list[socket.socket], Serve
         sock, peer = _pair()
         client = Client(sock, node, pool, ("127.0.0.1", i), 100 + i, b"k", dict(params))  # type: ignore[arg-type]
         pool.clients += 1
+        client.start()  # its read watcher, as after a login (the loop never runs here)
         relays.append(client)
         peers.append(peer)
     return pool, relays, peers, server, server_peer
@@ -83,7 +89,7 @@ def handoff_case(
 ) -> Callable[[], None]:
     """``relay.handoff`` (see the module docstring). ``first``: a transaction each client
     runs once, alone, before (e.g. the one that prepares its statement)."""
-    pool, (a, b), (peer_a, peer_b), server, server_peer = _setup(2)
+    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
     if first is not None:
         for client, peer in ((a, peer_a), (b, peer_b)):
             peer.sendall(first[0])
@@ -119,7 +125,7 @@ def handoff_case(
 def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], None]:
     """``relay.linked`` (see the module docstring): replies end in ReadyForQuery 'T', so the
     server stays with the client."""
-    pool, (a,), (peer_a,), server, server_peer = _setup(1)
+    pool, (a,), (peer_a,), server, server_peer = relay_objects(1)
     tail = reply.rindex(b"Z\x00\x00\x00\x05")
     reply_in_block = reply[:tail] + in_block
 
@@ -138,7 +144,7 @@ def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], N
 
 def idle_pool_case(request: bytes, reply: bytes) -> Callable[[], None]:
     """``relay.idle_pool`` (see the module docstring)."""
-    pool, (a,), (peer_a,), server, server_peer = _setup(1)
+    pool, (a,), (peer_a,), server, server_peer = relay_objects(1)
 
     def run() -> None:
         peer_a.sendall(request)

@@ -46,6 +46,8 @@ log = logging.getLogger("pooler.client")
 SESSION_RESET_QUERY = "DISCARD ALL"
 REPORTED_NAMES = frozenset(REPORTED.values())
 ROLLBACK_QUERY = "ROLLBACK"
+#: Bytes a client waiting for a server may send before the pooler stops reading it.
+PENDING_LIMIT = 256 * 1024
 
 
 class Client(netio.Conn):
@@ -184,6 +186,15 @@ class Client(netio.Conn):
                 self.busy_since = time.monotonic()
             server = self.server
             if server is None:
+                pending = self.pending
+                if pending is not None:
+                    # Still waiting for a server: keep what else it sends. Reading goes on
+                    # while a client waits (a stop and restart of its watcher would cost a
+                    # system call per wait), up to PENDING_LIMIT bytes (backpressure).
+                    self.pending = pending = pending + bytes(view[:n])
+                    if len(pending) >= PENDING_LIMIT:
+                        self.stop_reading()
+                    return
                 if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
                     self.disconnect()
                     return
@@ -206,7 +217,8 @@ class Client(netio.Conn):
                 if server is None:
                     self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()
-                    self.stop_reading()
+                    if n >= PENDING_LIMIT:
+                        self.stop_reading()
                     return
                 if self._link(server):
                     self.held = bytes(view[:n])
@@ -418,10 +430,12 @@ class Client(netio.Conn):
         try:
             if self._link(server):
                 self.held = data
+                self.stop_reading()  # until our SET is answered (it was reading while waiting)
                 return True
             if data:
                 self._forward_to_server(memoryview(data), len(data))
-            self.start_reading(self._on_client_readable)
+            if server.outbuf is None:  # else server_drained() starts it again
+                self.start_reading(self._on_client_readable)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
         except OSError as exc:
@@ -492,7 +506,9 @@ class Client(netio.Conn):
         server = self.server
         assert server is not None
         self.server = None
-        server.stop_reading()
+        # No stop_reading(): whatever the server does next (the next client, the idle list,
+        # a reset) starts its watcher with a new callback, or closes it (release() stops it
+        # while a cancel holds it back).
         server.release()
 
     # -- backpressure ---------------------------------------------------------------------

@@ -175,6 +175,7 @@ class ServerConn(netio.Conn):
         self.client = None
         if self.cancels:
             self.held_back = True
+            self.stop_reading()
             return
         if self.dirty:
             self.dirty = False

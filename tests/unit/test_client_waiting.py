@@ -1,0 +1,89 @@
+"""A client waiting for a server keeps being read (no watcher stop per wait): what it sends
+meanwhile is kept in order, its leaving is noticed at once, and reading stops at the limit.
+
+Real Client/ServerConn/Pool objects over socket pairs (bench.relay), callbacks called by
+hand as the hub would."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from bench.relay import relay_objects
+from pooler import client as client_module
+
+pytestmark = pytest.mark.unit
+
+
+def query(sql: bytes) -> bytes:
+    return b"Q" + struct.pack("!I", len(sql) + 5) + sql + b"\0"
+
+
+READY = b"Z\x00\x00\x00\x05I"
+DONE = b"C\x00\x00\x00\x0dSELECT 1\x00" + READY
+
+
+def recv_all(sock) -> bytes:  # type: ignore[no-untyped-def]
+    sock.setblocking(False)
+    out = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except BlockingIOError:
+        pass
+    return out
+
+
+def test_bytes_sent_while_waiting_are_forwarded_in_order() -> None:
+    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
+    peer_a.sendall(query(b"select 'a'"))
+    a._on_client_readable()
+    assert recv_all(server_peer) == query(b"select 'a'")
+    # b waits; it sends twice while waiting (a pipelining driver), and keeps being read.
+    peer_b.sendall(query(b"select 1"))
+    b._on_client_readable()
+    assert b.state == "waiting" and b.rw.active
+    peer_b.sendall(query(b"select 2"))
+    b._on_client_readable()
+    assert b.pending == query(b"select 1") + query(b"select 2")
+    server_peer.sendall(DONE)
+    a._on_server_readable()  # a is done: the server goes to b with both queries
+    assert b.server is server and b.pending is None
+    assert recv_all(server_peer) == query(b"select 1") + query(b"select 2")
+
+
+def test_a_waiting_client_that_leaves_is_dropped_at_once() -> None:
+    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
+    peer_a.sendall(query(b"select 'a'"))
+    a._on_client_readable()
+    peer_b.sendall(query(b"select 1"))
+    b._on_client_readable()
+    assert list(pool.waiters) == [b]
+    peer_b.close()
+    b._on_client_readable()  # EOF while waiting
+    assert b.closed and not pool.waiters
+    server_peer.sendall(DONE)
+    a._on_server_readable()
+    assert a.server is None and list(pool.idle) == [server]  # nobody to hand it to
+
+
+def test_reading_stops_at_the_pending_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "PENDING_LIMIT", 64)
+    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
+    peer_a.sendall(query(b"select 'a'"))
+    a._on_client_readable()
+    assert recv_all(server_peer) == query(b"select 'a'")
+    peer_b.sendall(query(b"select 1"))
+    b._on_client_readable()
+    assert b.rw.active
+    peer_b.sendall(query(b"x" * 80))
+    b._on_client_readable()
+    assert not b.rw.active  # backpressure: the rest stays in the kernel
+    server_peer.sendall(DONE)
+    a._on_server_readable()
+    assert b.server is server and b.rw.active  # reading again once linked
+    assert recv_all(server_peer) == query(b"select 1") + query(b"x" * 80)
