@@ -84,6 +84,10 @@ def recv_exact(gsock: Any, size: int) -> bytes:
 
 def read_message(gsock: Any, max_length: int) -> tuple[int, bytes]:
     """Read one typed message (login phase); refuse bodies over ``max_length`` bytes."""
+    if type(gsock) is LoginSocket:  # usually the whole message is in one read
+        whole = gsock.message(1, 4, max_length + 4)
+        if whole is not None:
+            return whole[0], whole[5:]
     header = recv_exact(gsock, 5)
     length = int.from_bytes(header[1:5], "big")
     if length < 4 or length - 4 > max_length:
