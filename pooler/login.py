@@ -69,8 +69,11 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
     except OSError:
         pass
-    timeout = gevent.Timeout(node.settings.client_login_timeout)
-    timeout.start()
+    # The exception a plain libev timer throws into this greenlet at client_login_timeout:
+    # what gevent.Timeout(seconds).start() does, minus its Python-level bookkeeping.
+    timeout = gevent.Timeout()
+    timer = gevent.get_hub().loop.timer(node.settings.client_login_timeout)
+    timer.start(gevent.getcurrent().throw, timeout)
     # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
     # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
     # socket their own way, so they read from it directly.
@@ -118,7 +121,8 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     except (netio.ConnectionClosed, OSError):
         return
     finally:
-        timeout.close()
+        timer.stop()
+        timer.close()
     client = serve(sock, node, pool, addr, pid, key, settings)
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
@@ -471,8 +475,8 @@ def _authenticate_scram(
         secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
     binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
     server = ScramServer(secret, channel_binding=binding)
-    mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else ["SCRAM-SHA-256"]
-    netio.sendall(gsock, builders.authentication_sasl(mechanisms))
+    mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else _SCRAM_ONLY
+    netio.sendall(gsock, builders.authentication_sasl(mechanisms) if binding else _SASL_SCRAM)
     try:
         mechanism, data = parsers.parse_sasl_initial_response(_read_password_message(gsock))
         if mechanism not in mechanisms:
@@ -496,6 +500,10 @@ def _authenticate_scram(
     else:
         held.append(final)
     return server
+
+
+_SCRAM_ONLY = ["SCRAM-SHA-256"]
+_SASL_SCRAM = builders.authentication_sasl(_SCRAM_ONLY)  # the offer without TLS, made once
 
 
 def _mock_secret(node: Node, login_name: str) -> ScramSecret:

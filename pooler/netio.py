@@ -52,7 +52,12 @@ def sendall(gsock: Any, data: bytes) -> None:
     the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
     inner = gsock.sock if type(gsock) is LoginSocket else gsock
     if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
-        sent = send_now(inner._sock, data)
+        try:  # send_now(), inline
+            sent = inner._sock.send(data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
         if sent == len(data):
             return
         data = data[sent:]
