@@ -26,6 +26,9 @@ CPU, so well under 30 s unless the machine is very busy. ``--json FILE`` saves t
 ``--compare OLD.json`` prints the change against a saved run (negative = faster).
 
     python -m bench.micro [--filter framing] [--json new.json] [--compare old.json]
+
+``--bytecodes`` counts instead of timing: bytecodes per call of each case and the functions
+that run them (:mod:`bench.bytecodes`), a figure that does not drift with the machine.
 """
 
 from __future__ import annotations
@@ -391,9 +394,16 @@ def relay_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
     from bench import relay  # imports the relay (and gevent) only when these cases run
 
     fe, be = select_extended()
+    fe_p, be_p = named_streams(b"P_1", with_parse=True)
+    fe_c, be_c = named_streams(b"P_1", with_parse=False)
     return {
         "relay.handoff": (relay.handoff_case(fe, be), fe + be),
+        "relay.prepared_handoff": (
+            relay.handoff_case(fe_c, be_c, first=(fe_p, be_p)),
+            fe_c + be_c,
+        ),
         "relay.linked": (relay.linked_case(fe, be, msg(b"Z", b"T")), fe + be),
+        "relay.idle_pool": (relay.idle_pool_case(fe, be), fe + be),
     }
 
 
@@ -449,7 +459,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=0.025, help="CPU s per timed loop (0.025)")
     p.add_argument("--json", metavar="FILE", help="save the figures as JSON")
     p.add_argument("--compare", metavar="OLD", help="a saved --json run to compare with")
+    p.add_argument(
+        "--bytecodes",
+        action="store_true",
+        help="count bytecodes per call and per function instead of timing (bench/bytecodes.py)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.bytecodes:
+        from bench import bytecodes
+
+        cases = {k: fn for k, (fn, _s) in all_cases().items() if args.filter in k}
+        print(bytecodes.report(cases))
+        return 0
     old = None
     if args.compare:
         old = json.loads(Path(args.compare).read_text())["cases"]

@@ -11,8 +11,14 @@ the transaction-mode defaults (prepared-statement watching on, session-state pol
 * ``relay.handoff``: pgbench -c 100 on a pool of 20 in miniature. Two clients share one
   server: while A's query runs, B's arrives and waits; A's reply releases the server, which
   goes straight to B, whose query is forwarded. One call = one transaction.
-* ``relay.linked``: a client that keeps its server (a transaction block, session mode, or an
-  idle pool): request forwarded, reply forwarded, nothing else. One call = one round trip.
+* ``relay.prepared_handoff``: the same with pgbench's ``-M prepared`` streams: each client
+  prepared its statement once; then every transaction is Bind/Describe/Execute/Sync of it,
+  rewritten to the server's name for it.
+* ``relay.linked``: a client that keeps its server (a transaction block, or session mode):
+  request forwarded, reply forwarded, nothing else. One call = one round trip.
+* ``relay.idle_pool``: one client on a quiet pool (pgbench -c 1, the latency target): the
+  server is checked out of the idle list, linked, released and parked idle again on every
+  transaction. One call = one transaction.
 
 The peers' ends of the socket pairs are read and written by the harness itself, so each
 call also pays for those system calls (about as much again as the relay's own); compare
@@ -72,9 +78,22 @@ def _setup(clients: int) -> tuple[Pool, list[Client], list[socket.socket], Serve
     return pool, relays, peers, server, server_peer
 
 
-def handoff_case(request: bytes, reply: bytes) -> Callable[[], None]:
-    """``relay.handoff`` (see the module docstring)."""
+def handoff_case(
+    request: bytes, reply: bytes, first: tuple[bytes, bytes] | None = None
+) -> Callable[[], None]:
+    """``relay.handoff`` (see the module docstring). ``first``: a transaction each client
+    runs once, alone, before (e.g. the one that prepares its statement)."""
     pool, (a, b), (peer_a, peer_b), server, server_peer = _setup(2)
+    if first is not None:
+        for client, peer in ((a, peer_a), (b, peer_b)):
+            peer.sendall(first[0])
+            client._on_client_readable()
+            server_peer.recv(_BUF)
+            server_peer.sendall(first[1])
+            client._on_server_readable()
+            peer.recv(_BUF)
+            if client.server is not None:
+                raise AssertionError("the first transaction did not release the server")
     # A holds the server with its query in flight.
     peer_a.sendall(request)
     a._on_client_readable()
@@ -112,6 +131,23 @@ def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], N
         a._on_server_readable()
         if a.server is not server:
             raise AssertionError("the server left a client inside a transaction block")
+        peer_a.recv(_BUF)
+
+    return run
+
+
+def idle_pool_case(request: bytes, reply: bytes) -> Callable[[], None]:
+    """``relay.idle_pool`` (see the module docstring)."""
+    pool, (a,), (peer_a,), server, server_peer = _setup(1)
+
+    def run() -> None:
+        peer_a.sendall(request)
+        a._on_client_readable()  # checkout from idle, link, forward
+        server_peer.recv(_BUF)
+        server_peer.sendall(reply)
+        a._on_server_readable()  # forward, release, park
+        if a.server is not None or pool.idle[-1] is not server:
+            raise AssertionError("the server did not go back to the idle list")
         peer_a.recv(_BUF)
 
     return run

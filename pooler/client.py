@@ -29,6 +29,7 @@ from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
 from pooler.protocol.sessionstate import (
+    SEEN_BODY,
     classify_message,
     refusal_sql,
     sql_messages,
@@ -226,10 +227,10 @@ class Client(netio.Conn):
         ps = self.ps
         if ps is None:
             end = ex.frontend(view, n)
-            if ex.sql_at:
-                self._note_session_state(view, server)
             if end and not server.write(view[:end]):
                 self.stop_reading()
+            if ex.sql_at:  # after the send: the server starts on the query sooner (the
+                self._note_session_state(view, server)  # reply comes in a later callback)
             if ex.named_at >= 0:
                 ex.named_at = -1
                 self._start_rewriting(server)
@@ -272,7 +273,11 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            kind, drops_statements = classify_message(view, msg_type, start, end)
+            # classify_message(), its cache lookup inlined (a repeated statement, nearly always)
+            verdict = SEEN_BODY[msg_type].get(bytes(view[start:end]))
+            if verdict is None:
+                verdict = classify_message(view, msg_type, start, end)
+            kind, drops_statements = verdict
             if drops_statements and server.statements is not None:
                 # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
                 # may be wrong now; DISCARD ALL before the next client puts both in step.

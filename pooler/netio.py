@@ -202,10 +202,7 @@ class Conn:
             if exc.errno not in _AGAIN:
                 raise
             sent = 0
-        total = 0
-        for part in parts:
-            total += len(part)
-        if sent == total:
+        if sent == sum(map(len, parts)):
             return True
         left = bytearray()
         for part in parts:

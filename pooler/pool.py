@@ -220,23 +220,32 @@ class Pool:
             pass
 
     def checkin(self, server: PoolServer) -> None:
-        """A linked server is clean again: give it to a waiter, or park it idle."""
+        """A linked server is clean again: give it to a waiter, or park it idle.
+
+        What :meth:`_offer` does, in one function for the two usual cases (the relay calls
+        this once per transaction): straight to the first waiter that takes it (the server
+        stays active), or back to the idle list."""
+        if self.closed or self.paused or server.generation != self.generation:
+            self.active -= 1
+            self._offer(server)  # closes it, or parks it while paused
+            return
+        now = time.monotonic()
+        lifetime = self.limits.server_lifetime
+        if lifetime > 0 and now - server.created_at > lifetime:
+            self.active -= 1
+            self._offer(server)  # closes it and opens another for the waiters
+            return
         waiters = self.waiters
-        if waiters and not self.paused and not self.closed and server.generation == self.generation:
-            # The hand-off under load, in one place (what _offer would do): the server stays
-            # active and goes straight to the first waiter that takes it.
-            now = time.monotonic()
-            lifetime = self.limits.server_lifetime
-            if lifetime <= 0 or now - server.created_at <= lifetime:
-                while waiters:
-                    waiter = waiters.popleft()
-                    if waiter.server_ready(server):
-                        stats = self.stats
-                        stats.checkouts += 1
-                        stats.checkout_wait.observe(now - waiter.wait_started)
-                        return
+        while waiters:
+            waiter = waiters.popleft()
+            if waiter.server_ready(server):
+                stats = self.stats
+                stats.checkouts += 1
+                stats.checkout_wait.observe(now - waiter.wait_started)
+                return
         self.active -= 1
-        self._offer(server)
+        server.park()
+        self.idle.append(server)
 
     def discard(self, server: PoolServer, reason: str) -> None:
         """A linked server is dirty or dead: close it and let a waiter get a new one."""

@@ -710,6 +710,8 @@ class PreparedSession:
         Postgres would answer an idle session, with no server needed. This is what keeps
         drivers that prepare synchronously (pgbench -M prepared) from waiting for a server
         that their own pending transactions hold. None: a server is needed."""
+        if view[0] not in _ANSWERABLE:
+            return None  # e.g. a Bind, as in every pgbench -M prepared transaction
         pos = 0
         replies = []
         changes: list[tuple[bytes, bytes | None]] = []
@@ -744,6 +746,10 @@ class PreparedSession:
                 return None
             pos = end
         return None
+
+
+#: The first message of a conversation answer_without_server() may answer.
+_ANSWERABLE = frozenset((_P, _C, _S, _H))
 
 
 def _find_nul(view: memoryview, start: int, stop: int) -> int:

@@ -97,7 +97,7 @@ def classify(sql: bytes) -> tuple[str | None, bool]:
 
 #: Verdicts by the raw body of a Query or a Parse (one dict per type: the same bytes mean
 #: different SQL in each), so the usual repeated message costs one copy and one lookup.
-_SEEN_BODY: dict[int, dict[bytes, tuple[str | None, bool]]] = {0x51: {}, 0x50: {}}
+SEEN_BODY: dict[int, dict[bytes, tuple[str | None, bool]]] = {0x51: {}, 0x50: {}}
 
 
 def classify_message(
@@ -106,7 +106,7 @@ def classify_message(
     """:func:`classify` of the SQL of the whole Query or Parse whose body is
     ``view[start:end]``."""
     body = bytes(view[start:end])
-    seen = _SEEN_BODY[msg_type]
+    seen = SEEN_BODY[msg_type]
     verdict = seen.get(body)
     if verdict is None:
         verdict = classify(sql_text(memoryview(body), msg_type, 0, len(body)))
