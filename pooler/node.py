@@ -230,7 +230,9 @@ class Node:
                 pid = self.pid_prefix | low
             else:
                 low &= 0x7FFFFFFF  # 1 to 0x7FFFFFFE
-                pid = low if low != 0x7FFFFFFF else 0
+                if low == 0x7FFFFFFF:
+                    low = 0  # drawn again, as 0 is
+                pid = low
             parked = self.cluster is not None and pid in self.cluster.parked
             if low and pid not in self.clients and not parked:
                 return pid, random[4:]

@@ -247,3 +247,10 @@ def test_cached_greeting_matches_welcome_and_settings_are_a_copy() -> None:
     server_params["TimeZone"] = "Europe/Paris"  # the pool's servers changed: a new entry
     settings, _ = login.greeting_for(params, requested, server_params)
     assert settings["TimeZone"] == "Europe/Paris"
+
+
+def test_backend_key_draws_outside_the_range_are_drawn_again(monkeypatch: Any) -> None:
+    draws = [b"\xff\xff\xff\xffkey1", b"\x80\x00\x00\x00key2", b"\x00\x00\x00\x07key3"]
+    monkeypatch.setattr("pooler.node.os.urandom", lambda n: draws.pop(0))
+    assert Node(NodeSettings()).new_backend_key() == (7, b"key3")
+    assert draws == []
