@@ -32,6 +32,7 @@ from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
 from pooler.protocol.params import REPORTED, client_settings
 from pooler.protocol.startup import (
+    MAX_STARTUP_PACKET,
     CancelRequest,
     GSSENCRequest,
     SSLRequest,
@@ -68,8 +69,11 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
     except OSError:
         pass
-    timeout = gevent.Timeout(node.settings.client_login_timeout)
-    timeout.start()
+    # The exception a plain libev timer throws into this greenlet at client_login_timeout:
+    # what gevent.Timeout(seconds).start() does, minus its Python-level bookkeeping.
+    timeout = gevent.Timeout()
+    timer = gevent.get_hub().loop.timer(node.settings.client_login_timeout)
+    timer.start(gevent.getcurrent().throw, timeout)
     # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
     # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
     # socket their own way, so they read from it directly.
@@ -117,7 +121,8 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     except (netio.ConnectionClosed, OSError):
         return
     finally:
-        timeout.close()
+        timer.stop()
+        timer.close()
     client = serve(sock, node, pool, addr, pid, key, settings)
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
@@ -162,19 +167,24 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
     server_tls = node.settings.tls
     encrypted = tls.is_tls(gsock)
     for _ in range(3):
-        header = netio.recv_exact(gsock, 4)
-        if header[0] == tls.HANDSHAKE_RECORD and not encrypted:
-            if server_tls is None:
-                raise ProtocolError(
-                    "direct TLS connection refused: this Greenvisor has no TLS certificate "
-                    "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
-                )
-            if type(gsock) is LoginSocket:  # the rest of the ClientHello may be held
-                header += gsock.take()
-                gsock = gsock.sock
-            return None, tls.accept(gsock, server_tls, header)
-        length = startup_packet_length(header)
-        packet = parse_startup_packet(header + netio.recv_exact(gsock, length - 4))
+        # Usually one read holds the whole packet; else (a TLS ClientHello, a bad length, a
+        # packet in pieces) read the header first.
+        whole = gsock.message(0, 8, MAX_STARTUP_PACKET) if type(gsock) is LoginSocket else None
+        if whole is None:
+            header = netio.recv_exact(gsock, 4)
+            if header[0] == tls.HANDSHAKE_RECORD and not encrypted:
+                if server_tls is None:
+                    raise ProtocolError(
+                        "direct TLS connection refused: this Greenvisor has no TLS certificate "
+                        "(--tls-cert/--tls-key); connect without sslnegotiation=direct"
+                    )
+                if type(gsock) is LoginSocket:  # the rest of the ClientHello may be held
+                    header += gsock.take()
+                    gsock = gsock.sock
+                return None, tls.accept(gsock, server_tls, header)
+            length = startup_packet_length(header)
+            whole = header + netio.recv_exact(gsock, length - 4)
+        packet = parse_startup_packet(whole)
         if isinstance(packet, (SSLRequest, GSSENCRequest)):
             if encrypted:
                 raise ProtocolError("encryption requested again on an encrypted connection")
@@ -237,7 +247,13 @@ def _login(
     if user is None:
         user = authquery.passthrough_user(user_name, mode)
     database = startup.database if "database" in startup.params else tenant.db_database
-    requested = client_settings(startup.settings())
+    params = tuple(startup.params.items())
+    requested = _REQUESTED.get(params)
+    if requested is None:
+        requested = client_settings(startup.settings())  # may refuse the packet
+        if len(_REQUESTED) >= _GREETINGS_LIMIT:
+            _REQUESTED.clear()
+        _REQUESTED[params] = requested
     if node.cluster is not None:
         from pooler.cluster.internal import relay_client
 
@@ -247,9 +263,9 @@ def _login(
     if keys is not None:
         authquery.install(pool, *keys)
     admit(pool, node)
-    settings = expected_settings(requested, pool.server_params)
     pid, key = node.new_backend_key()
-    return pool, pid, key, welcome(pool.server_params, settings, pid, key), settings
+    settings, greeting = greeting_for(params, requested, pool.server_params)
+    return pool, pid, key, greeting + builders.backend_key_data(pid, key) + _READY_IDLE, settings
 
 
 def admit(pool: Pool, node: Node) -> None:
@@ -295,11 +311,42 @@ _GREETINGS_LIMIT = 1024
 _READY_IDLE = builders.ready_for_query(b"I")
 
 
+#: A client's settings (params.client_settings) by its startup parameters, and the settings
+#: and greeting (welcome() without the key) by those and the pool's server parameters: a
+#: pool's clients mostly send the same startup packet, and working these out again showed
+#: in login profiles. Values are never changed in place (the client gets a copy).
+_REQUESTED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+_WELCOMES: dict[tuple[Any, Any], tuple[dict[str, str], bytes]] = {}
+
+
+def greeting_for(
+    params: tuple[tuple[str, str], ...],
+    requested: dict[str, str],
+    server_params: dict[str, str] | None,
+) -> tuple[dict[str, str], bytes]:
+    """expected_settings() and welcome() up to the BackendKeyData, for a client whose
+    startup parameters are ``params`` (``requested`` is what they ask for)."""
+    cache_key = (params, tuple(server_params.items()) if server_params else None)
+    found = _WELCOMES.get(cache_key)
+    if found is None:
+        settings = expected_settings(requested, server_params)
+        found = (settings, _greeting(server_params, settings))
+        if len(_WELCOMES) >= _GREETINGS_LIMIT:
+            _WELCOMES.clear()
+        _WELCOMES[cache_key] = found
+    return dict(found[0]), found[1]
+
+
 def welcome(
     server_params: dict[str, str] | None, settings: dict[str, str], pid: int, key: bytes
 ) -> bytes:
     """AuthenticationOk, the ParameterStatus a client of these servers expects, its
     BackendKeyData and ReadyForQuery: the bytes that end a login."""
+    return _greeting(server_params, settings) + builders.backend_key_data(pid, key) + _READY_IDLE
+
+
+def _greeting(server_params: dict[str, str] | None, settings: dict[str, str]) -> bytes:
+    """AuthenticationOk and the ParameterStatus messages of welcome()."""
     reported = dict(server_params or {})
     for name in REPORTED.values():
         if name in settings:
@@ -314,7 +361,7 @@ def welcome(
         if len(_GREETINGS) >= _GREETINGS_LIMIT:
             _GREETINGS.clear()
         _GREETINGS[items] = greeting
-    return greeting + builders.backend_key_data(pid, key) + _READY_IDLE
+    return greeting
 
 
 # -- authentication --------------------------------------------------------------------------
@@ -428,8 +475,8 @@ def _authenticate_scram(
         secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
     binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
     server = ScramServer(secret, channel_binding=binding)
-    mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else ["SCRAM-SHA-256"]
-    netio.sendall(gsock, builders.authentication_sasl(mechanisms))
+    mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else _SCRAM_ONLY
+    netio.sendall(gsock, builders.authentication_sasl(mechanisms) if binding else _SASL_SCRAM)
     try:
         mechanism, data = parsers.parse_sasl_initial_response(_read_password_message(gsock))
         if mechanism not in mechanisms:
@@ -453,6 +500,10 @@ def _authenticate_scram(
     else:
         held.append(final)
     return server
+
+
+_SCRAM_ONLY = ["SCRAM-SHA-256"]
+_SASL_SCRAM = builders.authentication_sasl(_SCRAM_ONLY)  # the offer without TLS, made once
 
 
 def _mock_secret(node: Node, login_name: str) -> ScramSecret:

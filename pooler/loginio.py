@@ -59,6 +59,29 @@ class LoginSocket:
         self.buf = buf[size:]
         return buf[:size]
 
+    def message(self, start: int, low: int, high: int) -> bytes | None:
+        """The next whole message when the bytes held (or one recv(), when none are held)
+        contain it: its 4-byte length field is at ``start`` (0 for a startup packet, 1
+        after a typed message's type byte) and counts itself, not what precedes it. None,
+        consuming nothing, when the length is outside ``low..high`` or more bytes are to
+        come: the caller then reads it piece by piece and reports what is wrong. One slice
+        instead of two recv_exact calls, the login's commonest read."""
+        buf = self.buf
+        if not buf:
+            buf = self.buf = self.sock.recv(READ_SIZE)
+        end = start + 4
+        if len(buf) < end:
+            return None
+        length = int.from_bytes(buf[start:end], "big")
+        end = start + length
+        if length < low or length > high or len(buf) < end:
+            return None
+        if len(buf) == end:
+            self.buf = b""
+            return buf
+        self.buf = buf[end:]
+        return buf[:end]
+
     @property
     def buffered(self) -> int:
         """How many bytes the client sent that were read but not consumed yet."""

@@ -52,7 +52,12 @@ def sendall(gsock: Any, data: bytes) -> None:
     the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
     inner = gsock.sock if type(gsock) is LoginSocket else gsock
     if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
-        sent = send_now(inner._sock, data)
+        try:  # send_now(), inline
+            sent = inner._sock.send(data)
+        except OSError as exc:
+            if exc.errno not in _AGAIN:
+                raise
+            sent = 0
         if sent == len(data):
             return
         data = data[sent:]
@@ -84,6 +89,10 @@ def recv_exact(gsock: Any, size: int) -> bytes:
 
 def read_message(gsock: Any, max_length: int) -> tuple[int, bytes]:
     """Read one typed message (login phase); refuse bodies over ``max_length`` bytes."""
+    if type(gsock) is LoginSocket:  # usually the whole message is in one read
+        whole = gsock.message(1, 4, max_length + 4)
+        if whole is not None:
+            return whole[0], whole[5:]
     header = recv_exact(gsock, 5)
     length = int.from_bytes(header[1:5], "big")
     if length < 4 or length - 4 > max_length:

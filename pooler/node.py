@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -223,13 +222,20 @@ class Node:
 
     def new_backend_key(self) -> tuple[int, bytes]:
         """Greenvisor's own BackendKeyData for a client: random, never the server's."""
-        while True:
+        while True:  # one urandom() call: 4 bytes for the pid, 4 for the key
+            random = os.urandom(8)
+            low = int.from_bytes(random[:4], "big")
             if self.pid_prefix:  # cluster: the pid says which node issued it (cancel)
-                pid = self.pid_prefix | (secrets.randbelow(0x1FFFFF) + 1)
+                low &= 0x1FFFFF  # 1 to 0x1FFFFF
+                pid = self.pid_prefix | low
             else:
-                pid = secrets.randbelow(0x7FFFFFFF - 1) + 1
-            if pid not in self.clients and (self.cluster is None or pid not in self.cluster.parked):
-                return pid, struct.pack("!I", secrets.randbits(32))
+                low &= 0x7FFFFFFF  # 1 to 0x7FFFFFFE
+                if low == 0x7FFFFFFF:
+                    low = 0  # drawn again, as 0 is
+                pid = low
+            parked = self.cluster is not None and pid in self.cluster.parked
+            if low and pid not in self.clients and not parked:
+                return pid, random[4:]
 
     def client_opened(self, client: Client) -> None:
         self.clients[client.pid] = client

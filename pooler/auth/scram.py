@@ -32,7 +32,6 @@ Passwords are normalised with SASLprep exactly as Postgres's ``pg_saslprep`` doe
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -42,6 +41,7 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 from pooler.protocol.errors import INVALID_PASSWORD, PROTOCOL_VIOLATION, AuthError
 
@@ -138,8 +138,14 @@ def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", saslprep(password), salt, iterations)
 
 
+try:  # what hmac.digest() calls, without its Python-level dispatch (twice per login)
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - CPython without OpenSSL
+    _hmac_digest = hmac.digest  # type: ignore[assignment]
+
+
 def _hmac(key: bytes, text: bytes) -> bytes:
-    return hmac.digest(key, text, "sha256")
+    return _hmac_digest(key, text, "sha256")
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -160,12 +166,12 @@ def _is_number(text: str) -> bool:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")  # base64.b64encode
 
 
 def _unb64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+    try:  # base64.b64decode(validate=True), without its Python-level wrapper
+        return binascii.a2b_base64(text.encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError):
         raise AuthError(
             f"malformed SCRAM message: {what} is not valid base64", PROTOCOL_VIOLATION
@@ -180,6 +186,9 @@ class ScramSecret:
     salt: bytes
     stored_key: bytes
     server_key: bytes
+    #: ",s=<salt>,i=<iterations>": the server-first-message after the nonce (not a field:
+    #: set per instance by __post_init__, once per secret instead of once per login).
+    first_suffix: ClassVar[str]
 
     def __post_init__(self) -> None:
         if not 1 <= self.iterations <= MAX_ITERATIONS or not self.salt:
@@ -188,6 +197,7 @@ class ScramSecret:
             )
         if len(self.stored_key) != KEY_LENGTH or len(self.server_key) != KEY_LENGTH:
             raise InvalidSecret("invalid SCRAM secret: keys must be 32 bytes", PROTOCOL_VIOLATION)
+        object.__setattr__(self, "first_suffix", f",s={_b64(self.salt)},i={self.iterations}")
 
     def __repr__(self) -> str:
         salt = f"<{len(self.salt)} bytes>"
@@ -273,6 +283,9 @@ def _check_extensions(parts: list[str], what: str) -> None:
 
 #: Printable ASCII (0x21-0x7E) except ',' (0x2C), 1 to MAX_NONCE characters.
 _NONCE = re.compile(rf"[\x21-\x2b\x2d-\x7e]{{1,{MAX_NONCE}}}")
+#: The client-first-message nearly every client sends (libpq: no channel binding, no
+#: extensions, any user name): its nonce, checked in the same pass.
+_PLAIN_FIRST = re.compile(rf"n,,n=[^,]*,r=([\x21-\x2b\x2d-\x7e]{{1,{MAX_NONCE}}})")
 
 
 def _nonce_ok(nonce: str) -> bool:
@@ -408,13 +421,17 @@ class ScramServer:
         #: tls-server-end-point data of this connection (None: not TLS, -PLUS not offered).
         self._binding = channel_binding
         self._expected_c = b""
-        self._suffix = nonce or _new_nonce()
-        if not _nonce_ok(self._suffix):
+        if not nonce:
+            self._suffix = _new_nonce()  # base64: always a valid nonce
+        elif _nonce_ok(nonce):
+            self._suffix = nonce
+        else:
             raise ValueError("a SCRAM nonce is 1 to 1024 printable characters without ','")
         self._gs2_header = ""
         self._first_bare = ""
         self._server_first = ""
         self._nonce = ""
+        self._final_prefix = ""  # the client-final-message up to the proof, as expected
         self._state = "start"
         #: The client's ClientKey, set after a successful exchange (for pass-through logins).
         self.client_key: bytes | None = None
@@ -434,14 +451,20 @@ class ScramServer:
         when the client chose SCRAM-SHA-256-PLUS."""
         self._step("start")
         text = _text(data, "client-first-message")
-        self._gs2_header, self._first_bare = _split_gs2(text)
-        bound = _check_binding(self._gs2_header, self._binding, plus)
-        binding = self._binding if bound and self._binding is not None else b""
-        self._expected_c = self._gs2_header.encode() + binding
-        client_nonce = _parse_first_bare(self._first_bare)
-        self._nonce = client_nonce + self._suffix
-        secret = self._secret
-        self._server_first = f"r={self._nonce},s={_b64(secret.salt)},i={secret.iterations}"
+        plain = None if plus else _PLAIN_FIRST.fullmatch(text)
+        if plain is not None:  # what the general path below concludes, in one regex
+            self._gs2_header, self._first_bare = GS2_HEADER, text[3:]
+            self._expected_c = b"n,,"
+            self._nonce = plain.group(1) + self._suffix
+            self._final_prefix = f"c=biws,r={self._nonce},p="  # biws: base64 of n,,
+        else:
+            self._gs2_header, self._first_bare = _split_gs2(text)
+            bound = _check_binding(self._gs2_header, self._binding, plus)
+            binding = self._binding if bound and self._binding is not None else b""
+            self._expected_c = self._gs2_header.encode() + binding
+            self._nonce = _parse_first_bare(self._first_bare) + self._suffix
+            self._final_prefix = f"c={_b64(self._expected_c)},r={self._nonce},p="
+        self._server_first = f"r={self._nonce}{self._secret.first_suffix}"
         self._state = "first-sent"
         return self._server_first.encode()
 
@@ -449,6 +472,29 @@ class ScramServer:
         """Check the client's proof; return the server-final-message ("v=...")."""
         self._step("first-sent")
         text = _text(data, "client-final-message")
+        prefix = self._final_prefix
+        if text.startswith(prefix) and "," not in text[len(prefix) :]:
+            # The expected binding and nonce, no extension: all the checks below would pass.
+            without_proof, raw_proof = prefix[:-3], text[len(prefix) :]
+        else:
+            without_proof, raw_proof = self._parse_final(text)
+        proof = _unb64(raw_proof, "proof")
+        if len(proof) != KEY_LENGTH:
+            raise _malformed(f"proof is {len(proof)} bytes instead of {KEY_LENGTH}")
+        auth_message = f"{self._first_bare},{self._server_first},{without_proof}".encode()
+        client_key = _xor(proof, _hmac(self._secret.stored_key, auth_message))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._secret.stored_key):
+            raise AuthError(
+                "password authentication failed: the SCRAM proof does not match the stored secret",
+                INVALID_PASSWORD,
+            )
+        self.client_key = client_key
+        self._state = "done"
+        return f"v={_b64(_hmac(self._secret.server_key, auth_message))}".encode()
+
+    def _parse_final(self, text: str) -> tuple[str, str]:
+        """(client-final-message without proof, base64 proof), checking the channel binding,
+        the nonce and any extensions."""
         without_proof, sep, raw_proof = text.rpartition(",p=")
         if not sep:
             raise _malformed("client-final-message has no proof (p=)")
@@ -465,19 +511,7 @@ class ScramServer:
         if len(parts) < 2 or _attribute(parts[1], "r", "client-final-message") != self._nonce:
             raise _malformed("nonce does not match the one the server sent")
         _check_extensions(parts[2:], "client-final-message")
-        proof = _unb64(raw_proof, "proof")
-        if len(proof) != KEY_LENGTH:
-            raise _malformed(f"proof is {len(proof)} bytes instead of {KEY_LENGTH}")
-        auth_message = f"{self._first_bare},{self._server_first},{without_proof}".encode()
-        client_key = _xor(proof, _hmac(self._secret.stored_key, auth_message))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._secret.stored_key):
-            raise AuthError(
-                "password authentication failed: the SCRAM proof does not match the stored secret",
-                INVALID_PASSWORD,
-            )
-        self.client_key = client_key
-        self._state = "done"
-        return f"v={_b64(_hmac(self._secret.server_key, auth_message))}".encode()
+        return without_proof, raw_proof
 
     @property
     def done(self) -> bool:

@@ -99,9 +99,16 @@ def parse_password_message(body: Buffer) -> bytes:
     return body[:-1]
 
 
+_SCRAM_PREFIX = b"SCRAM-SHA-256\0"
+
+
 def parse_sasl_initial_response(body: Buffer) -> tuple[str, bytes]:
     """A SASLInitialResponse ('p'): (mechanism, initial data; b"" when the length is -1)."""
     body = bytes(body)
+    if body.startswith(_SCRAM_PREFIX):  # the usual one, checked in one go
+        length = int.from_bytes(body[14:18], "big", signed=True)
+        if length == len(body) - 18:
+            return "SCRAM-SHA-256", body[18:]
     raw_mechanism, pos = _cstring(body, 0, "SASL initial response")
     if len(body) - pos < 4:
         raise ProtocolError("invalid SASL initial response: the data length is missing")

@@ -86,6 +86,8 @@ class StartupMessage:
     @property
     def protocol_options(self) -> dict[str, str]:
         """The ``_pq_.`` protocol extension parameters (the caller negotiates them away)."""
+        if PROTOCOL_OPTION_PREFIX not in "".join(self.params):  # the usual case, no loop
+            return {}
         return {k: v for k, v in self.params.items() if k.startswith(PROTOCOL_OPTION_PREFIX)}
 
     def settings(self) -> dict[str, str]:
@@ -95,7 +97,8 @@ class StartupMessage:
         parameters after them, so a parameter given both ways takes the explicit value.
         Raises :class:`ProtocolError` for an ``options`` value it cannot use.
         """
-        settings = parse_options(self.options)
+        options = self.params.get("options")
+        settings = parse_options(options) if options else {}
         for key, value in self.params.items():
             if key not in _NOT_SETTINGS and not key.startswith(PROTOCOL_OPTION_PREFIX):
                 settings[key] = value
@@ -126,7 +129,8 @@ def parse_startup_packet(
         raise ProtocolError(
             f"invalid startup packet: length field says {length} bytes but {len(packet)} were given"
         )
-    startup_packet_length(packet[:4])
+    if length > MAX_STARTUP_PACKET:
+        startup_packet_length(packet[:4])  # says what is wrong
     if code in (SSL_REQUEST_CODE, GSSENC_REQUEST_CODE):
         return _parse_encryption_request(code, length)
     if code == CANCEL_REQUEST_CODE:
@@ -173,7 +177,15 @@ def _parse_params(body: bytes) -> dict[str, str]:
         raise ProtocolError("invalid startup packet layout: expected a terminator as the last byte")
     if len(body) == 1:
         return {}
-    strings = body[:-2].split(b"\0")
+    try:  # the usual case in one go: valid UTF-8 (so is every part), no duplicate, no ""
+        texts = body[:-2].decode("utf-8").split("\0")
+        if not len(texts) % 2:
+            fast = dict(zip(texts[::2], texts[1::2], strict=True))
+            if len(fast) * 2 == len(texts) and "" not in fast:
+                return fast
+    except UnicodeDecodeError:
+        pass
+    strings = body[:-2].split(b"\0")  # find what is wrong, and say it
     if len(strings) % 2:
         raise ProtocolError(
             "invalid startup packet layout: a parameter name has no value "
