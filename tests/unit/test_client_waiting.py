@@ -38,15 +38,22 @@ def recv_all(sock) -> bytes:  # type: ignore[no-untyped-def]
     return out
 
 
-def test_bytes_sent_while_waiting_are_forwarded_in_order() -> None:
+def b_waits_for_a():  # type: ignore[no-untyped-def]
+    """Client a holds the only server with a query running; client b sent a query and
+    waits for a server (its read watcher still on)."""
     pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
     peer_a.sendall(query(b"select 'a'"))
     a._on_client_readable()
     assert recv_all(server_peer) == query(b"select 'a'")
-    # b waits; it sends twice while waiting (a pipelining driver), and keeps being read.
     peer_b.sendall(query(b"select 1"))
     b._on_client_readable()
-    assert b.state == "waiting" and b.rw.active
+    assert b.state == "waiting" and b.rw.active and list(pool.waiters) == [b]
+    return pool, (a, b), (peer_a, peer_b), server, server_peer
+
+
+def test_bytes_sent_while_waiting_are_forwarded_in_order() -> None:
+    pool, (a, b), (peer_a, peer_b), server, server_peer = b_waits_for_a()
+    # b sends again while waiting (a pipelining driver), and keeps being read.
     peer_b.sendall(query(b"select 2"))
     b._on_client_readable()
     assert b.pending == query(b"select 1") + query(b"select 2")
@@ -57,12 +64,7 @@ def test_bytes_sent_while_waiting_are_forwarded_in_order() -> None:
 
 
 def test_a_waiting_client_that_leaves_is_dropped_at_once() -> None:
-    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
-    peer_a.sendall(query(b"select 'a'"))
-    a._on_client_readable()
-    peer_b.sendall(query(b"select 1"))
-    b._on_client_readable()
-    assert list(pool.waiters) == [b]
+    pool, (a, b), (peer_a, peer_b), server, server_peer = b_waits_for_a()
     peer_b.close()
     b._on_client_readable()  # EOF while waiting
     assert b.closed and not pool.waiters
@@ -73,13 +75,7 @@ def test_a_waiting_client_that_leaves_is_dropped_at_once() -> None:
 
 def test_reading_stops_at_the_pending_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(client_module, "PENDING_LIMIT", 64)
-    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
-    peer_a.sendall(query(b"select 'a'"))
-    a._on_client_readable()
-    assert recv_all(server_peer) == query(b"select 'a'")
-    peer_b.sendall(query(b"select 1"))
-    b._on_client_readable()
-    assert b.rw.active
+    pool, (a, b), (peer_a, peer_b), server, server_peer = b_waits_for_a()
     peer_b.sendall(query(b"x" * 80))
     b._on_client_readable()
     assert not b.rw.active  # backpressure: the rest stays in the kernel
