@@ -297,30 +297,25 @@ class PreparedSession:
                             queue.append(msg_type)
                             pos = end
                             continue
-                        if msg_type == _B:  # a named statement: rewrite (_rewrite's case)
-                            replacement = self._bind(view, pos + HEADER, end, length)
-                            if replacement is not None:
-                                if run < pos:
-                                    to_server.append(view[run:pos])
-                                to_server.extend(replacement)
-                                run = end
-                            pos = end
-                            continue
-                    if end > n:
-                        if length > MAX_REWRITE:
-                            raise ProtocolError(
-                                f"a {chr(msg_type)} message of {length} bytes is too large "
-                                "to rewrite; use an unnamed statement for queries this big"
-                            )
-                        if msg_type == _P and n > pos + HEADER and view[pos + HEADER] == 0:
-                            pass  # an unnamed Parse streams like any other message
-                        elif msg_type == _B and self._bind_prefix_streamable(view, pos, n):
-                            pass  # the names are here: rewrite them, stream the rest
-                        else:
-                            break
-                    replacement = self._rewrite(
-                        msg_type, view, pos + HEADER, min(end, n), length, to_client
-                    )
+                    if msg_type == _B and end <= n and length >= 6:
+                        # A whole Bind of a named statement: _rewrite's case, minus its checks.
+                        replacement = self._bind(view, pos + HEADER, end, length)
+                    else:
+                        if end > n:
+                            if length > MAX_REWRITE:
+                                raise ProtocolError(
+                                    f"a {chr(msg_type)} message of {length} bytes is too large "
+                                    "to rewrite; use an unnamed statement for queries this big"
+                                )
+                            if msg_type == _P and n > pos + HEADER and view[pos + HEADER] == 0:
+                                pass  # an unnamed Parse streams like any other message
+                            elif msg_type == _B and self._bind_prefix_streamable(view, pos, n):
+                                pass  # the names are here: rewrite them, stream the rest
+                            else:
+                                break
+                        replacement = self._rewrite(
+                            msg_type, view, pos + HEADER, min(end, n), length, to_client
+                        )
                     if replacement is not None:
                         if run < pos:
                             to_server.append(view[run:pos])
