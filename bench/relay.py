@@ -35,7 +35,7 @@ from typing import Any
 from pooler.client import Client
 from pooler.pool import Pool, PoolKey, PoolLimits
 from pooler.protocol.prepared import StatementNames
-from pooler.server import ServerConn
+from pooler.server import ServerConn, Target
 
 _BUF = 1 << 16
 
@@ -71,7 +71,8 @@ def relay_objects(
     pool = Pool(PoolKey("t1", "app", "app", "transaction"), limits, lambda _pool: None)
     params = {"client_encoding": "UTF8", "application_name": "pgbench"}
     server_sock, server_peer = _pair()
-    server = ServerConn(server_sock, pool, None, 1, b"k", dict(params))  # type: ignore[arg-type]
+    target = Target("127.0.0.1", 5432, "app", "app", "")  # never dialled: the pair is the server
+    server = ServerConn(server_sock, pool, target, 1, b"k", dict(params))
     pool.idle.append(server)
     relays, peers = [], []
     for i in range(clients):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from pooler import netio
 from pooler.config import MODE_SESSION
@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.client")
 
-SESSION_RESET_QUERY = "DISCARD ALL"
-REPORTED_NAMES = frozenset(REPORTED.values())
-ROLLBACK_QUERY = "ROLLBACK"
+SESSION_RESET_QUERY: Final = "DISCARD ALL"
+REPORTED_NAMES: Final = frozenset(REPORTED.values())
+ROLLBACK_QUERY: Final = "ROLLBACK"
 #: Bytes a client waiting for a server may send before the pooler stops reading it.
 PENDING_LIMIT = 256 * 1024
 
@@ -184,7 +184,7 @@ class Client(netio.Conn):
             self.bytes_in += n - carried
             if not self.busy_since:
                 self.busy_since = time.monotonic()
-            server = self.server
+            server: ServerConn | None = self.server
             if server is None:
                 pending = self.pending
                 if pending is not None:
@@ -213,7 +213,7 @@ class Client(netio.Conn):
                         self.busy_since = 0.0
                         self.write(answer)
                         return
-                server = self.pool.checkout(self)  # type: ignore[assignment]
+                server = cast("ServerConn | None", self.pool.checkout(self))
                 if server is None:
                     self.pending = bytes(view[:n])
                     self.wait_started = time.monotonic()

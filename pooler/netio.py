@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import _socket
 import errno
-from typing import Any
+from typing import Any, Final
 
 from gevent import get_hub
 from gevent.socket import socket as GeventSocket
@@ -25,13 +25,13 @@ from pooler.protocol.errors import ProtocolError
 
 #: One receive buffer for every relay callback: callbacks run one at a time and never keep
 #: a view into it after they return (unsent bytes are copied).
-RECV_SIZE = 256 * 1024
-RECV_BUF = bytearray(RECV_SIZE)
-RECV_VIEW = memoryview(RECV_BUF)
+RECV_SIZE: Final = 256 * 1024
+RECV_BUF: Final = bytearray(RECV_SIZE)
+RECV_VIEW: Final = memoryview(RECV_BUF)
 
-_READ = 1
-_WRITE = 2
-_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+_READ: Final = 1
+_WRITE: Final = 2
+_AGAIN: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
 def detach(gsock: Any) -> _socket.socket:

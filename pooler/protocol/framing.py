@@ -33,49 +33,50 @@ rebuild its request queue and take over at any message boundary, even mid-pipeli
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from pooler.protocol.errors import ProtocolError
 
 #: Postgres refuses messages of 1 GB and more (PQ_LARGE_MESSAGE_LIMIT); so do we.
-MAX_MESSAGE_LENGTH = 0x3FFFFFFF
+MAX_MESSAGE_LENGTH: Final = 0x3FFFFFFF
 
-HEADER = 5
+HEADER: Final = 5
 #: (type, length) of the message header at an offset.
-_unpack_header = struct.Struct("!BI").unpack_from
+_unpack_header: Final = struct.Struct("!BI").unpack_from
 
 # Frontend message types (ints, as indexing a memoryview yields ints).
-F_QUERY = ord("Q")
-F_SYNC = ord("S")
-F_FUNCTION_CALL = ord("F")
-F_PARSE = ord("P")
-F_BIND = ord("B")
-F_DESCRIBE = ord("D")
-F_EXECUTE = ord("E")
-F_CLOSE = ord("C")
-F_FLUSH = ord("H")
-F_TERMINATE = ord("X")
-F_COPY_DATA = ord("d")
-F_COPY_DONE = ord("c")
-F_COPY_FAIL = ord("f")
+F_QUERY: Final = 81  # ord("Q")
+F_SYNC: Final = 83  # ord("S")
+F_FUNCTION_CALL: Final = 70  # ord("F")
+F_PARSE: Final = 80  # ord("P")
+F_BIND: Final = 66  # ord("B")
+F_DESCRIBE: Final = 68  # ord("D")
+F_EXECUTE: Final = 69  # ord("E")
+F_CLOSE: Final = 67  # ord("C")
+F_FLUSH: Final = 72  # ord("H")
+F_TERMINATE: Final = 88  # ord("X")
+F_COPY_DATA: Final = 100  # ord("d")
+F_COPY_DONE: Final = 99  # ord("c")
+F_COPY_FAIL: Final = 102  # ord("f")
 
 # Backend message types.
-B_READY_FOR_QUERY = ord("Z")
-B_PARAMETER_STATUS = ord("S")
-B_ERROR_RESPONSE = ord("E")
-B_DATA_ROW = ord("D")
-B_COPY_DATA = ord("d")
+B_READY_FOR_QUERY: Final = 90  # ord("Z")
+B_PARAMETER_STATUS: Final = 83  # ord("S")
+B_ERROR_RESPONSE: Final = 69  # ord("E")
+B_DATA_ROW: Final = 68  # ord("D")
+B_COPY_DATA: Final = 100  # ord("d")
 
 #: A ParameterStatus longer than this is streamed unread (no real GUC value is this long).
-MAX_TRACKED_STATUS = 8192
+MAX_TRACKED_STATUS: Final = 8192
 
-TX_IDLE = ord("I")
-TX_IN_BLOCK = ord("T")
-TX_FAILED = ord("E")
+TX_IDLE: Final = 73  # ord("I")
+TX_IN_BLOCK: Final = 84  # ord("T")
+TX_FAILED: Final = 69  # ord("E")
 
-_EXTENDED_OR_EXECUTE = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
-_NAMEABLE = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE))
-_BULK = frozenset((B_DATA_ROW, B_COPY_DATA))
-_S_KIND = ord("S")
+_EXTENDED_OR_EXECUTE: Final = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
+_NAMEABLE: Final = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE))
+_BULK: Final = frozenset((B_DATA_ROW, B_COPY_DATA))
+_S_KIND: Final = 83  # ord("S")
 
 
 def names_statement(buf: memoryview, pos: int, n: int) -> bool:
@@ -190,6 +191,8 @@ class Exchange:
         kinds = self.fe_kinds if self.watch else None
         inspect = self.inspect
         last = n - HEADER
+        msg_type: int  # typed for the compiled build (pooler/hotpath.py): C ints, no boxes
+        length: int
         # Per message this loop is the relay's hottest code: every bytecode counts (see
         # bench.micro's relay cases). A length over MAX_MESSAGE_LENGTH cannot end inside
         # this read, so it is refused after the loop, where the read ends mid-message.
@@ -285,6 +288,8 @@ class Exchange:
         unpack = _unpack_header
         kinds = self.be_kinds if self.watch else None
         last = n - HEADER
+        msg_type: int
+        length: int
         while pos <= last:  # as in frontend(): the hottest loop, oversize refused after it
             msg_type, length = unpack(buf, pos)
             if length < 4:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
+from typing import Final
 
 from pooler.protocol.builders import error_response
 from pooler.protocol.errors import ProtocolError
@@ -44,29 +45,50 @@ from pooler.protocol.framing import (
     unknown_frontend,
 )
 
-_unpack_len = struct.Struct("!I").unpack_from
-_unpack_header = struct.Struct("!BI").unpack_from  # (type, length)
-_pack_len = struct.Struct("!I").pack
+_unpack_len: Final = struct.Struct("!I").unpack_from
+_unpack_header: Final = struct.Struct("!BI").unpack_from  # (type, length)
+_pack_len: Final = struct.Struct("!I").pack
 
-FORWARD = 0  # a client request: its replies go to the client
-SKIP = 1  # injected by us: success replies are swallowed (errors still reach the client)
-FAKE = 2  # never sent: ``payload`` is emitted when this entry reaches the head
-REPLACE = 3  # sent to fail on purpose: the ErrorResponse is replaced by ``payload``
+FORWARD: Final = 0  # a client request: its replies go to the client
+SKIP: Final = 1  # injected by us: success replies are swallowed (errors still reach the client)
+FAKE: Final = 2  # never sent: ``payload`` is emitted when this entry reaches the head
+REPLACE: Final = 3  # sent to fail on purpose: the ErrorResponse is replaced by ``payload``
 
 PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 READY_IDLE = b"Z\x00\x00\x00\x05I"
 CLOSE_COMPLETE = b"3\x00\x00\x00\x04"
 
 # Message types as ints.
-_P, _B, _D, _C, _E, _S, _Q, _F, _H, _X = (ord(c) for c in "PBDCESQFHX")
-_COPY_DATA, _COPY_DONE, _COPY_FAIL = ord("d"), ord("c"), ord("f")
-_PARSE_COMPLETE, _BIND_COMPLETE, _CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
-_NO_DATA, _ROW_DESCRIPTION, _PARAM_DESCRIPTION = ord("n"), ord("T"), ord("t")
-_COMMAND_COMPLETE, _EMPTY_QUERY, _PORTAL_SUSPENDED = ord("C"), ord("I"), ord("s")
-_ERROR, _READY, _DATA_ROW = ord("E"), ord("Z"), ord("D")
-_COPY_IN, _COPY_BOTH = ord("G"), ord("W")
-_PARAMETER_STATUS = ord("S")
-_S_KIND, _P_KIND = ord("S"), ord("P")  # Describe/Close: statement or portal
+_P: Final = 80  # ord("P")
+_B: Final = 66  # ord("B")
+_D: Final = 68  # ord("D")
+_C: Final = 67  # ord("C")
+_E: Final = 69  # ord("E")
+_S: Final = 83  # ord("S")
+_Q: Final = 81  # ord("Q")
+_F: Final = 70  # ord("F")
+_H: Final = 72  # ord("H")
+_X: Final = 88  # ord("X")
+_COPY_DATA: Final = 100  # ord("d")
+_COPY_DONE: Final = 99  # ord("c")
+_COPY_FAIL: Final = 102  # ord("f")
+_PARSE_COMPLETE: Final = 49  # ord("1")
+_BIND_COMPLETE: Final = 50  # ord("2")
+_CLOSE_COMPLETE: Final = 51  # ord("3")
+_NO_DATA: Final = 110  # ord("n")
+_ROW_DESCRIPTION: Final = 84  # ord("T")
+_PARAM_DESCRIPTION: Final = 116  # ord("t")
+_COMMAND_COMPLETE: Final = 67  # ord("C")
+_EMPTY_QUERY: Final = 73  # ord("I")
+_PORTAL_SUSPENDED: Final = 115  # ord("s")
+_ERROR: Final = 69  # ord("E")
+_READY: Final = 90  # ord("Z")
+_DATA_ROW: Final = 68  # ord("D")
+_COPY_IN: Final = 71  # ord("G")
+_COPY_BOTH: Final = 87  # ord("W")
+_PARAMETER_STATUS: Final = 83  # ord("S")
+_S_KIND: Final = 83  # ord("S")
+_P_KIND: Final = 80  # ord("P"); Describe/Close: statement or portal
 #: Replies that simply answer a plain (int) request at the head of the queue.
 _PLAIN_REPLY = {
     _PARSE_COMPLETE: _P,
@@ -79,17 +101,17 @@ _PLAIN_REPLY = {
     _CLOSE_COMPLETE: _C,
 }
 
-_REWRITTEN = frozenset((_P, _B, _D, _C))
+_REWRITTEN: Final = frozenset((_P, _B, _D, _C))
 #: Requests that :meth:`PreparedSession.frontend` queues (all but Flush, CopyData, Terminate).
-_QUEUED = frozenset((_P, _B, _D, _C, _E, _S, _Q, _F, _COPY_DONE, _COPY_FAIL))
+_QUEUED: Final = frozenset((_P, _B, _D, _C, _E, _S, _Q, _F, _COPY_DONE, _COPY_FAIL))
 #: Replies whose body matters when replayed (the rest replay as empty bodies).
 _STUB_REPLIES = {_READY: b"Z\x00\x00\x00\x05I", _COMMAND_COMPLETE: b"C\x00\x00\x00\x05\x00"}
 #: Sizes of CommandComplete "DEALLOCATE ALL" and "DISCARD ALL" messages.
 _RESET_TAG_SIZES = (1 + 4 + 15, 1 + 4 + 12)
 #: Backend messages that may be streamed instead of being handled whole.
-_STREAMED_BACKEND = frozenset((_DATA_ROW, _COPY_DATA))
+_STREAMED_BACKEND: Final = frozenset((_DATA_ROW, _COPY_DATA))
 #: A whole message the client sends that we must rewrite may not exceed this.
-MAX_REWRITE = 64 * 1024 * 1024
+MAX_REWRITE: Final = 64 * 1024 * 1024
 
 _POISON_NAME = b"gv_poison"
 _MISSING_NAME = b"gv_missing_statement"
@@ -206,7 +228,8 @@ class Request:
             return self.kind == other
         return self is other
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:  # by identity, as __eq__ is for other requests
+        return object.__hash__(self)
 
 
 class PreparedSession:
@@ -744,7 +767,7 @@ class PreparedSession:
 
 
 #: The first message of a conversation answer_without_server() may answer.
-_ANSWERABLE = frozenset((_P, _C, _S, _H))
+_ANSWERABLE: Final = frozenset((_P, _C, _S, _H))
 
 
 def _find_nul(view: memoryview, start: int, stop: int) -> int:
