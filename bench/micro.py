@@ -467,6 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if args.bytecodes:
         from bench import bytecodes
+        from pooler import hotpath
+
+        if hotpath.compiled:
+            print(
+                "--bytecodes counts the plain-Python hot path, and this process runs the "
+                "compiled one: run it again with GREENVISOR_PURE_PYTHON=1",
+                file=sys.stderr,
+            )
+            return 2
 
         cases = {k: fn for k, (fn, _s) in all_cases().items() if args.filter in k}
         print(bytecodes.report(cases))

@@ -943,6 +943,13 @@ def _proc_value(path: str, key: str) -> str:
     return "unknown"
 
 
+def _hot_path() -> str:
+    """What the pooler started by this run executes (it inherits this environment)."""
+    from pooler import hotpath
+
+    return hotpath.decide()[1]
+
+
 def machine_info() -> dict[str, Any]:
     mem_kb = _proc_value("/proc/meminfo", "MemTotal").split()[0]
     return {
@@ -956,6 +963,7 @@ def machine_info() -> dict[str, Any]:
         "pgbench": _first_line([str(PG_BINDIR / "pgbench"), "--version"]),
         "pgbouncer": _first_line([PGBOUNCER_BIN, "--version"]),
         "greenvisor commit": _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "greenvisor hot path": _hot_path(),
         "loadavg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 

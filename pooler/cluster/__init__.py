@@ -5,3 +5,7 @@ one host and :class:`~pooler.cluster.zk.ZkCoordinator` for ZooKeeper); ``cluster
 node does with it (ownership, fencing, failure handling); ``internal`` is the node-to-node
 connection (relayed clients and forwarded cancels).
 """
+
+from pooler import hotpath
+
+__path__ = hotpath.package_path(__path__, __name__)  # compiled modules first, if active

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -152,3 +153,16 @@ def test_application_name_from_the_startup_packet(pooler: PoolerProcess, mode: s
         assert scalar(conn, "SHOW application_name") == "gv-basic-test"
     finally:
         conn.close()
+
+
+def test_the_pooler_runs_the_hot_path_this_checkout_built(pooler: PoolerProcess) -> None:
+    """The subprocess decides for itself (pooler/hotpath.py) and logs what it runs. In the
+    compiled run of `make test` it must be the compiled one: a pooler that fell back to
+    Python would pass every other test while the build went unused."""
+    from pooler import hotpath
+
+    pooler.wait_for_log("greenvisor: hot path ")
+    expected = "compiled with mypyc" if hotpath.compiled else "pure Python"
+    assert f"greenvisor: hot path {expected}" in pooler.log_text()
+    if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
+        assert "greenvisor: hot path compiled with mypyc" in pooler.log_text()

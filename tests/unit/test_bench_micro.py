@@ -26,6 +26,7 @@ def test_relay_case_runs_its_path(name: str, messages: int) -> None:
     assert micro.count_messages(stream) == messages
 
 
+@pytest.mark.pure_python
 def test_bytecode_count_sees_the_scanners() -> None:
     fn, _stream = micro.relay_cases()["relay.linked"]
     total, by_function = bytecodes.count(fn, calls=3)
