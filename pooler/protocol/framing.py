@@ -76,6 +76,19 @@ TX_FAILED: Final = 69  # ord("E")
 _EXTENDED_OR_EXECUTE: Final = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE, F_CLOSE, F_FLUSH))
 _NAMEABLE: Final = frozenset((F_PARSE, F_BIND, F_DESCRIBE, F_CLOSE))
 _BULK: Final = frozenset((B_DATA_ROW, B_COPY_DATA))
+
+
+def _table(members: frozenset[int]) -> bytes:
+    return bytes(1 if i in members else 0 for i in range(256))
+
+
+# The same sets as 256-byte tables indexed by message type: a C array index in the compiled
+# build (pooler/hotpath.py), where set membership would hash a boxed int per message.
+IS_EXTENDED_OR_EXECUTE: Final = _table(_EXTENDED_OR_EXECUTE)
+IS_BULK: Final = _table(_BULK)
+IS_NAMEABLE: Final = _table(_NAMEABLE)
+
+
 _S_KIND: Final = 83  # ord("S")
 
 
@@ -202,9 +215,9 @@ class Exchange:
                 if length < 4:
                     raise _bad_length("frontend", msg_type, length)
                 # The extended-query messages first: five of them per pgbench transaction.
-                if msg_type in _EXTENDED_OR_EXECUTE:
+                if IS_EXTENDED_OR_EXECUTE[msg_type]:
                     if kinds is not None:
-                        if msg_type in _NAMEABLE:  # names_statement(), inlined
+                        if IS_NAMEABLE[msg_type]:  # names_statement(), inlined
                             body = pos + HEADER
                             if n - body < 2:
                                 named = True
@@ -294,7 +307,7 @@ class Exchange:
             msg_type, length = unpack(buf, pos)
             if length < 4:
                 raise _bad_length("backend", msg_type, length)
-            if msg_type in _BULK:
+            if IS_BULK[msg_type]:
                 pass  # the bulk of a big result: nothing to note
             elif msg_type == B_READY_FOR_QUERY:
                 if pos == last:
