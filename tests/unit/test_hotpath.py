@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import pooler.client
+import pooler.cluster
+import pooler.pgbouncer
 import pooler.protocol.framing as framing
 import pooler.protocol.prepared as prepared
 from pooler import hotpath
@@ -74,6 +76,9 @@ def test_the_decision_is_the_code_that_runs() -> None:
             assert origin.suffix == ".so" and hotpath.BUILD in origin.parents, origin
         else:
             assert origin.suffix == ".py", origin
+    for package in hotpath.PACKAGES:
+        first = Path(sys.modules[package].__path__[0])
+        assert (hotpath.BUILD in first.parents) == hotpath.compiled, (package, first)
     if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
         assert hotpath.compiled, hotpath.status
     if os.environ.get(hotpath.PURE_ENV) == "1":
