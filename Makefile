@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make run      - install, start a demo Postgres + tenant t1, run the pooler"
 	@echo "make test     - the whole test suite (what CI runs)"
-	@echo "make compile  - compile the relay's hot path (mypyc): about 40% less CPU per query"
+	@echo "make compile  - compile the relay's hot path (mypyc): ~40% fewer instructions per query"
 	@echo "make lint / make typecheck / make bench"
 	@echo "make soak     - 30 min of load with random faults, then a leak check (SOAK_ARGS=...)"
 

@@ -72,8 +72,8 @@ def _decide(manifest: Path, environ: Mapping[str, str]) -> tuple[bool, str]:
         built = json.loads(manifest.read_text())
     except FileNotFoundError:
         return False, (
-            "pure Python (not compiled: `python manage.py hotpath build` cuts the CPU per "
-            "transaction by about 40%)"
+            "pure Python (not compiled: `python manage.py hotpath build` cuts the "
+            "instructions per transaction by about 40%)"
         )
     except (OSError, ValueError) as exc:
         return False, f"pure Python ({manifest} is unreadable: {exc}; build it again)"
