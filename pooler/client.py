@@ -25,7 +25,7 @@ from pooler.node import SHUTDOWN_MESSAGE
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import F_PARSE, F_TERMINATE, TX_IDLE, Exchange, names_statement
-from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement
+from pooler.protocol.params import REPORTED, Replies, changes_for, set_statement, settings_id
 from pooler.protocol.parsers import parse_parameter_status
 from pooler.protocol.prepared import PreparedSession
 from pooler.protocol.sessionstate import (
@@ -71,6 +71,7 @@ class Client(netio.Conn):
         "ps",
         "busy_since",
         "settings",
+        "settings_id",
         "syncing",
         "sync_changes",
         "held",
@@ -107,6 +108,7 @@ class Client(netio.Conn):
         self.bytes_out = 0
         self.busy_since = 0.0  # when the current transaction's first bytes arrived
         self.settings = settings or {}  # session parameters this client expects
+        self.settings_id = settings_id(self.settings)  # renewed whenever settings change
         self.syncing: Replies | None = None  # our SET on a newly linked server, in flight
         self.sync_changes: list[tuple[str, str | None]] = []
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
@@ -354,8 +356,15 @@ class Client(netio.Conn):
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
         server.start_reading(self._on_server_readable)
-        if not server.extra and self.settings.items() <= server.params.items():
-            return False
+        if not server.extra:
+            fits = server.fits
+            if self.settings_id in fits:  # checked before and nothing changed since
+                return False
+            if self.settings.items() <= server.params.items():
+                if len(fits) >= 64:
+                    fits.clear()
+                fits.add(self.settings_id)
+                return False
         changes = changes_for(self.settings, server.params, server.extra)
         if not changes:
             return False
@@ -406,6 +415,8 @@ class Client(netio.Conn):
             else:
                 server.params[name] = value
                 server.extra.add(name)
+        server.fits.clear()
+        self.settings_id = settings_id(self.settings)
         self.sync_changes = []
         data = self.held or b""
         self.held = None
@@ -419,6 +430,8 @@ class Client(netio.Conn):
         for name, value in statuses:
             server.params[name] = value
             self.settings[name] = value
+        server.fits.clear()
+        self.settings_id = settings_id(self.settings)
 
     # -- waiting for a server (pool.Waiter) -------------------------------------------------
 

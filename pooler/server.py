@@ -101,6 +101,7 @@ class ServerConn(netio.Conn):
         "resetting",
         "statements",
         "extra",
+        "fits",
         "dirty",
         "cancels",
         "held_back",
@@ -121,6 +122,9 @@ class ServerConn(netio.Conn):
         self.client: Any = None
         self.resetting: Replies | None = None
         self.extra: set[str] = set()  # non-reported settings we SET for a client
+        # params.settings_id() of client settings these params are known to satisfy;
+        # emptied whenever params or extra change (forget_fits).
+        self.fits: set[int] = set()
         self.dirty = False  # a client left session state: reset before the next one
         self.cancels = 0  # CancelRequests on their way to this server's backend
         self.held_back = False  # released while a cancel was in flight: not pooled yet
@@ -209,6 +213,7 @@ class ServerConn(netio.Conn):
             for name in self.extra:
                 self.params.pop(name, None)
             self.extra.clear()
+            self.fits.clear()
         self.resetting = Replies()
         self.start_reading(self._on_reset_readable)
         try:
@@ -250,6 +255,8 @@ class ServerConn(netio.Conn):
     def note_statuses(self, statuses: list[tuple[str, str]]) -> None:
         for name, value in statuses:
             self.params[name] = value
+        if statuses:
+            self.fits.clear()
 
 
 # -- connecting and logging in -------------------------------------------------------------

@@ -85,6 +85,28 @@ def changes_for(
     return changes
 
 
+#: Settings contents by number (see settings_id); numbers are never reused, so a number a
+#: server remembers (ServerConn.fits) always means the same contents.
+_SETTINGS_IDS: dict[tuple[tuple[str, str], ...], int] = {}
+_SETTINGS_IDS_LIMIT = 4096
+_next_settings_id = [1]
+
+
+def settings_id(settings: dict[str, str]) -> int:
+    """A number for these settings' contents: the same number for the same contents (in the
+    same order), so a server can remember which clients' settings it already satisfies
+    without comparing a dozen values on every transaction."""
+    key = tuple(settings.items())
+    found = _SETTINGS_IDS.get(key)
+    if found is None:
+        if len(_SETTINGS_IDS) >= _SETTINGS_IDS_LIMIT:
+            _SETTINGS_IDS.clear()  # old numbers stay valid: they are never handed out again
+        found = _next_settings_id[0]
+        _next_settings_id[0] = found + 1
+        _SETTINGS_IDS[key] = found
+    return found
+
+
 def set_statement(changes: list[tuple[str, str | None]]) -> str:
     """One Query that applies ``changes``. set_config() takes a value the way the startup
     packet and postgresql.conf do (so ``search_path=a,b`` stays a list)."""

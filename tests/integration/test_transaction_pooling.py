@@ -448,6 +448,30 @@ def test_session_parameters_follow_each_client(tp: PoolerProcess) -> None:
         paris.close()
 
 
+def test_a_reported_change_is_undone_for_clients_with_the_same_settings(tp: PoolerProcess) -> None:
+    """Two clients with identical settings on ONE server: once the server satisfies their
+    settings the relay remembers it (ServerConn.fits); a ParameterStatus from one client's
+    SET must make it check again, or the other client would inherit the change."""
+    a = psycopg2.connect(tp.dsn("app1user.one", PW, DB))
+    b = psycopg2.connect(tp.dsn("app1user.one", PW, DB))
+    a.autocommit = b.autocommit = True
+    try:
+        ca, cb = a.cursor(), b.cursor()
+        for _ in range(2):  # both linked to the server at least once: it fits them now
+            for cur in (ca, cb):
+                cur.execute("SELECT current_setting('DateStyle'), pg_backend_pid()")
+                assert cur.fetchone()[0] == "ISO, MDY"
+        ca.execute("SET DateStyle = 'German, DMY'")
+        for _ in range(2):
+            cb.execute("SELECT current_setting('DateStyle')")
+            assert cb.fetchone() == ("ISO, MDY",)
+            ca.execute("SELECT current_setting('DateStyle')")
+            assert ca.fetchone() == ("German, DMY",)
+    finally:
+        a.close()
+        b.close()
+
+
 # -- session state in transaction mode ------------------------------------------------------
 
 

@@ -214,3 +214,15 @@ def test_worn_out_server_is_closed_not_handed_to_a_waiter(why: str) -> None:
     assert second.got is None
     assert len(connects) == logins + 1  # a new server is on its way for the waiter
     assert pool.active == 0 and pool.total == 1  # only that login
+
+
+def test_settings_id_names_contents_and_never_reuses_a_number() -> None:
+    from pooler.protocol import params
+
+    one = params.settings_id({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
+    assert params.settings_id({"TimeZone": "UTC", "DateStyle": "ISO, MDY"}) == one
+    other = params.settings_id({"TimeZone": "Asia/Tokyo", "DateStyle": "ISO, MDY"})
+    assert other != one
+    params._SETTINGS_IDS.clear()  # as when the table is full
+    again = params.settings_id({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
+    assert again not in (one, other)  # a server remembering `one` cannot mistake it
