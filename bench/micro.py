@@ -147,13 +147,13 @@ def chunks(data: bytes, size: int) -> list[bytes]:
 # --- drivers: what the relay does with each read ----------------------------------------------
 
 
-def scan(step: Callable[[memoryview, int], int], reads: list[bytes]) -> None:
+def scan(step: Callable[[bytes, int], int], reads: list[bytes]) -> None:
     """Offer each read, keeping the unconsumed tail as the relay's carry does."""
     carry = b""
     for data in reads:
         if carry:
             data = carry + data
-        end = step(memoryview(data), len(data))
+        end = step(data, len(data))
         carry = data[end:]
     assert not carry
 

@@ -177,9 +177,10 @@ class Client(netio.Conn):
     def _on_client_readable(self) -> None:
         try:
             carried = len(self.carry)  # already counted when it arrived
-            view, n = self.recv()
-            if n == -1:
+            data = self.recv()
+            if data is None:
                 return
+            n = len(data)
             if n == 0:
                 self.disconnect()
                 return
@@ -193,23 +194,23 @@ class Client(netio.Conn):
                     # Still waiting for a server: keep what else it sends. Reading goes on
                     # while a client waits (a stop and restart of its watcher would cost a
                     # system call per wait), up to PENDING_LIMIT bytes (backpressure).
-                    self.pending = pending = pending + bytes(view[:n])
+                    self.pending = pending = pending + data
                     if len(pending) >= PENDING_LIMIT:
                         self.stop_reading()
                     return
-                if self.ex.fe_remaining == 0 and view[0] == F_TERMINATE:
+                if self.ex.fe_remaining == 0 and data[0] == F_TERMINATE:
                     self.disconnect()
                     return
                 if (
                     self.ps is None
                     and self.ex.watch
                     # An unnamed Parse, the usual first message, is told at a glance.
-                    and not (view[0] == F_PARSE and n > 6 and view[5] == 0)
-                    and names_statement(view, 0, n)
+                    and not (data[0] == F_PARSE and n > 6 and data[5] == 0)
+                    and names_statement(data, 0, n)
                 ):
                     self._start_rewriting(None)  # at rest: nothing to take over
                 if self.ps is not None:
-                    answer = self.ps.answer_without_server(view, n)
+                    answer = self.ps.answer_without_server(memoryview(data), n)
                     if answer is not None:
                         self.bytes_out += len(answer)
                         self.busy_since = 0.0
@@ -217,46 +218,47 @@ class Client(netio.Conn):
                         return
                 server = cast("ServerConn | None", self.pool.checkout(self))
                 if server is None:
-                    self.pending = bytes(view[:n])
+                    self.pending = data
                     self.wait_started = time.monotonic()
                     if n >= PENDING_LIMIT:
                         self.stop_reading()
                     return
                 if self._link(server):
-                    self.held = bytes(view[:n])
+                    self.held = data
                     self.stop_reading()
                     return
-            self._forward_to_server(view, n)
+            self._forward_to_server(data, n)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
         except OSError as exc:
             self._server_lost(f"writing to the server failed: {exc}")
 
-    def _forward_to_server(self, view: memoryview, n: int) -> None:
+    def _forward_to_server(self, data: bytes, n: int) -> None:
+        """``data`` (``n`` bytes) from the client: scan, then send what is whole."""
         ex = self.ex
         server = self.server
         assert server is not None
         if self.state_policy == "error":
-            view, n = self._refuse_session_state(view, n)
+            data, n = self._refuse_session_state(data, n)
         ps = self.ps
         if ps is None:
-            end = ex.frontend(view, n)
-            if end and not server.write(view[:end]):
+            end = ex.frontend(data, n)
+            if end and not server.write(data if end == n else memoryview(data)[:end]):
                 self.stop_reading()
             if ex.sql_at:  # after the send: the server starts on the query sooner (the
-                self._note_session_state(view, server)  # reply comes in a later callback)
+                self._note_session_state(data, server)  # reply comes in a later callback)
             if ex.named_at >= 0:
                 ex.named_at = -1
                 self._start_rewriting(server)
                 if end < n:
-                    self._forward_to_server(view[end:n], n - end)
+                    self._forward_to_server(data[end:], n - end)
                 return
         else:
             to_server: list = []
             to_client: list = []
-            end = ps.frontend(view, n, ex, to_server, to_client)
+            end = ps.frontend(memoryview(data), n, ex, to_server, to_client)
             if ex.sql_at:
-                self._note_session_state(view, server)
+                self._note_session_state(data, server)
             if to_client:
                 self.write_many(to_client)
             if to_server and not server.write_many(to_server):
@@ -265,7 +267,7 @@ class Client(netio.Conn):
             if ex.terminate_at >= 0:
                 self.disconnect()
                 return
-            self.carry = bytes(view[end:n])
+            self.carry = data[end:]
 
     def _start_rewriting(self, server: ServerConn | None) -> None:
         """The client named a statement: from this message on, rewrite and queue (the
@@ -274,11 +276,11 @@ class Client(netio.Conn):
         ps = self.ps = PreparedSession(self.node.statement_names)
         if server is not None and server.statements is not None:
             ps.link(server.statements)
-        ps.take_over(ex.fe_kinds or b"", ex.be_kinds or b"")
+        ps.take_over(*ex.kinds())
         ex.stop_watching()
         ex.expected = len(ps.queue)
 
-    def _note_session_state(self, view: memoryview, server: ServerConn) -> None:
+    def _note_session_state(self, data: bytes, server: ServerConn) -> None:
         """Policies reset and warn: statements that leave session state (recorded by the
         scanner) make the server dirty, so it is reset before anyone else gets it."""
         ex = self.ex
@@ -288,9 +290,9 @@ class Client(netio.Conn):
             return
         for msg_type, start, end in found:
             # classify_message(), its cache lookup inlined (a repeated statement, nearly always)
-            verdict = SEEN_BODY[msg_type].get(bytes(view[start:end]))
+            verdict = SEEN_BODY[msg_type].get(data[start:end])
             if verdict is None:
-                verdict = classify_message(view, msg_type, start, end)
+                verdict = classify_message(data, msg_type, start, end)
             kind, drops_statements = verdict
             if drops_statements and server.statements is not None:
                 # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
@@ -310,7 +312,7 @@ class Client(netio.Conn):
                     )
                 )
 
-    def _refuse_session_state(self, view: memoryview, n: int) -> tuple[memoryview, int]:
+    def _refuse_session_state(self, view: bytes, n: int) -> tuple[bytes, int]:
         """Policy error: replace each statement that would leave session state by one the
         server refuses itself (0A000), before anything is forwarded."""
         hits = []
@@ -346,7 +348,7 @@ class Client(netio.Conn):
             data += part
         if any(msg_type == ord("P") for msg_type, *_ in hits):
             data = _fix_lengths(data, self.ex.fe_remaining)
-        return memoryview(data), len(data)
+        return bytes(data), len(data)
 
     def _link(self, server: ServerConn) -> bool:
         """Take ``server``; True when it first needs our SET (the caller holds its bytes)."""
@@ -378,15 +380,16 @@ class Client(netio.Conn):
         """Replies to our SET: note the values, then let the held client bytes through."""
         replies = self.syncing
         assert replies is not None
-        view, n = server.recv()
-        if n == -1:
+        data = server.recv()
+        if data is None:
             return
+        n = len(data)
         if n == 0:
             self._server_lost("the server closed the connection")
             return
-        used = replies.feed(view, n)
+        used = replies.feed(data, n)
         if used < n:
-            server.carry = bytes(view[used:n])
+            server.carry = data[used:]
         self._note_statuses(server, replies.statuses)
         replies.statuses.clear()
         if replies.ready is None:
@@ -421,7 +424,7 @@ class Client(netio.Conn):
         data = self.held or b""
         self.held = None
         if data:
-            self._forward_to_server(memoryview(data), len(data))
+            self._forward_to_server(data, len(data))
         if self.server is not None and self.server.outbuf is None and not self.closed:
             self.start_reading(self._on_client_readable)
 
@@ -446,7 +449,7 @@ class Client(netio.Conn):
                 self.stop_reading()  # until our SET is answered (it was reading while waiting)
                 return True
             if data:
-                self._forward_to_server(memoryview(data), len(data))
+                self._forward_to_server(data, len(data))
             if server.outbuf is None:  # else server_drained() starts it again
                 self.start_reading(self._on_client_readable)
         except ProtocolError as exc:
@@ -469,26 +472,27 @@ class Client(netio.Conn):
             if self.syncing is not None:
                 self._on_sync_reply(server)
                 return
-            view, n = server.recv()
-            if n == -1:
+            data = server.recv()
+            if data is None:
                 return
+            n = len(data)
             if n == 0:
                 self._server_lost("the server closed the connection")
                 return
             ex = self.ex
             ps = self.ps
             if ps is None:
-                end = ex.backend(view, n)
-                drained = self.write(view[:end])
+                end = ex.backend(data, n)
+                drained = self.write(data if end == n else memoryview(data)[:end])
             else:
                 to_client: list = []
-                end = ps.backend(view, n, ex, to_client)
+                end = ps.backend(memoryview(data), n, ex, to_client)
                 drained = self.write_many(to_client) if to_client else self.outbuf is None
             if end < n:
-                server.carry = bytes(view[end:n])
+                server.carry = data[end:]
             if ex.statuses:
                 self._note_statuses(
-                    server, [parse_parameter_status(view[a:b]) for a, b in ex.statuses]
+                    server, [parse_parameter_status(data[a:b]) for a, b in ex.statuses]
                 )
                 ex.statuses = None
             self.bytes_out += end

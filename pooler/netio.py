@@ -23,11 +23,10 @@ from gevent.socket import socket as GeventSocket
 from pooler.loginio import LoginSocket
 from pooler.protocol.errors import ProtocolError
 
-#: One receive buffer for every relay callback: callbacks run one at a time and never keep
-#: a view into it after they return (unsent bytes are copied).
-RECV_SIZE: Final = 256 * 1024
-RECV_BUF: Final = bytearray(RECV_SIZE)
-RECV_VIEW: Final = memoryview(RECV_BUF)
+#: Bytes asked for per relay read. Each read returns a new ``bytes`` (which the compiled
+#: scanners index as C arrays, see framing): at 64 KB its buffer comes from the malloc heap;
+#: at 128 KB and more glibc would mmap, mremap and munmap it, three system calls per read.
+RECV_SIZE: Final = 64 * 1024
 
 _READ: Final = 1
 _WRITE: Final = 2
@@ -131,41 +130,24 @@ class Conn:
     def stop_reading(self) -> None:
         self.rw.stop()
 
-    def recv(self) -> tuple[memoryview, int]:
-        """Receive after the carried bytes; return (view, total): total is 0 at EOF and -1
-        when there is nothing to read yet. The view is the shared buffer unless a large
-        carry (a big message that must be handled whole) needs a buffer of its own."""
+    def recv(self) -> bytes | None:
+        """Receive, after the carried bytes: the bytes, ``b""`` at EOF, None when there is
+        nothing to read yet. Carried bytes with nothing new are handed back alone (a parked
+        client's first bytes, see cluster.parked; or login read-ahead)."""
         carry = self.carry
-        if not carry:  # the usual case, in short
-            try:
-                n = self.sock.recv_into(RECV_VIEW)
-            except OSError as exc:
-                if exc.errno not in _AGAIN:
-                    raise
-                return RECV_VIEW, -1
-            return RECV_VIEW, n
-        k = len(carry)
-        view = RECV_VIEW
         try:
-            if not k:
-                n = self.sock.recv_into(view)
-            else:
-                if k > RECV_SIZE // 2:
-                    view = memoryview(bytearray(k + RECV_SIZE))
-                view[:k] = carry
-                n = self.sock.recv_into(view[k:])
+            data: bytes = self.sock.recv(RECV_SIZE)
         except OSError as exc:
             if exc.errno not in _AGAIN:
                 raise
-            if not k:
-                return view, -1
-            self.carry = b""  # nothing new: hand back what was carried (a parked
-            return view, k  # client's first bytes, see cluster.parked; or login read-ahead)
-        if n == 0:
-            return view, 0
-        if k:
+            if not carry:
+                return None
             self.carry = b""
-        return view, k + n
+            return carry
+        if not carry or not data:
+            return data
+        self.carry = b""
+        return carry + data
 
     # -- writing --------------------------------------------------------------------------
 

@@ -159,10 +159,10 @@ class ServerConn(netio.Conn):
 
     def _on_idle_readable(self) -> None:
         try:
-            _view, n = self.recv()
+            data = self.recv()
         except OSError:
-            n = 0
-        if n == -1:
+            data = b""
+        if data is None:
             return
         if self.pool.forget_idle(self):
             log.info("idle server pid=%s of %s went away; dropped", self.pid, self.pool.key)
@@ -229,14 +229,15 @@ class ServerConn(netio.Conn):
         if replies is None:
             return
         try:
-            view, n = self.recv()
-            if n == -1:
+            data = self.recv()
+            if data is None:
                 return
+            n = len(data)
             if n == 0:
                 raise netio.ConnectionClosed("server closed during reset")
-            used = replies.feed(view, n)
+            used = replies.feed(data, n)
             if used < n:
-                self.carry = bytes(view[used:n])
+                self.carry = data[used:]
         except (OSError, ProtocolError, netio.ConnectionClosed) as exc:
             self.resetting = None
             self.pool.discard(self, f"reset failed: {exc}")

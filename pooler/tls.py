@@ -13,7 +13,7 @@ hand-over from greenlet to watchers):
   record at a time, so when the login ends no ciphertext sits unread in the BIO (bytes the
   client pipelined stay in the kernel, where the relay watcher sees them).
 * :class:`TLSStream` is the relay half. It looks like the ``_socket.socket`` that
-  :class:`netio.Conn` drives (``recv_into``, ``send``, ``sendmsg``, ``fileno``, ``close``),
+  :class:`netio.Conn` drives (``recv``, ``send``, ``sendmsg``, ``fileno``, ``close``),
   so the relay code does not change and plaintext connections pay nothing at all: they never
   meet this module after login.
 
@@ -71,6 +71,7 @@ SEND_CHUNK = 64 * 1024
 
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _SCRATCH = memoryview(bytearray(netio.RECV_SIZE))  # ciphertext on its way into a BIO
+_PLAIN = memoryview(bytearray(netio.RECV_SIZE))  # plaintext on its way to the relay (recv)
 #: The most ciphertext one TLS record takes (16 KB of plaintext plus overhead): what
 #: OpenSSL may hold of a partial record where ``incoming.pending`` no longer counts it.
 _RECORD_MAX = 16384 + 2048
@@ -396,6 +397,11 @@ class TLSStream:
 
     def fileno(self) -> int:
         return int(self.sock.fileno())
+
+    def recv(self, size: int) -> bytes:
+        """:meth:`recv_into`, the way netio.Conn reads: new bytes (empty at EOF)."""
+        view = _PLAIN[: min(size, len(_PLAIN))]
+        return bytes(view[: self.recv_into(view)])
 
     def recv_into(self, view: memoryview) -> int:
         """Decrypt into ``view``; 0 at EOF; BlockingIOError when nothing is there yet."""

@@ -315,18 +315,18 @@ class PipeEnd(netio.Conn):
 
     def on_readable(self) -> None:
         try:
-            view, n = self.recv()
-            if n == -1:
+            data = self.recv()
+            if data is None:
                 return
-            if n == 0:
+            if not data:
                 self.shut()
                 return
             if self.to_owner:  # bytes from the owner, for the client
                 client = self.peer
-                client.at_rest = view[max(0, n - 6) : n] == _IDLE_READY
+                client.at_rest = data.endswith(_IDLE_READY)
             else:
                 self.at_rest = False
-            if not self.peer.write(view[:n]):
+            if not self.peer.write(data):
                 self.stop_reading()  # resumed by the peer's on_drained
             if self.to_owner and self.cluster.draining and self.peer.at_rest:
                 self.peer.leave()

@@ -107,16 +107,16 @@ class Parked(netio.Conn):
 
     def on_readable(self) -> None:
         try:
-            view, n = self.recv()
+            data = self.recv()
         except OSError:
             self.gone()
             return
-        if n == -1:
+        if data is None:
             return
-        if n == 0 or view[0] == F_TERMINATE:  # it left without a query: nothing to relay
+        if not data or data[0] == F_TERMINATE:  # it left without a query: nothing to relay
             self.gone()
             return
-        self.kept = bytes(view[:n])
+        self.kept = data
         self.stop_reading()
         self.state = _STATE_WAKING
         gevent.spawn(_wake, self)

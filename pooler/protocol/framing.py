@@ -26,13 +26,12 @@ client uses a named statement (or resets statements), because matching every rep
 request costs CPU that clients of unnamed statements never need. Until then the scanner
 stops at the first message that names a statement (:attr:`Exchange.named_at`) and keeps,
 one byte per message, the types of the requests and replies since the exchange was last at
-rest (:attr:`Exchange.fe_kinds`, :attr:`Exchange.be_kinds`), so that the rewriter can
+rest (:meth:`Exchange.kinds`), so that the rewriter can
 rebuild its request queue and take over at any message boundary, even mid-pipeline.
 """
 
 from __future__ import annotations
 
-import struct
 from typing import Final
 
 from pooler.protocol.errors import ProtocolError
@@ -41,10 +40,7 @@ from pooler.protocol.errors import ProtocolError
 MAX_MESSAGE_LENGTH: Final = 0x3FFFFFFF
 
 HEADER: Final = 5
-#: (type, length) of the message header at an offset.
-_unpack_header: Final = struct.Struct("!BI").unpack_from
-
-# Frontend message types (ints, as indexing a memoryview yields ints).
+# Frontend message types (ints, as indexing bytes yields ints).
 F_QUERY: Final = 81  # ord("Q")
 F_SYNC: Final = 83  # ord("S")
 F_FUNCTION_CALL: Final = 70  # ord("F")
@@ -92,7 +88,7 @@ IS_NAMEABLE: Final = _table(_NAMEABLE)
 _S_KIND: Final = 83  # ord("S")
 
 
-def names_statement(buf: memoryview, pos: int, n: int) -> bool:
+def names_statement(buf: bytes, pos: int, n: int) -> bool:
     """Whether the Parse/Bind/Describe/Close at ``buf[pos]`` may name a prepared statement.
     Errs towards True when the bytes that tell are not in the buffer yet."""
     body = pos + HEADER
@@ -109,7 +105,7 @@ def names_statement(buf: memoryview, pos: int, n: int) -> bool:
     return first == _S_KIND and buf[body + 1] != 0
 
 
-def is_fatal(buf: memoryview, pos: int, n: int) -> bool:
+def is_fatal(buf: bytes | memoryview, pos: int, n: int) -> bool:
     """Whether the ErrorResponse at ``buf[pos]`` has severity FATAL or PANIC (the server ends
     the session after it). Reads the non-localized severity ('V') near the body's start."""
     head = bytes(buf[pos + 5 : min(n, pos + 64)])
@@ -133,6 +129,14 @@ def unknown_frontend(msg_type: int) -> ProtocolError:
     )
 
 
+def _put(kinds: bytearray, at: int, kind: int) -> None:
+    """``kinds[at] = kind``, growing the buffer when it is full (see Exchange.fe_kinds)."""
+    if at < len(kinds):
+        kinds[at] = kind
+    else:
+        kinds.append(kind)
+
+
 class Exchange:
     """Framing and release state of one client's conversation with its server."""
 
@@ -152,6 +156,8 @@ class Exchange:
         "named_at",
         "fe_kinds",
         "be_kinds",
+        "fe_n",
+        "be_n",
         "server_fatal",
     )
 
@@ -169,22 +175,36 @@ class Exchange:
         self.sql_at: list[tuple[int, int, int]] | None = None  # (type, body start, end)
         self.watch = False  # stop at a named statement and keep message kinds (see above)
         self.named_at = -1  # offset of the message that names a statement, in the last chunk
-        self.fe_kinds: bytearray | None = None  # request types since at rest (while watching)
-        self.be_kinds: bytearray | None = None  # reply types since at rest (while watching)
+        # Request and reply types since at rest (while watching): the first fe_n / be_n
+        # bytes. Kept as counts over buffers that are overwritten, not emptied: clear() and
+        # append() reallocated both buffers on every transaction.
+        self.fe_kinds: bytearray | None = None
+        self.be_kinds: bytearray | None = None
+        self.fe_n = 0
+        self.be_n = 0
         self.server_fatal = False  # the server sent a FATAL/PANIC ErrorResponse (it will hang up)
 
     def start_watching(self) -> None:
         self.watch = True
-        self.fe_kinds = bytearray()
-        self.be_kinds = bytearray()
+        self.fe_kinds = bytearray(16)
+        self.be_kinds = bytearray(16)
+        self.fe_n = self.be_n = 0
 
     def stop_watching(self) -> None:
         self.watch = False
         self.fe_kinds = self.be_kinds = None
+        self.fe_n = self.be_n = 0
+
+    def kinds(self) -> tuple[bytes, bytes]:
+        """The request and reply types since the exchange was last at rest (watching)."""
+        fe, be = self.fe_kinds, self.be_kinds
+        if fe is None or be is None:
+            return b"", b""
+        return bytes(fe[: self.fe_n]), bytes(be[: self.be_n])
 
     # -- client -> server ---------------------------------------------------------------
 
-    def frontend(self, buf: memoryview, n: int) -> int:
+    def frontend(self, buf: bytes, n: int) -> int:
         """Scan ``buf[:n]`` from the client; return how many bytes may be forwarded.
 
         Bytes after the returned offset are an incomplete header (fewer than five bytes)
@@ -200,8 +220,8 @@ class Exchange:
         expected = self.expected
         syncs = self.syncs_since_exec
         extended = self.extended
-        unpack = _unpack_header
         kinds = self.fe_kinds if self.watch else None
+        kn = self.fe_n
         inspect = self.inspect
         last = n - HEADER
         msg_type: int  # typed for the compiled build (pooler/hotpath.py): C ints, no boxes
@@ -211,7 +231,10 @@ class Exchange:
         # this read, so it is refused after the loop, where the read ends mid-message.
         try:
             while pos <= last:
-                msg_type, length = unpack(buf, pos)
+                msg_type = buf[pos]  # the header, read byte by byte: C array reads when
+                length = (  # compiled (no struct call, no tuple, no boxed ints)
+                    buf[pos + 1] << 24 | buf[pos + 2] << 16 | buf[pos + 3] << 8 | buf[pos + 4]
+                )
                 if length < 4:
                     raise _bad_length("frontend", msg_type, length)
                 # The extended-query messages first: five of them per pgbench transaction.
@@ -231,7 +254,8 @@ class Exchange:
                                 self.named_at = pos
                                 self.fe_remaining = 0
                                 return pos
-                        kinds.append(msg_type)
+                        _put(kinds, kn, msg_type)
+                        kn += 1
                     extended = True
                     if msg_type == F_EXECUTE:
                         syncs = 0
@@ -241,13 +265,15 @@ class Exchange:
                         self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
                 elif msg_type == F_SYNC:
                     if kinds is not None:
-                        kinds.append(msg_type)
+                        _put(kinds, kn, msg_type)
+                        kn += 1
                     expected += 1
                     syncs += 1
                     extended = False
                 elif msg_type == F_QUERY:
                     if kinds is not None:
-                        kinds.append(msg_type)
+                        _put(kinds, kn, msg_type)
+                        kn += 1
                     expected += 1
                     syncs = 0
                     if inspect and pos + length < n:
@@ -260,7 +286,8 @@ class Exchange:
                     return pos
                 else:
                     if kinds is not None:
-                        kinds.append(msg_type)
+                        _put(kinds, kn, msg_type)
+                        kn += 1
                     if msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
                         expected -= syncs
                         syncs = 0
@@ -270,6 +297,7 @@ class Exchange:
                         raise unknown_frontend(msg_type)
                 pos += length + 1
         finally:
+            self.fe_n = kn
             self.expected = expected
             self.syncs_since_exec = syncs
             self.extended = extended
@@ -288,7 +316,7 @@ class Exchange:
 
     # -- server -> client ---------------------------------------------------------------
 
-    def backend(self, buf: memoryview, n: int) -> int:
+    def backend(self, buf: bytes, n: int) -> int:
         """Scan ``buf[:n]`` from the server; return how many bytes may be forwarded.
 
         Bytes after the returned offset are an incomplete header, or a ReadyForQuery whose
@@ -298,13 +326,14 @@ class Exchange:
         if pos >= n:
             self.be_remaining = pos - n
             return n
-        unpack = _unpack_header
         kinds = self.be_kinds if self.watch else None
+        kn = self.be_n
         last = n - HEADER
         msg_type: int
         length: int
         while pos <= last:  # as in frontend(): the hottest loop, oversize refused after it
-            msg_type, length = unpack(buf, pos)
+            msg_type = buf[pos]  # as in frontend()
+            length = buf[pos + 1] << 24 | buf[pos + 2] << 16 | buf[pos + 3] << 8 | buf[pos + 4]
             if length < 4:
                 raise _bad_length("backend", msg_type, length)
             if IS_BULK[msg_type]:
@@ -321,10 +350,11 @@ class Exchange:
                     self.expected = expected = expected - 1
                 if kinds is not None:
                     if expected == 0 and not self.extended and self.fe_remaining == 0:
-                        kinds.clear()  # at rest: nothing before this can matter any more
-                        self.fe_kinds.clear()  # type: ignore[union-attr]
+                        kn = 0  # at rest: nothing before this can matter any more
+                        self.fe_n = 0
                     else:
-                        kinds.append(msg_type)
+                        _put(kinds, kn, msg_type)
+                        kn += 1
             else:
                 if msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
                     if pos + length >= n:
@@ -335,8 +365,10 @@ class Exchange:
                 elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, n):
                     self.server_fatal = True
                 if kinds is not None:
-                    kinds.append(msg_type)
+                    _put(kinds, kn, msg_type)
+                    kn += 1
             pos += length + 1
+        self.be_n = kn
         if pos > n:
             if length > MAX_MESSAGE_LENGTH:
                 raise _bad_length("backend", msg_type, length)
@@ -370,6 +402,4 @@ class Exchange:
         self.tx_status = TX_IDLE
         self.terminate_at = -1
         self.named_at = -1
-        if self.watch:
-            self.fe_kinds.clear()  # type: ignore[union-attr]
-            self.be_kinds.clear()  # type: ignore[union-attr]
+        self.fe_n = self.be_n = 0

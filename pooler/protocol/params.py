@@ -130,7 +130,7 @@ class Replies:
         self.error: dict[str, str] | None = None
         self.ready: bytes | None = None  # the ReadyForQuery status, once it arrived
 
-    def feed(self, view: memoryview, n: int, limit: int = 1 << 20) -> int:
+    def feed(self, view: bytes | memoryview, n: int, limit: int = 1 << 20) -> int:
         """Read whole messages from ``view[:n]``; return how many bytes were consumed."""
         from pooler.protocol.parsers import parse_error_fields, parse_parameter_status
 

@@ -101,7 +101,7 @@ SEEN_BODY: dict[int, dict[bytes, tuple[str | None, bool]]] = {0x51: {}, 0x50: {}
 
 
 def classify_message(
-    view: memoryview, msg_type: int, start: int, end: int
+    view: bytes | memoryview, msg_type: int, start: int, end: int
 ) -> tuple[str | None, bool]:
     """:func:`classify` of the SQL of the whole Query or Parse whose body is
     ``view[start:end]``."""
@@ -143,7 +143,7 @@ def sql_text(view: memoryview, msg_type: int, start: int, end: int) -> bytes:
     return body[:-1] if body.endswith(b"\0") else body
 
 
-def sql_messages(view: memoryview, n: int, start: int) -> list[tuple[int, int, int]]:
+def sql_messages(view: bytes | memoryview, n: int, start: int) -> list[tuple[int, int, int]]:
     """(type, sql start, end) of each whole Query or Parse in ``view[start:n]``; the SQL of
     a Parse starts after its statement name. Stops at the first incomplete message."""
     found = []

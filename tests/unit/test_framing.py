@@ -17,11 +17,11 @@ def msg(kind: bytes, body: bytes = b"") -> bytes:
 
 
 def feed_frontend(ex: Exchange, data: bytes) -> int:
-    return ex.frontend(memoryview(bytearray(data)), len(data))
+    return ex.frontend(data, len(data))
 
 
 def feed_backend(ex: Exchange, data: bytes) -> int:
-    return ex.backend(memoryview(bytearray(data)), len(data))
+    return ex.backend(data, len(data))
 
 
 QUERY = msg(b"Q", b"select 1\0")

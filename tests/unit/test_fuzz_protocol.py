@@ -143,8 +143,7 @@ def feed(ex: Exchange, chunks: list[bytes], side: str) -> bytes:
     scan = ex.frontend if side == "frontend" else ex.backend
     for chunk in chunks:
         data = carry + chunk
-        buf = bytearray(data + JUNK)
-        end = scan(memoryview(buf), len(data))
+        end = scan(data + JUNK, len(data))
         assert 0 <= end <= len(data)
         if side == "frontend" and (ex.terminate_at >= 0 or ex.named_at >= 0):
             return out + data[:end]  # the relay stops here (hangs up / hands to the rewriter)
@@ -334,9 +333,8 @@ class ExchangeMachine(RuleBasedStateMachine):
 
 def feed_tail(ex: Exchange, piece: bytes, side: str) -> bytes:
     """Scan ``piece``; return the bytes it did not consume (kept for the next delivery)."""
-    buf = bytearray(piece + JUNK)
     scan = ex.frontend if side == "frontend" else ex.backend
-    end = scan(memoryview(buf), len(piece))
+    end = scan(piece + JUNK, len(piece))
     return piece[end:]
 
 

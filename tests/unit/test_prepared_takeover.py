@@ -66,20 +66,20 @@ def lazy(steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes, Exchange, bool]:
         n = len(data)
         if side == "fe":
             if ps is None:
-                end = ex.frontend(view, n)
+                end = ex.frontend(data, n)
                 to_server.append(view[:end])
                 if ex.named_at < 0:
                     assert end == n
                     continue
                 ps = PreparedSession(names)
                 ps.link(server)
-                ps.take_over(ex.fe_kinds or b"", ex.be_kinds or b"")
+                ps.take_over(*ex.kinds())
                 ex.stop_watching()
                 ex.expected = len(ps.queue)
                 view, n = view[end:], n - end
             assert ps.frontend(view, n, ex, to_server, to_client) == n
         elif ps is None:
-            assert ex.backend(view, n) == n
+            assert ex.backend(data, n) == n
             to_client.append(view)
         else:
             assert ps.backend(view, n, ex, to_client) == n
@@ -173,17 +173,17 @@ def test_inside_a_transaction_block_with_describe_statement():
 
 
 def test_names_statement_reads_only_the_first_body_bytes():
-    assert names_statement(memoryview(parse(b"a", b"x")), 0, 12) is True
-    assert names_statement(memoryview(parse(b"", b"x")), 0, 12) is False
-    assert names_statement(memoryview(bind(b"s")), 0, 7) is True
-    assert names_statement(memoryview(bind(b"")), 0, 7) is False
-    assert names_statement(memoryview(bind(b"", b"portal")), 0, 7) is True  # let it look
-    assert names_statement(memoryview(describe(b"P", b"p")), 0, 7) is False
-    assert names_statement(memoryview(describe(b"S", b"s")), 0, 7) is True
-    assert names_statement(memoryview(close(b"S", b"")), 0, 7) is False
-    assert names_statement(memoryview(EXECUTE), 0, 10) is False
+    assert names_statement(parse(b"a", b"x"), 0, 12) is True
+    assert names_statement(parse(b"", b"x"), 0, 12) is False
+    assert names_statement(bind(b"s"), 0, 7) is True
+    assert names_statement(bind(b""), 0, 7) is False
+    assert names_statement(bind(b"", b"portal"), 0, 7) is True  # let it look
+    assert names_statement(describe(b"P", b"p"), 0, 7) is False
+    assert names_statement(describe(b"S", b"s"), 0, 7) is True
+    assert names_statement(close(b"S", b""), 0, 7) is False
+    assert names_statement(EXECUTE, 0, 10) is False
     # The body is not here yet: a nameable message counts as naming one (safe side).
-    assert names_statement(memoryview(parse(b"", b"x")), 0, 5) is True
+    assert names_statement(parse(b"", b"x"), 0, 5) is True
 
 
 def test_faked_reply_waits_for_the_replies_owed_before_it():
