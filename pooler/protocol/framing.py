@@ -129,8 +129,8 @@ def unknown_frontend(msg_type: int) -> ProtocolError:
     )
 
 
-def _put(kinds: bytearray, at: int, kind: int) -> None:
-    """``kinds[at] = kind``, growing the buffer when it is full (see Exchange.fe_kinds)."""
+def _put(kinds: list[int], at: int, kind: int) -> None:
+    """``kinds[at] = kind``, growing the list when it is full (see Exchange.fe_kinds)."""
     if at < len(kinds):
         kinds[at] = kind
     else:
@@ -176,18 +176,20 @@ class Exchange:
         self.watch = False  # stop at a named statement and keep message kinds (see above)
         self.named_at = -1  # offset of the message that names a statement, in the last chunk
         # Request and reply types since at rest (while watching): the first fe_n / be_n
-        # bytes. Kept as counts over buffers that are overwritten, not emptied: clear() and
-        # append() reallocated both buffers on every transaction.
-        self.fe_kinds: bytearray | None = None
-        self.be_kinds: bytearray | None = None
+        # items. Kept as counts over lists that are overwritten, not emptied: clear() and
+        # append() on bytearrays reallocated both on every transaction, and a list item is
+        # a C store in the compiled build. They grow on a client's first transaction, so
+        # an idle client keeps two empty lists.
+        self.fe_kinds: list[int] | None = None
+        self.be_kinds: list[int] | None = None
         self.fe_n = 0
         self.be_n = 0
         self.server_fatal = False  # the server sent a FATAL/PANIC ErrorResponse (it will hang up)
 
     def start_watching(self) -> None:
         self.watch = True
-        self.fe_kinds = bytearray(16)
-        self.be_kinds = bytearray(16)
+        self.fe_kinds = []
+        self.be_kinds = []
         self.fe_n = self.be_n = 0
 
     def stop_watching(self) -> None:

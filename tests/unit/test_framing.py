@@ -184,3 +184,28 @@ def test_oversize_length_after_a_whole_message_is_refused(length: int) -> None:
     with pytest.raises(ProtocolError) as info:
         feed_backend(Exchange(), RFQ_IDLE + b"D" + struct.pack("!I", length) + b"\0" * 8)
     assert "invalid backend message length" in info.value.message
+
+
+def test_kinds_since_rest_are_overwritten_not_kept() -> None:
+    """While watching, the kinds are the requests and replies since the exchange was last at
+    rest; the second transaction's kinds must not include the first's (the lists are
+    reused with a count), and a longer pipeline than any before grows them."""
+    ex = Exchange()
+    ex.start_watching()
+    assert ex.kinds() == (b"", b"")
+    parse_complete, bind_complete = msg(b"1"), msg(b"2")
+    for _ in range(2):
+        feed_frontend(ex, PARSE + BIND + EXECUTE + SYNC)
+        assert ex.kinds() == (b"PBES", b"")
+        feed_backend(ex, parse_complete + bind_complete + COMMAND_COMPLETE)
+        assert ex.kinds() == (b"PBES", b"12C")
+        feed_backend(ex, RFQ_IDLE)
+        assert ex.kinds() == (b"", b"")  # at rest: forgotten
+        assert ex.releasable()
+    pipeline = (PARSE + BIND + EXECUTE) * 8 + SYNC
+    feed_frontend(ex, pipeline)
+    assert ex.kinds() == (b"PBE" * 8 + b"S", b"")
+    feed_backend(ex, parse_complete)
+    assert ex.kinds() == (b"PBE" * 8 + b"S", b"1")
+    ex.reset()  # a new server: nothing owed any more
+    assert ex.kinds() == (b"", b"")

@@ -72,3 +72,24 @@ def test_a_read_is_at_most_recv_size(pair: tuple[netio.Conn, socket.socket]) -> 
         assert data and len(data) <= netio.RECV_SIZE
         got += len(data)
     assert got == sent
+
+
+def test_a_closed_conn_never_reads_its_old_descriptor(
+    pair: tuple[netio.Conn, socket.socket],
+) -> None:
+    """Plain sockets are read with os.read on the descriptor; once closed, that number may
+    belong to another connection, so the Conn must fail instead of reading it."""
+    conn, _ = pair
+    assert conn.plain  # a plain socket: the fd path
+    conn.close_socket()
+    other_a, other_b = socket.socketpair()  # likely given the closed descriptor's number
+    try:
+        other_b.sendall(b"another tenant's bytes")
+        with pytest.raises(OSError):
+            conn.recv()
+        with pytest.raises(OSError):
+            conn.write(b"x")
+        assert other_a.recv(100) == b"another tenant's bytes"  # untouched
+    finally:
+        other_a.close()
+        other_b.close()
