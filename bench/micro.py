@@ -203,14 +203,14 @@ class Link:
             data = carry + data if carry else data
             to_server: list = []
             to_client: list = []
-            end = ps.frontend(memoryview(data), len(data), ex, to_server, to_client)
+            end = ps.frontend(data, len(data), ex, to_server, to_client)
             sent += to_server
             carry = data[end:]
         assert not carry
         for data in be:
             data = carry + data if carry else data
             out: list = []
-            end = ps.backend(memoryview(data), len(data), ex, out)
+            end = ps.backend(data, len(data), ex, out)
             carry = data[end:]
         assert not carry and not ps.queue, ps.queue
         return sent

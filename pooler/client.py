@@ -210,7 +210,7 @@ class Client(netio.Conn):
                 ):
                     self._start_rewriting(None)  # at rest: nothing to take over
                 if self.ps is not None:
-                    answer = self.ps.answer_without_server(memoryview(data), n)
+                    answer = self.ps.answer_without_server(data, n)
                     if answer is not None:
                         self.bytes_out += len(answer)
                         self.busy_since = 0.0
@@ -256,7 +256,7 @@ class Client(netio.Conn):
         else:
             to_server: list = []
             to_client: list = []
-            end = ps.frontend(memoryview(data), n, ex, to_server, to_client)
+            end = ps.frontend(data, n, ex, to_server, to_client)
             if ex.sql_at:
                 self._note_session_state(data, server)
             if to_client:
@@ -486,7 +486,7 @@ class Client(netio.Conn):
                 drained = self.write(data if end == n else memoryview(data)[:end])
             else:
                 to_client: list = []
-                end = ps.backend(memoryview(data), n, ex, to_client)
+                end = ps.backend(data, n, ex, to_client)
                 drained = self.write_many(to_client) if to_client else self.outbuf is None
             if end < n:
                 server.carry = data[end:]

@@ -45,8 +45,6 @@ from pooler.protocol.framing import (
     unknown_frontend,
 )
 
-_unpack_len: Final = struct.Struct("!I").unpack_from
-_unpack_header: Final = struct.Struct("!BI").unpack_from  # (type, length)
 _pack_len: Final = struct.Struct("!I").pack
 
 FORWARD: Final = 0  # a client request: its replies go to the client
@@ -100,6 +98,9 @@ _PLAIN_REPLY = {
     _PORTAL_SUSPENDED: _E,
     _CLOSE_COMPLETE: _C,
 }
+
+#: _PLAIN_REPLY as a 256-byte table (0: none): a C array index in the compiled build.
+_PLAIN_REPLY_TO: Final = bytes(_PLAIN_REPLY.get(i, 0) for i in range(256))
 
 _REWRITTEN: Final = frozenset((_P, _B, _D, _C))
 #: Requests that :meth:`PreparedSession.frontend` queues (all but Flush, CopyData, Terminate).
@@ -264,7 +265,7 @@ class PreparedSession:
             stubs = b"".join(
                 _STUB_REPLIES.get(kind) or bytes((kind, 0, 0, 0, 4)) for kind in be_kinds
             )
-            self.backend(memoryview(stubs), len(stubs), Exchange(), [])
+            self.backend(stubs, len(stubs), Exchange(), [])
 
     def link(self, server: ServerStatements) -> None:
         self.server = server
@@ -274,9 +275,7 @@ class PreparedSession:
 
     # -- client -> server -----------------------------------------------------------------
 
-    def frontend(
-        self, view: memoryview, n: int, ex: Exchange, to_server: list, to_client: list
-    ) -> int:
+    def frontend(self, view: bytes, n: int, ex: Exchange, to_server: list, to_client: list) -> int:
         """Rewrite ``view[:n]`` from the client; append what to send to each side.
 
         Returns the offset up to which the input was consumed; the rest (an incomplete
@@ -289,7 +288,7 @@ class PreparedSession:
         if remaining:
             if remaining >= n:
                 ex.fe_remaining = remaining - n
-                to_server.append(view[:n])
+                to_server.append(_part(view, 0, n))
                 return n
             pos = remaining
             ex.fe_remaining = 0
@@ -298,7 +297,10 @@ class PreparedSession:
         last = n - HEADER
         try:
             while pos <= last:
-                msg_type, length = _unpack_header(view, pos)
+                msg_type = view[pos]  # the header byte by byte, as in framing
+                length = (
+                    view[pos + 1] << 24 | view[pos + 2] << 16 | view[pos + 3] << 8 | view[pos + 4]
+                )
                 if length < 4:
                     raise _bad_length("frontend", msg_type, length)
                 end = pos + 1 + length
@@ -341,7 +343,7 @@ class PreparedSession:
                         )
                     if replacement is not None:
                         if run < pos:
-                            to_server.append(view[run:pos])
+                            to_server.append(_part(view, run, pos))
                         to_server.extend(replacement)
                         run = min(end, n)
                     if end > n:
@@ -380,16 +382,16 @@ class PreparedSession:
         finally:
             ex.expected = len(queue)
         if run < pos:
-            to_server.append(view[run:pos])
+            to_server.append(_part(view, run, pos))
         return pos
 
-    def _bind_prefix_streamable(self, view: memoryview, pos: int, n: int) -> bool:
+    def _bind_prefix_streamable(self, view: bytes, pos: int, n: int) -> bool:
         """A huge Bind whose names are already in the buffer can be rewritten and streamed."""
         first = _find_nul(view, pos + HEADER, n)
         return first >= 0 and _find_nul(view, first + 1, n) >= 0
 
     def _rewrite(
-        self, msg_type: int, view: memoryview, start: int, stop: int, length: int, to_client: list
+        self, msg_type: int, view: bytes, start: int, stop: int, length: int, to_client: list
     ) -> list | None:
         """Handle one P/B/D/C message (body at ``view[start:stop]``, maybe cut short for a
         streamed Bind); None means: pass it through unchanged."""
@@ -452,25 +454,18 @@ class PreparedSession:
         self.queue.append(Request(_P, SKIP, registered=server_name))
         self._register(server_name, out)
 
-    def _bind(self, view: memoryview, start: int, stop: int, length: int) -> list | None:
+    def _bind(self, view: bytes, start: int, stop: int, length: int) -> list | None:
         # Both names are nearly always in the first bytes: one copy finds them.
-        head = bytes(view[start : min(stop, start + 256)])
-        portal_end = head.find(0)
-        name_end = head.find(0, portal_end + 1) if portal_end >= 0 else -1
-        if name_end >= 0:
-            portal_end += start
-            name_end += start
-        else:
-            portal_end = _find_nul(view, start, stop)
-            if portal_end < 0:
-                raise ProtocolError("malformed Bind message: the portal name is not terminated")
-            name_end = _find_nul(view, portal_end + 1, stop)
+        portal_end = view.find(b"\0", start, stop)
+        if portal_end < 0:
+            raise ProtocolError("malformed Bind message: the portal name is not terminated")
+        name_end = view.find(b"\0", portal_end + 1, stop)
         if name_end < 0:
             raise ProtocolError("malformed Bind message: the statement name is not terminated")
         if name_end == portal_end + 1:
             self.queue.append(_B)
             return None
-        name = bytes(view[portal_end + 1 : name_end])
+        name = view[portal_end + 1 : name_end]
         out: list = []
         key = self.statements.get(name)
         if key is None:
@@ -482,7 +477,7 @@ class PreparedSession:
             self.queue.append(_B)
         new_length = length - len(name) + len(server_name)
         out.append(
-            b"B" + _pack_len(new_length) + bytes(view[start : portal_end + 1]) + server_name + b"\0"
+            b"B" + _pack_len(new_length) + view[start : portal_end + 1] + server_name + b"\0"
         )
         out.append(view[name_end + 1 : stop])
         return out
@@ -525,7 +520,7 @@ class PreparedSession:
 
     # -- server -> client -----------------------------------------------------------------
 
-    def backend(self, view: memoryview, n: int, ex: Exchange, to_client: list) -> int:
+    def backend(self, view: bytes, n: int, ex: Exchange, to_client: list) -> int:
         """Match ``view[:n]`` from the server to the queue; append what the client gets.
 
         Replies that pass unchanged are sent as one run (one slice of the buffer); only a
@@ -537,7 +532,7 @@ class PreparedSession:
         if remaining:
             if remaining >= n:
                 ex.be_remaining = remaining - n
-                to_client.append(view[:n])
+                to_client.append(_part(view, 0, n))
                 return n
             pos = remaining
             ex.be_remaining = 0
@@ -546,7 +541,10 @@ class PreparedSession:
         last = n - HEADER
         try:
             while pos <= last:
-                msg_type, length = _unpack_header(view, pos)
+                msg_type = view[pos]
+                length = (
+                    view[pos + 1] << 24 | view[pos + 2] << 16 | view[pos + 3] << 8 | view[pos + 4]
+                )
                 if length < 4:
                     raise _bad_length("backend", msg_type, length)
                 end = pos + 1 + length
@@ -564,8 +562,8 @@ class PreparedSession:
                     # The common replies to plain requests: pop and pass on, no call.
                     head = queue[0]
                     if (
-                        head.__class__ is int
-                        and _PLAIN_REPLY.get(msg_type) == head
+                        isinstance(head, int)  # then compared as C ints when compiled
+                        and _PLAIN_REPLY_TO[msg_type] == head
                         and (
                             msg_type != _COMMAND_COMPLETE
                             or (not self.copy_mode and end - pos not in _RESET_TAG_SIZES)
@@ -578,7 +576,7 @@ class PreparedSession:
                         # A Request is next (perhaps a fake that is due now).
                         due = self._due(view[pos:end])
                         if run < pos:
-                            to_client.append(view[run:pos])
+                            to_client.append(_part(view, run, pos))
                         to_client.extend(due)
                         run = end
                         pos = end
@@ -586,19 +584,17 @@ class PreparedSession:
                 special = self._reply(msg_type, view, pos, end, ex)
                 if special is not None:
                     if run < pos:
-                        to_client.append(view[run:pos])
+                        to_client.append(_part(view, run, pos))
                     to_client.extend(special)
                     run = end
                 pos = end
         finally:
             ex.expected = len(self.queue)
         if run < pos:
-            to_client.append(view[run:pos])
+            to_client.append(_part(view, run, pos))
         return pos
 
-    def _reply(
-        self, msg_type: int, view: memoryview, pos: int, end: int, ex: Exchange
-    ) -> list | None:
+    def _reply(self, msg_type: int, view: bytes, pos: int, end: int, ex: Exchange) -> list | None:
         """Account for one whole reply. None: pass it on unchanged; otherwise what to send
         in its place (empty to swallow it; the reply plus fakes that come due after it)."""
         forward = True
@@ -670,7 +666,7 @@ class PreparedSession:
         if not queue:
             return True
         head = queue[0]
-        if not isinstance(head, Request):
+        if isinstance(head, int):
             if head == kind:
                 queue.popleft()
             return True
@@ -683,9 +679,11 @@ class PreparedSession:
 
     def _pop_ready(self) -> bool:
         queue = self.queue
-        if queue and queue[0] in (_S, _Q, _F):
-            queue.popleft()
-            return True
+        if queue:
+            head = queue[0]
+            if isinstance(head, int) and (head == _S or head == _Q or head == _F):
+                queue.popleft()
+                return True
         return False
 
     def _clear_until(self, kinds: tuple[int, ...]) -> None:
@@ -710,7 +708,7 @@ class PreparedSession:
         elif request.kind == _C and request.client_key is not None:
             self.statements[request.client_name] = request.client_key
 
-    def _command_complete(self, view: memoryview, pos: int, end: int) -> None:
+    def _command_complete(self, view: bytes, pos: int, end: int) -> None:
         """DEALLOCATE ALL / DISCARD ALL drop every statement of the session."""
         if end - pos in _RESET_TAG_SIZES:
             tag = bytes(view[pos + HEADER : end - 1])
@@ -722,7 +720,7 @@ class PreparedSession:
     def at_rest(self) -> bool:
         return not self.queue
 
-    def answer_without_server(self, view: memoryview, n: int) -> bytes | None:
+    def answer_without_server(self, view: bytes, n: int) -> bytes | None:
         """Replies for a client that is not linked to a server and only prepares statements
         some server already accepted (or closes statements), then syncs: exactly what
         Postgres would answer an idle session, with no server needed. This is what keeps
@@ -735,7 +733,7 @@ class PreparedSession:
         changes: list[tuple[bytes, bytes | None]] = []
         while n - pos >= HEADER:
             msg_type = view[pos]
-            length = _unpack_len(view, pos + 1)[0]
+            length = view[pos + 1] << 24 | view[pos + 2] << 16 | view[pos + 3] << 8 | view[pos + 4]
             end = pos + 1 + length
             if length < 4 or end > n:
                 return None
@@ -770,13 +768,14 @@ class PreparedSession:
 _ANSWERABLE: Final = frozenset((_P, _C, _S, _H))
 
 
-def _find_nul(view: memoryview, start: int, stop: int) -> int:
-    """Offset of the first NUL in ``view[start:stop]``, or -1 (copies little: names are short)."""
-    i = start
-    while i < stop:
-        j = min(i + 256, stop)
-        k = bytes(view[i:j]).find(b"\0")
-        if k >= 0:
-            return i + k
-        i = j
-    return -1
+def _find_nul(view: bytes, start: int, stop: int) -> int:
+    """Offset of the first NUL in ``view[start:stop]``, or -1."""
+    return view.find(b"\0", start, stop)
+
+
+def _part(view: bytes, start: int, stop: int) -> bytes:
+    """``view[start:stop]``, without a copy when that is all of it (the usual case: a read
+    forwarded whole)."""
+    if start == 0 and stop == len(view):
+        return view
+    return view[start:stop]

@@ -244,10 +244,9 @@ def drive_prepared(chunks: list[bytes]) -> tuple[bytes, bytes, int]:
     carry, to_server_all, to_client_all = b"", b"", b""
     for chunk in chunks:
         data = carry + chunk
-        buf = bytearray(data + JUNK)
         to_server: list = []
         to_client: list = []
-        end = session.frontend(memoryview(buf), len(data), ex, to_server, to_client)
+        end = session.frontend(data + JUNK, len(data), ex, to_server, to_client)
         assert 0 <= end <= len(data)
         to_server_all += b"".join(bytes(p) for p in to_server)
         to_client_all += b"".join(bytes(p) for p in to_client)

@@ -70,14 +70,14 @@ class Link:
     def send(self, data: bytes) -> tuple[bytes, bytes]:
         to_server: list = []
         to_client: list = []
-        view = memoryview(bytearray(data))
+        view = data
         consumed = self.session.frontend(view, len(data), self.ex, to_server, to_client)
         assert consumed == len(data)
         return b"".join(bytes(p) for p in to_server), b"".join(bytes(p) for p in to_client)
 
     def reply(self, data: bytes) -> bytes:
         to_client: list = []
-        view = memoryview(bytearray(data))
+        view = data
         consumed = self.session.backend(view, len(data), self.ex, to_client)
         assert consumed == len(data)
         return b"".join(bytes(p) for p in to_client)
@@ -289,14 +289,14 @@ def test_large_bind_is_rewritten_and_streamed(names: StatementNames) -> None:
     params = b"\0\0\0\1" + struct.pack("!i", len(value)) + value + b"\0\0"
     whole = bind(b"s", params=params)
     to_server: list = []
-    view = memoryview(bytearray(whole[:1000]))
+    view = whole[:1000]
     consumed = link.session.frontend(view, 1000, link.ex, to_server, [])
     assert consumed == 1000
     assert link.ex.fe_remaining == len(whole) - 1000
     head = b"".join(bytes(p) for p in to_server)
     rest_out: list = []
     tail = whole[1000:] + SYNC
-    link.session.frontend(memoryview(bytearray(tail)), len(tail), link.ex, rest_out, [])
+    link.session.frontend(tail, len(tail), link.ex, rest_out, [])
     assert head + b"".join(bytes(p) for p in rest_out) == bind(b"gv_1", params=params) + SYNC
 
 
@@ -304,7 +304,7 @@ def test_incomplete_parse_is_held_until_whole(names: StatementNames) -> None:
     link = Link(names, ServerStatements(10))
     data = parse(b"s", b"select 1")
     to_server: list = []
-    consumed = link.session.frontend(memoryview(bytearray(data[:8])), 8, link.ex, to_server, [])
+    consumed = link.session.frontend(data[:8], 8, link.ex, to_server, [])
     assert consumed == 0 and to_server == []
 
 
@@ -326,7 +326,7 @@ def test_prepare_and_sync_without_a_server_when_the_statement_is_known(
     first.reply(PARSE_COMPLETE + READY)  # confirmed by a server
     other = PreparedSession(names)  # a client with no server linked
     data = parse(b"mine", b"select 1") + close(b"S", b"old") + SYNC
-    answer = other.answer_without_server(memoryview(bytearray(data)), len(data))
+    answer = other.answer_without_server(data, len(data))
     assert answer == PARSE_COMPLETE + CLOSE_COMPLETE + READY
     assert other.statements == {b"mine": b"select 1\0\0\0"}
 
@@ -339,7 +339,7 @@ def test_unknown_statement_needs_a_server(names: StatementNames) -> None:
         bind(b"s") + SYNC,
         msg(b"Q", b"select 1\0"),
     ):
-        assert session.answer_without_server(memoryview(bytearray(data)), len(data)) is None
+        assert session.answer_without_server(data, len(data)) is None
     assert session.statements == {}
 
 
@@ -350,10 +350,10 @@ def test_oversize_length_after_a_whole_message_is_refused(
     link = Link(names, ServerStatements(10))
     data = SYNC + b"Q" + struct.pack("!I", length) + b"\0" * 8
     with pytest.raises(ProtocolError, match="invalid frontend message length"):
-        link.session.frontend(memoryview(bytearray(data)), len(data), link.ex, [], [])
+        link.session.frontend(data, len(data), link.ex, [], [])
     data = READY + b"D" + struct.pack("!I", length) + b"\0" * 8
     with pytest.raises(ProtocolError, match="invalid backend message length"):
-        link.session.backend(memoryview(bytearray(data)), len(data), link.ex, [])
+        link.session.backend(data, len(data), link.ex, [])
 
 
 def test_bind_with_a_long_portal_name_is_rewritten(names: StatementNames) -> None:

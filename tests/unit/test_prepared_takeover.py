@@ -45,7 +45,7 @@ def eager(steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes, Exchange]:
     to_server: list = []
     to_client: list = []
     for side, data in steps:
-        view = memoryview(data)
+        view = data
         if side == "fe":
             assert ps.frontend(view, len(data), ex, to_server, to_client) == len(data)
         else:
@@ -62,7 +62,7 @@ def lazy(steps: list[tuple[str, bytes]]) -> tuple[bytes, bytes, Exchange, bool]:
     to_server: list = []
     to_client: list = []
     for side, data in steps:
-        view = memoryview(data)
+        view = data
         n = len(data)
         if side == "fe":
             if ps is None:
