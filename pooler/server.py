@@ -123,7 +123,7 @@ class ServerConn(netio.Conn):
         self.resetting: Replies | None = None
         self.extra: set[str] = set()  # non-reported settings we SET for a client
         # params.settings_id() of client settings these params are known to satisfy;
-        # emptied whenever params or extra change (forget_fits).
+        # emptied whenever params or extra change (see Client._link).
         self.fits: set[int] = set()
         self.dirty = False  # a client left session state: reset before the next one
         self.cancels = 0  # CancelRequests on their way to this server's backend

@@ -455,7 +455,7 @@ class PreparedSession:
         self._register(server_name, out)
 
     def _bind(self, view: bytes, start: int, stop: int, length: int) -> list | None:
-        # Both names are nearly always in the first bytes: one copy finds them.
+        # Both names: two searches of the read itself, nothing copied until the name.
         portal_end = view.find(b"\0", start, stop)
         if portal_end < 0:
             raise ProtocolError("malformed Bind message: the portal name is not terminated")
