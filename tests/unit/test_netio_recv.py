@@ -93,3 +93,23 @@ def test_a_closed_conn_never_reads_its_old_descriptor(
     finally:
         other_a.close()
         other_b.close()
+
+
+def test_a_big_carry_is_joined_with_a_bigger_read(
+    pair: tuple[netio.Conn, socket.socket],
+) -> None:
+    """A message that must be handled whole is carried and joined again on every read; with
+    64 KB reads a 64 MB Parse would be copied ~1000 times (seconds of a stalled hub). Reads
+    after a big carry ask for as much as is carried."""
+    conn, theirs = pair
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    conn.carry = b"P" + b"\x00" * (2 * netio.RECV_SIZE - 1)
+    more = b"y" * (3 * netio.RECV_SIZE)
+    theirs.setblocking(False)
+    sent = theirs.send(more)
+    assert sent > 2 * netio.RECV_SIZE  # the kernel holds it all (else the test proves nothing)
+    data = conn.recv()
+    assert data is not None
+    assert len(data) - 2 * netio.RECV_SIZE > netio.RECV_SIZE  # more than one plain read
+    assert data.startswith(b"P\x00") and data.endswith(b"y")
