@@ -387,8 +387,8 @@ class PreparedSession:
 
     def _bind_prefix_streamable(self, view: bytes, pos: int, n: int) -> bool:
         """A huge Bind whose names are already in the buffer can be rewritten and streamed."""
-        first = _find_nul(view, pos + HEADER, n)
-        return first >= 0 and _find_nul(view, first + 1, n) >= 0
+        first = view.find(b"\0", pos + HEADER, n)
+        return first >= 0 and view.find(b"\0", first + 1, n) >= 0
 
     def _rewrite(
         self, msg_type: int, view: bytes, start: int, stop: int, length: int, to_client: list
@@ -766,11 +766,6 @@ class PreparedSession:
 
 #: The first message of a conversation answer_without_server() may answer.
 _ANSWERABLE: Final = frozenset((_P, _C, _S, _H))
-
-
-def _find_nul(view: bytes, start: int, stop: int) -> int:
-    """Offset of the first NUL in ``view[start:stop]``, or -1."""
-    return view.find(b"\0", start, stop)
 
 
 def _part(view: bytes, start: int, stop: int) -> bytes:
