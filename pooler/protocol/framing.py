@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from mypy_extensions import i64
+
 from pooler.protocol.errors import ProtocolError
 
 #: Postgres refuses messages of 1 GB and more (PQ_LARGE_MESSAGE_LIMIT); so do we.
@@ -129,7 +131,7 @@ def unknown_frontend(msg_type: int) -> ProtocolError:
     )
 
 
-def _put(kinds: list[int], at: int, kind: int) -> None:
+def _put(kinds: list[int], at: i64, kind: i64) -> None:
     """``kinds[at] = kind``, growing the list when it is full (see Exchange.fe_kinds)."""
     if at < len(kinds):
         kinds[at] = kind
@@ -213,30 +215,39 @@ class Exchange:
         unless :attr:`terminate_at` is set, in which case the client sent Terminate there,
         or :attr:`named_at` is set (while watching): a message that names a statement.
         """
-        pos = self.fe_remaining
-        if pos >= n:
-            self.fe_remaining = pos - n
+        pos: i64 = self.fe_remaining
+        end: i64 = n
+        if pos >= end:
+            self.fe_remaining = pos - end
             return n
         self.terminate_at = -1
         self.named_at = -1
-        expected = self.expected
-        syncs = self.syncs_since_exec
+        expected: i64 = self.expected
+        syncs: i64 = self.syncs_since_exec
         extended = self.extended
         kinds = self.fe_kinds if self.watch else None
-        kn = self.fe_n
+        kn: i64 = self.fe_n
         inspect = self.inspect
-        last = n - HEADER
-        msg_type: int  # typed for the compiled build (pooler/hotpath.py): C ints, no boxes
-        length: int
+        last = end - HEADER
+        # i64: C integers in the compiled build (pooler/hotpath.py), where an int is a tagged
+        # value checked on every operation; plain ints in plain Python.
+        msg_type: i64 = 0
+        length: i64 = 0
+        b1: i64
+        b2: i64
+        b3: i64
+        b4: i64
         # Per message this loop is the relay's hottest code: every bytecode counts (see
         # bench.micro's relay cases). A length over MAX_MESSAGE_LENGTH cannot end inside
         # this read, so it is refused after the loop, where the read ends mid-message.
         try:
             while pos <= last:
                 msg_type = buf[pos]  # the header, read byte by byte: C array reads when
-                length = (  # compiled (no struct call, no tuple, no boxed ints)
-                    buf[pos + 1] << 24 | buf[pos + 2] << 16 | buf[pos + 3] << 8 | buf[pos + 4]
-                )
+                b1 = buf[pos + 1]  # compiled (no struct call, no tuple, no boxed ints)
+                b2 = buf[pos + 2]
+                b3 = buf[pos + 3]
+                b4 = buf[pos + 4]
+                length = b1 << 24 | b2 << 16 | b3 << 8 | b4
                 if length < 4:
                     raise _bad_length("frontend", msg_type, length)
                 # The extended-query messages first: five of them per pgbench transaction.
@@ -244,7 +255,7 @@ class Exchange:
                     if kinds is not None:
                         if IS_NAMEABLE[msg_type]:  # names_statement(), inlined
                             body = pos + HEADER
-                            if n - body < 2:
+                            if end - body < 2:
                                 named = True
                             elif msg_type == F_PARSE:
                                 named = buf[body] != 0
@@ -261,7 +272,7 @@ class Exchange:
                     extended = True
                     if msg_type == F_EXECUTE:
                         syncs = 0
-                    elif msg_type == F_PARSE and inspect and pos + length < n:
+                    elif msg_type == F_PARSE and inspect and pos + length < end:
                         if self.sql_at is None:  # record_sql(), inlined
                             self.sql_at = []
                         self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
@@ -278,7 +289,7 @@ class Exchange:
                         kn += 1
                     expected += 1
                     syncs = 0
-                    if inspect and pos + length < n:
+                    if inspect and pos + length < end:
                         self.record_sql(msg_type, pos, length)
                 elif msg_type == F_COPY_DATA:
                     pass
@@ -303,10 +314,10 @@ class Exchange:
             self.expected = expected
             self.syncs_since_exec = syncs
             self.extended = extended
-        if pos > n:
+        if pos > end:
             if length > MAX_MESSAGE_LENGTH:
                 raise _bad_length("frontend", msg_type, length)
-            self.fe_remaining = pos - n
+            self.fe_remaining = pos - end
             return n
         self.fe_remaining = 0
         return pos
@@ -324,18 +335,28 @@ class Exchange:
         Bytes after the returned offset are an incomplete header, or a ReadyForQuery whose
         status byte has not arrived yet; the caller keeps them for the next read.
         """
-        pos = self.be_remaining
-        if pos >= n:
-            self.be_remaining = pos - n
+        pos: i64 = self.be_remaining
+        end: i64 = n
+        if pos >= end:
+            self.be_remaining = pos - end
             return n
         kinds = self.be_kinds if self.watch else None
-        kn = self.be_n
-        last = n - HEADER
-        msg_type: int
-        length: int
+        kn: i64 = self.be_n
+        last = end - HEADER
+        msg_type: i64 = 0  # as in frontend()
+        length: i64 = 0
+        expected: i64
+        b1: i64
+        b2: i64
+        b3: i64
+        b4: i64
         while pos <= last:  # as in frontend(): the hottest loop, oversize refused after it
             msg_type = buf[pos]  # as in frontend()
-            length = buf[pos + 1] << 24 | buf[pos + 2] << 16 | buf[pos + 3] << 8 | buf[pos + 4]
+            b1 = buf[pos + 1]
+            b2 = buf[pos + 2]
+            b3 = buf[pos + 3]
+            b4 = buf[pos + 4]
+            length = b1 << 24 | b2 << 16 | b3 << 8 | b4
             if length < 4:
                 raise _bad_length("backend", msg_type, length)
             if IS_BULK[msg_type]:
@@ -359,22 +380,22 @@ class Exchange:
                         kn += 1
             else:
                 if msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
-                    if pos + length >= n:
+                    if pos + length >= end:
                         break  # read it whole
                     if self.statuses is None:
                         self.statuses = []
                     self.statuses.append((pos + HEADER, pos + 1 + length))
-                elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, n):
+                elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, end):
                     self.server_fatal = True
                 if kinds is not None:
                     _put(kinds, kn, msg_type)
                     kn += 1
             pos += length + 1
         self.be_n = kn
-        if pos > n:
+        if pos > end:
             if length > MAX_MESSAGE_LENGTH:
                 raise _bad_length("backend", msg_type, length)
-            self.be_remaining = pos - n
+            self.be_remaining = pos - end
             return n
         self.be_remaining = 0
         return pos
