@@ -46,6 +46,9 @@ log = logging.getLogger("pooler.client")
 SESSION_RESET_QUERY: Final = "DISCARD ALL"
 REPORTED_NAMES: Final = frozenset(REPORTED.values())
 ROLLBACK_QUERY: Final = "ROLLBACK"
+# time.monotonic, looked up once: a module attribute read per call otherwise (a few per
+# transaction in the compiled build, pooler/hotpath.py).
+_monotonic: Final = time.monotonic
 #: Bytes a client waiting for a server may send before the pooler stops reading it.
 PENDING_LIMIT = 256 * 1024
 
@@ -79,6 +82,11 @@ class Client(netio.Conn):
         "idle_since",
         "tx_idle_since",
         "watch_idle_tx",
+        "closing",
+        "server_cb",
+        "client_cb",
+        "parse_last",
+        "parse_verdict",
     )
 
     def __init__(
@@ -114,9 +122,22 @@ class Client(netio.Conn):
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
         self.state_policy = None if self.session_mode else pool.limits.state_policy
         self.ex.inspect = self.state_policy is not None
-        self.idle_since = time.monotonic()  # last time it had no transaction running
+        self.idle_since = _monotonic()  # last time it had no transaction running
         self.tx_idle_since = 0.0  # last ReadyForQuery inside a transaction block
         self.watch_idle_tx = node.settings.idle_transaction_timeout > 0
+        # Set for every client by Node.begin_shutdown: hang up when the transaction ends.
+        # A flag of its own, not node.shutting_down: the relay reads it per transaction, and
+        # an attribute of the (interpreted) Node is a dictionary lookup in the compiled build.
+        self.closing = node.shutting_down
+        # The bound methods the watchers call, made on the first transaction and kept (a
+        # bound method is a new object on every attribute read); dropped when the socket
+        # closes, so that a closed client holds no reference cycle.
+        self.server_cb: Any = None
+        self.client_cb: Any = None
+        # The body of the last Parse looked at for session state, and its verdict: a client
+        # repeats its statement, and comparing bytes is cheaper than hashing them.
+        self.parse_last = b""
+        self.parse_verdict: tuple[str | None, bool] = (None, False)
         # Named prepared statements in transaction mode: the rewriter is switched on when
         # the client first names a statement (see framing's "watching"), not before.
         self.ps: PreparedSession | None = None
@@ -164,9 +185,7 @@ class Client(netio.Conn):
             "queries": self.ex.ready_count,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "wait_seconds": (time.monotonic() - self.wait_started)
-            if self.pending is not None
-            else 0.0,
+            "wait_seconds": (_monotonic() - self.wait_started) if self.pending is not None else 0.0,
         }
 
     def start(self) -> None:
@@ -186,7 +205,7 @@ class Client(netio.Conn):
                 return
             self.bytes_in += n - carried
             if not self.busy_since:
-                self.busy_since = time.monotonic()
+                self.busy_since = _monotonic()
             server: ServerConn | None = self.server
             if server is None:
                 pending = self.pending
@@ -219,7 +238,7 @@ class Client(netio.Conn):
                 server = cast("ServerConn | None", self.pool.checkout(self))
                 if server is None:
                     self.pending = data
-                    self.wait_started = time.monotonic()
+                    self.wait_started = _monotonic()
                     if n >= PENDING_LIMIT:
                         self.stop_reading()
                     return
@@ -289,10 +308,16 @@ class Client(netio.Conn):
         if self.state_policy is None or not found:
             return
         for msg_type, start, end in found:
-            # classify_message(), its cache lookup inlined (a repeated statement, nearly always)
-            verdict = SEEN_BODY[msg_type].get(data[start:end])
-            if verdict is None:
-                verdict = classify_message(data, msg_type, start, end)
+            body = data[start:end]
+            if msg_type == F_PARSE and body == self.parse_last:
+                verdict = self.parse_verdict  # this client's last Parse again: the usual case
+            else:
+                # classify_message(), its cache lookup inlined (a statement seen before)
+                seen = SEEN_BODY[msg_type].get(body)
+                verdict = classify_message(data, msg_type, start, end) if seen is None else seen
+                if msg_type == F_PARSE:
+                    self.parse_last = body
+                    self.parse_verdict = verdict
             kind, drops_statements = verdict
             if drops_statements and server.statements is not None:
                 # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
@@ -357,7 +382,10 @@ class Client(netio.Conn):
         self.ex.reset()
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
-        server.start_reading(self._on_server_readable)
+        callback = self.server_cb
+        if callback is None:
+            callback = self.server_cb = self._on_server_readable
+        server.start_reading(callback)
         if not server.extra:
             fits = server.fits
             if self.settings_id in fits:  # checked before and nothing changed since
@@ -441,17 +469,21 @@ class Client(netio.Conn):
     def server_ready(self, server: Any) -> bool:  # pool.Waiter: a ServerConn
         if self.closed:
             return False
+        conn: ServerConn = server  # typed: native attribute reads in the compiled build
         data = self.pending or b""
         self.pending = None
         try:
-            if self._link(server):
+            if self._link(conn):
                 self.held = data
                 self.stop_reading()  # until our SET is answered (it was reading while waiting)
                 return True
             if data:
                 self._forward_to_server(data, len(data))
-            if server.outbuf is None:  # else server_drained() starts it again
-                self.start_reading(self._on_client_readable)
+            if conn.outbuf is None:  # else server_drained() starts it again
+                callback = self.client_cb
+                if callback is None:
+                    callback = self.client_cb = self._on_client_readable
+                self.start_reading(callback)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
         except OSError as exc:
@@ -498,20 +530,20 @@ class Client(netio.Conn):
             self.bytes_out += end
             if end == n and ex.releasable():
                 self.transactions += 1
-                now = time.monotonic()
+                now = _monotonic()
                 self.idle_since = now
                 if self.busy_since:
                     self.pool.stats.xact_time.observe(now - self.busy_since)
                     self.busy_since = 0.0
                 if not self.session_mode:
                     self._release()
-                if self.node.shutting_down:
+                if self.closing:
                     self.fatal("57P01", SHUTDOWN_MESSAGE)
                     return
                 if not self.session_mode:
                     return
             elif self.watch_idle_tx and end == n and ex.at_rest():
-                self.tx_idle_since = time.monotonic()
+                self.tx_idle_since = _monotonic()
             if not drained:
                 server.stop_reading()
         except ProtocolError as exc:
@@ -569,6 +601,10 @@ class Client(netio.Conn):
                 f"the connection to the tenant database was lost ({why}); reconnect to continue",
             )
         )
+
+    def close_socket(self, last_words: bytes = b"") -> None:
+        self.server_cb = self.client_cb = None
+        super().close_socket(last_words)
 
     def disconnect(self, last_words: bytes = b"") -> None:
         """The client is gone (or sent away): return or close its server, then close."""

@@ -344,6 +344,7 @@ class Node:
         if self.cluster is not None:
             self.cluster.begin_shutdown()
         for client in list(self.clients.values()):
+            client.closing = True  # read by the relay when a transaction ends
             if client.server is None:
                 client.fatal("57P01", SHUTDOWN_MESSAGE)
 

@@ -15,7 +15,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+from mypy_extensions import i64
+
+_monotonic: Final = time.monotonic  # looked up once (see client.py)
 
 
 class PoolServer(Protocol):
@@ -70,14 +74,20 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float) -> None:
-        # bisect_left(), as a loop: typical values sit in the first buckets, and in the
-        # compiled build this is a few C comparisons instead of a call into bisect.
-        i = 0
-        for bound in self.bounds:
-            if value <= bound:
-                break
-            i += 1
-        self.counts[i] += 1
+        # bisect_left(), written out: in the compiled build C integers and four comparisons
+        # for 13 bounds (each bound read is a float unboxed), not a call into bisect.
+        bounds = self.bounds
+        lo: i64 = 0
+        hi: i64 = len(bounds)
+        mid: i64
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if bounds[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        counts = self.counts
+        counts[lo] = counts[lo] + 1
         self.total += value
         self.count += 1
 
@@ -237,7 +247,7 @@ class Pool:
             self.active -= 1
             self._offer(server)  # closes it, or parks it while paused
             return
-        now = time.monotonic()
+        now = _monotonic()
         lifetime = self.limits.server_lifetime
         if lifetime > 0 and now - server.created_at > lifetime:
             self.active -= 1
@@ -281,7 +291,7 @@ class Pool:
         self.stats.connect_failures += 1
         self.last_error = (sqlstate, message)
         if retry_in > 0 and not self.closed:
-            self.retry_at = time.monotonic() + retry_in
+            self.retry_at = _monotonic() + retry_in
             return
         while self.waiters and len(self.waiters) > self.connecting + len(self.idle):
             self.waiters.pop().checkout_failed(sqlstate, message)
@@ -307,7 +317,7 @@ class Pool:
 
     def _check_due(self, server: PoolServer) -> bool:
         idle_since = getattr(server, "idle_since", None)
-        return idle_since is None or time.monotonic() - idle_since >= self.limits.check_delay
+        return idle_since is None or _monotonic() - idle_since >= self.limits.check_delay
 
     def _offer(self, server: PoolServer) -> None:
         if self.closed or server.generation != self.generation or self._expired(server):
@@ -329,13 +339,13 @@ class Pool:
             waiter = self.waiters.popleft()
             if waiter.server_ready(server):
                 self.stats.checkouts += 1
-                self.stats.checkout_wait.observe(time.monotonic() - waiter.wait_started)
+                self.stats.checkout_wait.observe(_monotonic() - waiter.wait_started)
                 return True
         return False
 
     def _expired(self, server: PoolServer) -> bool:
         lifetime = self.limits.server_lifetime
-        return lifetime > 0 and time.monotonic() - server.created_at > lifetime
+        return lifetime > 0 and _monotonic() - server.created_at > lifetime
 
     def _grow(self, reserve: bool = True, now: float = 0.0) -> None:
         """Open servers while waiters outnumber the servers on their way (``reserve``: up to
@@ -344,7 +354,7 @@ class Pool:
             return
         size = self.limits.size
         if reserve and self.limits.reserve_size:
-            limit = size + self._reserve(now or time.monotonic())
+            limit = size + self._reserve(now or _monotonic())
         else:
             limit = size
         while self.waiters and self.connecting < len(self.waiters) and self.total < limit:
@@ -445,5 +455,5 @@ class Pool:
             "sv_idle": len(self.idle),
             "sv_login": self.connecting,
             "pool_size": self.limits.size,
-            "maxwait": (time.monotonic() - self.waiters[0].wait_started) if self.waiters else 0.0,
+            "maxwait": (_monotonic() - self.waiters[0].wait_started) if self.waiters else 0.0,
         }

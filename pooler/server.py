@@ -12,7 +12,7 @@ import logging
 import socket as pysocket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import gevent
 from gevent import socket as gsocket
@@ -24,6 +24,8 @@ from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
 from pooler.protocol.params import Replies
 from pooler.protocol.prepared import ServerStatements
+
+_monotonic: Final = time.monotonic  # looked up once (see client.py)
 
 if TYPE_CHECKING:
     from pooler.pool import Pool
@@ -114,7 +116,7 @@ class ServerConn(netio.Conn):
         self.pool = pool
         self.target = target
         self.generation = pool.generation
-        self.created_at = time.monotonic()
+        self.created_at = _monotonic()
         self.idle_since = self.created_at
         self.pid = pid
         self.key = key
@@ -139,7 +141,7 @@ class ServerConn(netio.Conn):
     def park(self) -> None:
         """Idle in the pool: any byte or EOF from the server now means it is unusable."""
         self.client = None
-        self.idle_since = time.monotonic()
+        self.idle_since = _monotonic()
         self.start_reading(self._on_idle_readable)
 
     def close(self, reason: str) -> None:

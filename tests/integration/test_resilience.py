@@ -145,6 +145,9 @@ def test_graceful_shutdown_lets_transactions_finish(pooler_factory: Any, own_pg:
     with pytest.raises(psycopg2.Error):
         idle.cursor().execute("SELECT 1")  # idle clients were told 57P01 and closed
     assert pooler.proc.wait(10) == 0
+    # Both were told why: the idle one at once, the busy one when its transaction ended.
+    told = [line for line in pooler.log_text().splitlines() if "closing client" in line]
+    assert len(told) == 2 and all("57P01" in line for line in told), told
     idle.close()
     busy.close()
 

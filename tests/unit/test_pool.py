@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 
 import pytest
 
-from pooler.pool import Histogram, Pool, PoolKey, PoolLimits
+from pooler.pool import WAIT_BUCKETS, XACT_BUCKETS, Histogram, Pool, PoolKey, PoolLimits
 
 pytestmark = pytest.mark.unit
 
@@ -191,6 +192,20 @@ def test_histogram_buckets_and_overflow() -> None:
     assert hist.cumulative() == [(0.1, 2), (1.0, 4)]
     assert hist.count == 5
     assert hist.total == pytest.approx(8.6)
+
+
+@pytest.mark.parametrize("bounds", [WAIT_BUCKETS, XACT_BUCKETS, (1.0,), (0.5, 1.0, 2.0, 4.0)])
+def test_histogram_bucket_is_bisect_left(bounds: tuple[float, ...]) -> None:
+    # observe() searches the bounds itself (a binary search written out for the compiled
+    # build): every value, on a bound or between two, lands where bisect_left puts it.
+    values = [0.0, 1e-9, *bounds, *(b * 0.999 for b in bounds), *(b * 1.001 for b in bounds), 1e9]
+    hist = Histogram(bounds)
+    expected = [0] * (len(bounds) + 1)
+    for value in values:
+        hist.observe(value)
+        expected[bisect.bisect_left(bounds, value)] += 1
+    assert hist.counts == expected
+    assert hist.count == len(values)
 
 
 @pytest.mark.parametrize("why", ["lifetime", "generation"])
