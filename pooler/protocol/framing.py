@@ -131,12 +131,29 @@ def unknown_frontend(msg_type: int) -> ProtocolError:
     )
 
 
-def _put(kinds: list[int], at: i64, kind: i64) -> None:
-    """``kinds[at] = kind``, growing the list when it is full (see Exchange.fe_kinds)."""
+#: Message kinds kept in an i64, one byte each (seven: no shift reaches the sign bit),
+#: before the list takes the rest.
+PACKED: Final = 7
+
+
+def _pack(pack: i64, kinds: list[int], at: i64, kind: i64) -> i64:
+    """Keep ``kind`` as the ``at``-th kind: in byte ``at`` of ``pack`` while it fits (no
+    int object, no list store: C arithmetic in the compiled build), else in ``kinds``,
+    growing the list when it is full (see Exchange.fe_kinds). Returns the new pack."""
+    if at < PACKED:
+        return kind if at == 0 else pack | kind << (at << 3)
+    at -= PACKED
     if at < len(kinds):
         kinds[at] = kind
     else:
         kinds.append(kind)
+    return pack
+
+
+def _unpack(pack: i64, kinds: list[int], n: i64) -> bytes:
+    """The first ``n`` kinds kept by :func:`_pack`."""
+    packed = bytes([(pack >> (i << 3)) & 0xFF for i in range(min(n, PACKED))])
+    return packed + bytes(kinds[: n - PACKED]) if n > PACKED else packed
 
 
 class Exchange:
@@ -160,6 +177,8 @@ class Exchange:
         "be_kinds",
         "fe_n",
         "be_n",
+        "fe_pack",
+        "be_pack",
         "server_fatal",
     )
 
@@ -177,15 +196,16 @@ class Exchange:
         self.sql_at: list[tuple[int, int, int]] | None = None  # (type, body start, end)
         self.watch = False  # stop at a named statement and keep message kinds (see above)
         self.named_at = -1  # offset of the message that names a statement, in the last chunk
-        # Request and reply types since at rest (while watching): the first fe_n / be_n
-        # items. Kept as counts over lists that are overwritten, not emptied: clear() and
-        # append() on bytearrays reallocated both on every transaction, and a list item is
-        # a C store in the compiled build. They grow on a client's first transaction, so
-        # an idle client keeps two empty lists.
+        # Request and reply types since at rest (while watching): fe_n / be_n of them, the
+        # first seven one byte each in fe_pack / be_pack (a transaction of the extended
+        # protocol has five requests and six replies: no int objects, no list stores), the
+        # rest in lists that are overwritten, not emptied (clear() and append() reallocate).
         self.fe_kinds: list[int] | None = None
         self.be_kinds: list[int] | None = None
-        self.fe_n = 0
-        self.be_n = 0
+        self.fe_n: i64 = 0
+        self.be_n: i64 = 0
+        self.fe_pack: i64 = 0
+        self.be_pack: i64 = 0
         self.server_fatal = False  # the server sent a FATAL/PANIC ErrorResponse (it will hang up)
 
     def start_watching(self) -> None:
@@ -204,7 +224,7 @@ class Exchange:
         fe, be = self.fe_kinds, self.be_kinds
         if fe is None or be is None:
             return b"", b""
-        return bytes(fe[: self.fe_n]), bytes(be[: self.be_n])
+        return _unpack(self.fe_pack, fe, self.fe_n), _unpack(self.be_pack, be, self.be_n)
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -227,6 +247,7 @@ class Exchange:
         extended = self.extended
         kinds = self.fe_kinds if self.watch else None
         kn: i64 = self.fe_n
+        pack: i64 = self.fe_pack
         inspect = self.inspect
         last = end - HEADER
         # i64: C integers in the compiled build (pooler/hotpath.py), where an int is a tagged
@@ -267,7 +288,7 @@ class Exchange:
                                 self.named_at = pos
                                 self.fe_remaining = 0
                                 return pos
-                        _put(kinds, kn, msg_type)
+                        pack = _pack(pack, kinds, kn, msg_type)
                         kn += 1
                     extended = True
                     if msg_type == F_EXECUTE:
@@ -278,14 +299,14 @@ class Exchange:
                         self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
                 elif msg_type == F_SYNC:
                     if kinds is not None:
-                        _put(kinds, kn, msg_type)
+                        pack = _pack(pack, kinds, kn, msg_type)
                         kn += 1
                     expected += 1
                     syncs += 1
                     extended = False
                 elif msg_type == F_QUERY:
                     if kinds is not None:
-                        _put(kinds, kn, msg_type)
+                        pack = _pack(pack, kinds, kn, msg_type)
                         kn += 1
                     expected += 1
                     syncs = 0
@@ -299,7 +320,7 @@ class Exchange:
                     return pos
                 else:
                     if kinds is not None:
-                        _put(kinds, kn, msg_type)
+                        pack = _pack(pack, kinds, kn, msg_type)
                         kn += 1
                     if msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
                         expected -= syncs
@@ -311,6 +332,7 @@ class Exchange:
                 pos += length + 1
         finally:
             self.fe_n = kn
+            self.fe_pack = pack
             self.expected = expected
             self.syncs_since_exec = syncs
             self.extended = extended
@@ -342,6 +364,7 @@ class Exchange:
             return n
         kinds = self.be_kinds if self.watch else None
         kn: i64 = self.be_n
+        pack: i64 = self.be_pack
         last = end - HEADER
         msg_type: i64 = 0  # as in frontend()
         length: i64 = 0
@@ -376,7 +399,7 @@ class Exchange:
                         kn = 0  # at rest: nothing before this can matter any more
                         self.fe_n = 0
                     else:
-                        _put(kinds, kn, msg_type)
+                        pack = _pack(pack, kinds, kn, msg_type)
                         kn += 1
             else:
                 if msg_type == B_PARAMETER_STATUS and length <= MAX_TRACKED_STATUS:
@@ -388,10 +411,11 @@ class Exchange:
                 elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, end):
                     self.server_fatal = True
                 if kinds is not None:
-                    _put(kinds, kn, msg_type)
+                    pack = _pack(pack, kinds, kn, msg_type)
                     kn += 1
             pos += length + 1
         self.be_n = kn
+        self.be_pack = pack
         if pos > end:
             if length > MAX_MESSAGE_LENGTH:
                 raise _bad_length("backend", msg_type, length)

@@ -207,5 +207,9 @@ def test_kinds_since_rest_are_overwritten_not_kept() -> None:
     assert ex.kinds() == (b"PBE" * 8 + b"S", b"")
     feed_backend(ex, parse_complete)
     assert ex.kinds() == (b"PBE" * 8 + b"S", b"1")
+    # Replies past the seven kept packed, and any byte value in any place.
+    odd = bytes(range(0x80, 0x100, 0x11))  # eight types with the high bit set
+    feed_backend(ex, b"".join(msg(bytes([kind])) for kind in odd))
+    assert ex.kinds() == (b"PBE" * 8 + b"S", b"1" + odd)
     ex.reset()  # a new server: nothing owed any more
     assert ex.kinds() == (b"", b"")
