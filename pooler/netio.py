@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from gevent import get_hub
 from gevent.socket import socket as GeventSocket
+from mypy_extensions import i64
 
 from pooler.loginio import LoginSocket
 from pooler.protocol.errors import ProtocolError
@@ -28,6 +29,15 @@ from pooler.protocol.errors import ProtocolError
 #: scanners index as C arrays, see framing): at 64 KB its buffer comes from the malloc heap;
 #: at 128 KB and more glibc would mmap, mremap and munmap it, three system calls per read.
 RECV_SIZE: Final = 64 * 1024
+
+#: What a connection asks for while its reads are small (the usual query and reply): a
+#: ``bytes`` of up to 512 bytes with its header comes from CPython's small-object
+#: allocator. A 64 KB read is a malloc that consolidates the heap's free lists, then a
+#: realloc down to what arrived, then a free: a tenth of a select transaction's
+#: instructions. A read that fills this size switches the connection to RECV_SIZE (the
+#: rest is read on the next turn of the loop: one more read for a big reply after small
+#: ones); a read shorter than this switches it back.
+SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 
 #: A plain socket is read and written with read(2)/write(2) on its descriptor: the same
 #: system calls as recv/send without flags, minus CPython's method lookup and argument
@@ -117,7 +127,18 @@ class ConnectionClosed(Exception):
 class Conn:
     """A logged-in socket driven by watcher callbacks."""
 
-    __slots__ = ("sock", "fd", "plain", "rw", "ww", "outbuf", "carry", "closed", "__weakref__")
+    __slots__ = (
+        "sock",
+        "fd",
+        "plain",
+        "rw",
+        "ww",
+        "outbuf",
+        "carry",
+        "closed",
+        "rsize",
+        "__weakref__",
+    )
 
     def __init__(self, sock: _socket.socket) -> None:
         loop = get_hub().loop
@@ -129,6 +150,7 @@ class Conn:
         self.outbuf: bytearray | None = None  # bytes the kernel did not take yet
         self.carry = b""  # an incomplete header kept from the last read
         self.closed = False
+        self.rsize: i64 = SMALL_READ  # bytes asked for by the next read (see SMALL_READ)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -147,7 +169,7 @@ class Conn:
         # A big carry is a message that must be handled whole (the rewriter's Parse, up to
         # MAX_REWRITE), joined again on every read: ask for as much as is carried, so the
         # reads (and the copies of the carry) double instead of adding 64 KB each time.
-        size = RECV_SIZE if len(carry) < RECV_SIZE else len(carry)
+        size: i64 = self.rsize if len(carry) < RECV_SIZE else len(carry)
         try:
             if self.plain:
                 data: bytes = _os_read(self.fd, size)
@@ -160,6 +182,11 @@ class Conn:
                 return None
             self.carry = b""
             return carry
+        got: i64 = len(data)
+        if got == SMALL_READ:
+            self.rsize = RECV_SIZE  # filled: a big reply, most likely
+        elif got < SMALL_READ:
+            self.rsize = SMALL_READ
         if not carry or not data:
             return data
         self.carry = b""

@@ -74,6 +74,33 @@ def test_a_read_is_at_most_recv_size(pair: tuple[netio.Conn, socket.socket]) -> 
     assert got == sent
 
 
+def test_reads_are_small_until_one_fills(pair: tuple[netio.Conn, socket.socket]) -> None:
+    """Small replies are read with a small size (CPython's small-object allocator, not a
+    64 KB malloc and realloc); a read that fills it switches to RECV_SIZE for the rest of
+    a big reply, and a short read switches back. No byte is lost or reordered."""
+    conn, theirs = pair
+    theirs.sendall(b"a" * 100)
+    assert conn.recv() == b"a" * 100
+    assert conn.rsize == netio.SMALL_READ
+    big = bytes(range(256)) * 1024  # 256 KB
+    theirs.setblocking(False)
+    sent = theirs.send(big)
+    first = conn.recv()
+    assert first == big[: netio.SMALL_READ]  # the small read, filled
+    assert conn.rsize == netio.RECV_SIZE
+    second = conn.recv()
+    assert second is not None and len(second) > netio.SMALL_READ  # the rest, read big
+    got = first + second
+    while len(got) < sent:
+        data = conn.recv()
+        assert data
+        got += data
+    assert got == big[:sent]
+    theirs.sendall(b"b" * 10)
+    assert conn.recv() == b"b" * 10
+    assert conn.rsize == netio.SMALL_READ  # short again: back to small reads
+
+
 def test_a_closed_conn_never_reads_its_old_descriptor(
     pair: tuple[netio.Conn, socket.socket],
 ) -> None:
