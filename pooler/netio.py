@@ -36,7 +36,9 @@ RECV_SIZE: Final = 64 * 1024
 #: realloc down to what arrived, then a free: a tenth of a select transaction's
 #: instructions. A read that fills this size switches the connection to RECV_SIZE (the
 #: rest is read on the next turn of the loop: one more read for a big reply after small
-#: ones); a read shorter than this switches it back.
+#: ones); a read shorter than this switches it back. Plain sockets only: a TLS stream
+#: always asks for RECV_SIZE, because the rest of a decrypted record would wait inside
+#: the stream, where no readiness event announces it.
 SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 
 #: A plain socket is read and written with read(2)/write(2) on its descriptor: the same
@@ -150,7 +152,7 @@ class Conn:
         self.outbuf: bytearray | None = None  # bytes the kernel did not take yet
         self.carry = b""  # an incomplete header kept from the last read
         self.closed = False
-        self.rsize: i64 = SMALL_READ  # bytes asked for by the next read (see SMALL_READ)
+        self.rsize: i64 = SMALL_READ if self.plain else RECV_SIZE  # next read (SMALL_READ)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -185,7 +187,7 @@ class Conn:
         got: i64 = len(data)
         if got == SMALL_READ:
             self.rsize = RECV_SIZE  # filled: a big reply, most likely
-        elif got < SMALL_READ:
+        elif got < SMALL_READ and self.plain:
             self.rsize = SMALL_READ
         if not carry or not data:
             return data

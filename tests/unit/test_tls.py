@@ -215,3 +215,44 @@ def test_no_plaintext_left_behind_when_the_view_fills(ca: TestCA, size: int) -> 
         release.set()
         thread.join(10)
         stream.close()
+
+
+def test_a_tls_conn_reads_whole_records(ca: TestCA) -> None:
+    """Plain connections read 479 bytes while their reads are small (netio.SMALL_READ); a
+    TLS connection must not: the rest of a decrypted record would stay inside the stream,
+    where no readiness event announces it (pgbench through TLS stalled that way)."""
+    files = ca.issue("conn-reads")
+    server_tls = tls.ServerTLS.load(str(files.cert), str(files.key))
+    ours, theirs = socket.socketpair()
+    payload = os.urandom(4 * netio.SMALL_READ)  # one TLS record
+    sent = threading.Event()
+    release = threading.Event()
+
+    def client() -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with context.wrap_socket(theirs) as conn:
+            conn.sendall(payload)
+            sent.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    conn = netio.Conn(tls.accept(ours, server_tls).detach())
+    try:
+        assert not conn.plain
+        assert sent.wait(10)
+        got = b""
+        while len(got) < len(payload):
+            poller = select.poll()
+            poller.register(conn.fd, select.POLLIN)
+            assert poller.poll(5_000), f"stalled with {len(got)} of {len(payload)} bytes read"
+            data = conn.recv()
+            assert data != b"", "unexpected EOF"
+            got += data or b""
+        assert got == payload
+    finally:
+        release.set()
+        thread.join(10)
+        conn.close_socket()
