@@ -171,6 +171,19 @@ def test_stream_echoes_megabytes_through_small_socket_buffers(ca: TestCA) -> Non
     assert echoed and echoed[0] == payload
 
 
+def _send_over_tls(
+    sock: socket.socket, payload: bytes, sent: threading.Event, release: threading.Event
+) -> None:
+    """A TLS client that sends ``payload``, says so, and waits to be released."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with context.wrap_socket(sock) as conn:
+        conn.sendall(payload)
+        sent.set()
+        release.wait(10)
+
+
 @pytest.mark.parametrize("size", [256 * 1024 + 1, 16384 * 17, 300_000, 16384 * 33])
 def test_no_plaintext_left_behind_when_the_view_fills(ca: TestCA, size: int) -> None:
     """Everything the client sent is in the kernel at once and it then waits: a read that
@@ -186,16 +199,9 @@ def test_no_plaintext_left_behind_when_the_view_fills(ca: TestCA, size: int) -> 
     sent = threading.Event()
     release = threading.Event()
 
-    def client() -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with context.wrap_socket(theirs) as conn:
-            conn.sendall(payload)
-            sent.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=client, daemon=True)
+    thread = threading.Thread(
+        target=_send_over_tls, args=(theirs, payload, sent, release), daemon=True
+    )
     thread.start()
     stream = tls.accept(ours, server_tls).detach()
     try:
@@ -228,16 +234,9 @@ def test_a_tls_conn_reads_whole_records(ca: TestCA) -> None:
     sent = threading.Event()
     release = threading.Event()
 
-    def client() -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with context.wrap_socket(theirs) as conn:
-            conn.sendall(payload)
-            sent.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=client, daemon=True)
+    thread = threading.Thread(
+        target=_send_over_tls, args=(theirs, payload, sent, release), daemon=True
+    )
     thread.start()
     conn = netio.Conn(tls.accept(ours, server_tls).detach())
     try:
