@@ -49,6 +49,9 @@ ROLLBACK_QUERY: Final = "ROLLBACK"
 # time.monotonic, looked up once: a module attribute read per call otherwise (a few per
 # transaction in the compiled build, pooler/hotpath.py).
 _monotonic: Final = time.monotonic
+#: The longest Parse body a client keeps to compare its next Parse with (see
+#: _note_session_state): an idle client holds at most this much for it.
+PARSE_KEPT: Final = 4096
 #: Bytes a client waiting for a server may send before the pooler stops reading it.
 PENDING_LIMIT = 256 * 1024
 
@@ -315,7 +318,7 @@ class Client(netio.Conn):
                 # classify_message(), its cache lookup inlined (a statement seen before)
                 seen = SEEN_BODY[msg_type].get(body)
                 verdict = classify_message(data, msg_type, start, end) if seen is None else seen
-                if msg_type == F_PARSE:
+                if msg_type == F_PARSE and end - start <= PARSE_KEPT:
                     self.parse_last = body
                     self.parse_verdict = verdict
             kind, drops_statements = verdict
