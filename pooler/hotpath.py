@@ -30,7 +30,9 @@ MANIFEST = BUILD / "manifest.json"
 
 # Compiled together, as one group. Every subclass of a compiled class must be compiled too
 # (an interpreted class cannot inherit from a compiled one): hence statement.py, internal.py
-# and parked.py, whose classes extend Client and netio.Conn.
+# and parked.py, whose classes extend Client and netio.Conn. The login (login.py, loginio.py,
+# startup.py, parsers.py, builders.py, auth/scram.py) runs once per connection: what a
+# connection storm spends its CPU on.
 MODULES = (
     "pooler/protocol/framing.py",
     "pooler/protocol/prepared.py",
@@ -41,9 +43,15 @@ MODULES = (
     "pooler/pgbouncer/statement.py",
     "pooler/cluster/internal.py",
     "pooler/cluster/parked.py",
+    "pooler/login.py",
+    "pooler/loginio.py",
+    "pooler/protocol/startup.py",
+    "pooler/protocol/parsers.py",
+    "pooler/protocol/builders.py",
+    "pooler/auth/scram.py",
 )
 # The packages whose __path__ gets the compiled directory first (see their __init__.py).
-PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster")
+PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster", "pooler.auth")
 PURE_ENV = "GREENVISOR_PURE_PYTHON"
 
 status = "pure Python: not activated"  # for the start-up log and the tests

@@ -39,9 +39,8 @@ import os
 import re
 import stringprep
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import ClassVar
 
 from pooler.protocol.errors import INVALID_PASSWORD, PROTOCOL_VIOLATION, AuthError
 
@@ -186,9 +185,9 @@ class ScramSecret:
     salt: bytes
     stored_key: bytes
     server_key: bytes
-    #: ",s=<salt>,i=<iterations>": the server-first-message after the nonce (not a field:
-    #: set per instance by __post_init__, once per secret instead of once per login).
-    first_suffix: ClassVar[str]
+    #: ",s=<salt>,i=<iterations>": the server-first-message after the nonce (derived, not
+    #: compared or shown: set by __post_init__, once per secret instead of once per login).
+    first_suffix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.iterations <= MAX_ITERATIONS or not self.salt:
