@@ -134,10 +134,13 @@ def serve(
     sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes, settings: dict[str, str]
 ) -> Client:
     """Make a logged-in socket one of the node's relayed clients."""
-    client_class = Client
+    client: Client
     if pool.key.mode == "statement":
-        from pooler.pgbouncer.statement import StatementClient as client_class
-    client = client_class(sock, node, pool, addr, pid, key, settings)
+        from pooler.pgbouncer.statement import StatementClient
+
+        client = StatementClient(sock, node, pool, addr, pid, key, settings)
+    else:
+        client = Client(sock, node, pool, addr, pid, key, settings)
     node.client_opened(client)
     client.start()
     return client
