@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gevent.socket import socket as GeventSocket
+
 from pooler.protocol.errors import ProtocolError
 
 #: What one recv() asks for: more than any login message a well-behaved client sends in
@@ -39,18 +41,33 @@ READ_SIZE = 8192
 class LoginSocket:
     """A gevent socket during the login, with reads buffered (see the module docstring)."""
 
-    __slots__ = ("sock", "buf")
+    __slots__ = ("sock", "buf", "answered")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self.buf = b""
+        #: We spoke last (pooler.netio.sendall sets it): the client's answer cannot be there
+        #: yet, so the next read waits for it first instead of failing with EAGAIN.
+        self.answered = False
+
+    def _read(self, size: int) -> bytes:
+        """One recv() of the socket. After an answer of ours, wait until the socket is
+        readable first: gevent's recv() would try the read, fail with EAGAIN (a system call
+        and an exception), then wait; three times per SCRAM login."""
+        sock = self.sock
+        if self.answered:
+            self.answered = False
+            if type(sock) is GeventSocket:
+                sock._wait(sock._read_event)
+        data: bytes = sock.recv(size)
+        return data
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes: from what is held, else from one recv() of the socket
         (which waits like the socket does); ``b""`` at EOF."""
         buf = self.buf
         if not buf:
-            buf = self.sock.recv(size if size > READ_SIZE else READ_SIZE)
+            buf = self._read(size if size > READ_SIZE else READ_SIZE)
             if len(buf) <= size:
                 return buf  # the common case: exactly the message, or EOF
         elif len(buf) <= size:
@@ -68,7 +85,7 @@ class LoginSocket:
         instead of two recv_exact calls, the login's commonest read."""
         buf = self.buf
         if not buf:
-            buf = self.buf = self.sock.recv(READ_SIZE)
+            buf = self.buf = self._read(READ_SIZE)
         end = start + 4
         if len(buf) < end:
             return None

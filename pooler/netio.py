@@ -69,7 +69,11 @@ def sendall(gsock: Any, data: bytes) -> None:
     """``gsock.sendall(data)`` for the login phase, minus gevent's overhead when the kernel
     takes it all at once (nearly always: login messages are small). gevent's sendall asks
     the kernel for SO_SNDBUF and walks a chunk loop on every call; this is one send()."""
-    inner = gsock.sock if type(gsock) is LoginSocket else gsock
+    if type(gsock) is LoginSocket:
+        gsock.answered = True  # its next read waits for the client's answer first
+        inner = gsock.sock
+    else:
+        inner = gsock
     if type(inner) is GeventSocket and data:  # not a TLS stream: that encrypts in sendall
         try:  # send_now(), inline
             sent = inner._sock.send(data)

@@ -228,3 +228,32 @@ def test_sendall_leaves_other_streams_to_their_own_sendall() -> None:
     netio.sendall(stream, b"secret")
     netio.sendall(LoginSocket(stream), b"more")
     assert stream.sent == [b"secret", b"more"]
+
+
+def test_after_an_answer_the_next_read_waits_for_the_client_first(monkeypatch: Any) -> None:
+    """Once we have answered, the client's reply cannot be there yet: LoginSocket waits
+    for the socket to be readable and then reads, instead of a recv() that fails with
+    EAGAIN first. The first read (nothing said yet) reads at once."""
+    import gevent
+    import gevent.socket
+
+    seen: list[tuple[int, bool]] = []  # (size asked, bytes already waiting at the call)
+    original = gevent.socket.socket.recv
+
+    def recv(self: Any, size: int, *args: Any) -> bytes:
+        seen.append((size, tls.bytes_waiting(self)))
+        return original(self, size, *args)
+
+    monkeypatch.setattr(gevent.socket.socket, "recv", recv)
+    left, right = socket.socketpair()
+    green = gevent.socket.socket(fileno=left.detach())
+    with green, right:
+        sock = LoginSocket(green)
+        right.sendall(b"p\0\0\0\x08abcd")
+        assert netio.read_message(sock, 8192) == (ord("p"), b"abcd")
+        netio.sendall(sock, b"R\0\0\0\x08\0\0\0\0")  # our answer
+        assert right.recv(100) == b"R\0\0\0\x08\0\0\0\0"
+        later = gevent.spawn_later(0.05, right.sendall, b"p\0\0\0\x06xy")
+        assert netio.read_message(sock, 8192) == (ord("p"), b"xy")
+        later.get(timeout=5)
+    assert seen == [(READ_SIZE, True), (READ_SIZE, True)]
