@@ -1,8 +1,10 @@
 """Listening sockets: the Postgres-protocol StreamServers and the HTTP (WSGI) server.
 
 Every socket is bound before anything starts, so a port in use ends start-up with one clear
-line. Each StreamServer spawns logins into a bounded gevent pool: many slow or half-open
-logins can delay new logins, never the clients already logged in (they have no greenlet).
+line. Each Postgres-protocol listener starts a greenlet per login (:class:`LoginServer`):
+many slow or half-open logins can delay new logins, never the clients already logged in
+(they have no greenlet). Logins are bounded by the open-file limit, each cut by
+client_login_timeout (tests/integration/test_hostile.py opens 10,000 half-open sockets).
 """
 
 from __future__ import annotations
@@ -15,17 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
-from gevent.pool import Pool as GreenletPool
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
-log = logging.getLogger("pooler.listener")
+from pooler.loginio import accept_logins
 
-#: How many logins may be in progress at once per listener. Above the open-file limit
-#: (~20,000 here), so that half-open sockets run out of file descriptors, each cut by
-#: client_login_timeout, before they could starve the accept loop (tests/integration/
-#: test_hostile.py opens 10,000 of them).
-LOGIN_CONCURRENCY = 50000
+log = logging.getLogger("pooler.listener")
 
 
 class ListenError(Exception):
@@ -82,6 +79,31 @@ def _address(host: str, port: int, reuse_port: bool, option: str, name: str) -> 
     return sock
 
 
+class LoginServer(StreamServer):
+    """The Postgres-protocol listener: a gevent StreamServer whose accept loop is
+    :func:`pooler.loginio.accept_logins` (compiled with the login). One greenlet per login,
+    kept in :attr:`logins` while it runs, instead of gevent's greenlet pool (a semaphore,
+    links and a dozen interpreted calls per connection). gevent's own loop still handles
+    accept errors (it backs off while the process is out of file descriptors), and
+    :meth:`stop` does what it did with a pool: logins in progress get ``timeout`` seconds,
+    then are cut."""
+
+    def __init__(self, address: Any, handle: Callable[[Any, Any], None], backlog: Any) -> None:
+        super().__init__(address, handle, spawn="default", backlog=backlog)
+        self.logins: set[Any] = set()
+
+    def _do_read(self) -> None:
+        if not accept_logins(self.socket, self._handle, self.logins):
+            super()._do_read()  # an accept error: gevent logs it and backs off
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        running = list(self.logins)
+        if running:
+            gevent.joinall(running, timeout=self.stop_timeout if timeout is None else timeout)
+            gevent.killall([g for g in running if not g.dead], block=True, timeout=1)
+
+
 def protocol_listener(
     name: str,
     host: str,
@@ -95,12 +117,7 @@ def protocol_listener(
     # locals and stack by default (debugging aids nothing here reads), which showed in
     # login profiles. Process-wide, so set where the listeners are made.
     gevent.config.track_greenlet_tree = False
-    server = StreamServer(
-        address,
-        handle,
-        spawn=GreenletPool(LOGIN_CONCURRENCY),
-        backlog=None if reuse_port else 4096,
-    )
+    server = LoginServer(address, handle, backlog=None if reuse_port else 4096)
     server.reuse_addr = 1
     listener = Listener(name, host, port, server, option)
     _bind(listener)

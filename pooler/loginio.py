@@ -29,9 +29,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from gevent import Greenlet, getcurrent
 from gevent.socket import socket as GeventSocket
 
 from pooler.protocol.errors import ProtocolError
+
+#: How many connections one readiness event of a listening socket accepts at most (gevent's
+#: StreamServer.max_accept): then the loop runs everything else before accepting more.
+MAX_ACCEPT = 100
 
 #: What one recv() asks for: more than any login message a well-behaved client sends in
 #: one go (a startup packet is < 1 KB, SCRAM messages ~100 bytes).
@@ -120,3 +125,35 @@ class LoginSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
+
+
+def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
+    """Accept the connections waiting on a listening socket (a plain non-blocking socket,
+    at most :data:`MAX_ACCEPT`) and start a greenlet per login: ``handle(sock, address)``
+    with a gevent socket, remembered in ``logins`` while it runs and closed after it unless
+    the login took the descriptor. What gevent's StreamServer does with a greenlet pool and
+    a dozen interpreted calls per connection (pooler.listener.LoginServer). False at an
+    accept error other than "nothing waiting": the caller handles that (EMFILE...)."""
+    family, kind, proto = listener.family, listener.type, listener.proto
+    for _ in range(MAX_ACCEPT):
+        try:
+            fd, address = listener._accept()
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        Greenlet.spawn(
+            _login_then_close, handle, GeventSocket(family, kind, proto, fd), address, logins
+        )
+    return True
+
+
+def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) -> None:
+    me = getcurrent()
+    logins.add(me)
+    try:
+        handle(sock, address)
+    finally:
+        logins.discard(me)
+        if sock.fileno() != -1:  # not detached by a successful login: ours to close
+            sock.close()

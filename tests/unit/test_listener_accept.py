@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 from gevent import socket as gsocket
 
@@ -88,3 +89,73 @@ def test_reuse_port_listener_never_blocks_the_hub() -> None:
     server.start()
     stall = _hub_keeps_running(server, server.socket.getsockname()[1], handled)
     assert stall < 1.0, f"the hub stalled {stall:.2f} s after one client connection"
+
+
+def _login_server(handle: Any) -> tuple[Any, int]:
+    lst = listener_mod.protocol_listener("transaction", "127.0.0.1", 0, "--port", handle)
+    lst.server.start()
+    return lst.server, lst.server.socket.getsockname()[1]
+
+
+def test_each_login_gets_a_gevent_socket_closed_after_it_unless_detached() -> None:
+    """More connections at once than one readiness event accepts (MAX_ACCEPT): every one
+    is handled; a socket the login did not take is closed (the peer reads EOF), one it
+    detached stays open."""
+    from pooler import loginio
+
+    seen: list[tuple[type, int]] = []
+    kept: list[socket.socket] = []
+
+    def handle(sock: Any, addr: Any) -> None:
+        seen.append((type(sock), addr[1]))
+        if len(seen) % 2 == 0:
+            kept.append(socket.socket(fileno=sock.detach()))
+
+    server, port = _login_server(handle)
+    count = loginio.MAX_ACCEPT + 20
+    peers = [gsocket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    try:
+        with gevent.Timeout(10):
+            while len(seen) < count:
+                gevent.sleep(0.01)
+        assert {kind for kind, _ in seen} == {gsocket.socket}
+        assert sorted(p for _, p in seen) == sorted(p.getsockname()[1] for p in peers)
+        assert not server.logins  # every login greenlet is gone
+        by_port = {p.getsockname()[1]: p for p in peers}
+        detached = {k.getpeername()[1] for k in kept}
+        for port_, peer in by_port.items():
+            if port_ in detached:
+                peer.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    peer.recv(1)  # still open: the login took it
+            else:
+                peer.settimeout(5)
+                assert peer.recv(1) == b""  # closed for us
+    finally:
+        server.stop()
+        for sock in peers + kept:
+            sock.close()
+
+
+def test_stop_cuts_logins_still_in_progress() -> None:
+    """What the greenlet pool did at stop(): a login still running after the timeout is
+    killed, and its socket closed."""
+    started = gevent.event.Event()
+
+    def handle(sock: Any, addr: Any) -> None:
+        started.set()
+        gevent.sleep(60)
+
+    server, port = _login_server(handle)
+    peer = gsocket.create_connection(("127.0.0.1", port))
+    try:
+        assert started.wait(5)
+        assert len(server.logins) == 1
+        began = time.monotonic()
+        server.stop(timeout=0.1)
+        assert time.monotonic() - began < 5
+        assert not server.logins
+        peer.settimeout(5)
+        assert peer.recv(1) == b""
+    finally:
+        peer.close()
