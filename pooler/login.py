@@ -50,6 +50,12 @@ log = logging.getLogger("pooler.login")
 MAX_AUTH_MESSAGE = 8192
 
 
+class LoginTimeout(BaseException):
+    """Thrown into a login's greenlet at client_login_timeout (by its class: an instance
+    is made only when the timer fires). A BaseException, like gevent.Timeout, so that no
+    ``except Exception`` on the way swallows it."""
+
+
 class LoginFailed(Exception):
     """The client is refused; ``sqlstate`` and ``message`` go into its FATAL."""
 
@@ -69,11 +75,10 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
     except OSError:
         pass
-    # The exception a plain libev timer throws into this greenlet at client_login_timeout:
+    # A plain libev timer throws LoginTimeout into this greenlet at client_login_timeout:
     # what gevent.Timeout(seconds).start() does, minus its Python-level bookkeeping.
-    timeout = gevent.Timeout()
     timer = gevent.get_hub().loop.timer(node.settings.client_login_timeout)
-    timer.start(gevent.getcurrent().throw, timeout)
+    timer.start(gevent.getcurrent().throw, LoginTimeout)
     # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
     # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
     # socket their own way, so they read from it directly.
@@ -99,9 +104,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         except BaseException:
             pool.client_left()
             raise
-    except gevent.Timeout as exc:
-        if exc is not timeout:
-            raise
+    except LoginTimeout:
         _refuse(
             sock,
             held,

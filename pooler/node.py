@@ -74,6 +74,9 @@ class Node:
         self.settings = settings
         self.registry = Registry(snapshot)
         self.pools: dict[PoolKey, Pool] = {}
+        # The same pools by the plain tuple of the key's fields: a login finds its pool
+        # without making, hashing and comparing a PoolKey (a dataclass: interpreted code).
+        self._pools_by_fields: dict[tuple[str, str, str, str], Pool] = {}
         self.clients: dict[int, Client] = {}  # by Greenvisor's own backend pid
         self.mock_key = os.urandom(32)
         self._secrets: dict[tuple[str, str], ScramSecret] = {}
@@ -119,7 +122,9 @@ class Node:
             )
 
     def _drop_pool(self, pool: Pool, reason: str) -> None:
-        del self.pools[pool.key]
+        key = pool.key
+        del self.pools[key]
+        del self._pools_by_fields[key.tenant, key.user, key.database, key.mode]
         pool.close(reason)
         for client in list(self.clients.values()):
             if client.pool is pool:
@@ -138,12 +143,14 @@ class Node:
     # -- pools ----------------------------------------------------------------------------
 
     def pool_for(self, tenant: TenantConfig, user: UserConfig, database: str, mode: str) -> Pool:
-        key = PoolKey(tenant.external_id, user.db_user_alias, database, mode)
-        pool = self.pools.get(key)
+        fields = (tenant.external_id, user.db_user_alias, database, mode)
+        pool = self._pools_by_fields.get(fields)
         if pool is None:
+            key = PoolKey(*fields)
             pool = Pool(key, self._limits(tenant, user), self._connect)
             pool.upstream = self._target(tenant, user, database)
             self.pools[key] = pool
+            self._pools_by_fields[fields] = pool
         return pool
 
     def _limits(self, tenant: TenantConfig, user: UserConfig) -> PoolLimits:
