@@ -1,8 +1,10 @@
 """A new client connection: startup negotiation, tenant lookup, authentication, welcome.
 
-Runs in the listener's greenlet (bounded by the listener's spawn pool and by
-client_login_timeout). On success the socket is detached from gevent and handed to a
-:class:`pooler.client.Client`, and the greenlet ends: a logged-in client costs no greenlet.
+Runs in a greenlet of its own, started by the listener (:class:`pooler.listener.LoginServer`)
+and cut at client_login_timeout. Compiled with the relay (``pooler/hotpath.py``): a
+connection storm spends its CPU here. On success the socket is detached from gevent and
+handed to a :class:`pooler.client.Client`, and the greenlet ends: a logged-in client costs
+no greenlet.
 
 Unknown tenant, unknown user and wrong password look the same to the client: the same
 exchange (a mock SCRAM/MD5 challenge for users that do not exist) and the same message.
