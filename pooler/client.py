@@ -252,8 +252,8 @@ class Client(netio.Conn):
             self._forward_to_server(data, n)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
-        except OSError as exc:
-            self._server_lost(f"writing to the server failed: {exc}")
+        except OSError as err:
+            self._server_lost(f"writing to the server failed: {err}")
 
     def _forward_to_server(self, data: bytes, n: int) -> None:
         """``data`` (``n`` bytes) from the client: scan, then send what is whole."""
@@ -489,8 +489,8 @@ class Client(netio.Conn):
                 self.start_reading(callback)
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
-        except OSError as exc:
-            self._server_lost(f"writing to the server failed: {exc}")
+        except OSError as err:
+            self._server_lost(f"writing to the server failed: {err}")
         return True
 
     def checkout_failed(self, sqlstate: str, message: str) -> None:
@@ -551,8 +551,8 @@ class Client(netio.Conn):
                 server.stop_reading()
         except ProtocolError as exc:
             self._server_lost(exc.message)
-        except OSError as exc:
-            self._server_lost(str(exc))
+        except OSError as err:
+            self._server_lost(str(err))
 
     def _release(self) -> None:
         server = self.server

@@ -115,13 +115,13 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
             "(client_login_timeout): check the client's network and credentials",
         )
         return
-    except LoginFailed as exc:
-        log.info("login refused for %s: %s %s", _peer(addr), exc.sqlstate, exc.message)
-        _refuse(sock, held, exc.sqlstate, exc.message)
+    except LoginFailed as failed:
+        log.info("login refused for %s: %s %s", _peer(addr), failed.sqlstate, failed.message)
+        _refuse(sock, held, failed.sqlstate, failed.message)
         return
-    except ProtocolError as exc:
-        log.info("protocol violation from %s: %s", _peer(addr), exc.message)
-        _refuse(sock, held, exc.sqlstate, exc.message)
+    except ProtocolError as violation:
+        log.info("protocol violation from %s: %s", _peer(addr), violation.message)
+        _refuse(sock, held, violation.sqlstate, violation.message)
         return
     except (netio.ConnectionClosed, OSError):
         return

@@ -115,10 +115,10 @@ def relay_client(
                 return False
             try:
                 server_params = owner_params(cluster, key, owner, request)
-            except NotOwner as exc:
-                why = str(exc)
-            except (OSError, netio.ConnectionClosed) as exc:
-                why = f"node {owner.node_id} unreachable: {exc}"
+            except NotOwner as moved:
+                why = str(moved)
+            except (OSError, netio.ConnectionClosed) as lost:
+                why = f"node {owner.node_id} unreachable: {lost}"
             else:
                 park(gsock, addr, node, key, request, server_params)
                 return True
@@ -157,8 +157,8 @@ def lookup_owner(cluster: Cluster, key: PoolKey) -> NodeInfo | None:
             return cluster.owner_for(key)
     except LookupError as exc:
         raise LookupError(str(exc) or "no owner yet") from exc
-    except Exception as exc:  # noqa: BLE001 - coordinator trouble: retry until the deadline
-        raise LookupError(str(exc) or exc.__class__.__name__) from exc
+    except Exception as trouble:  # noqa: BLE001 - coordinator trouble: retry until the deadline
+        raise LookupError(str(trouble) or trouble.__class__.__name__) from trouble
 
 
 def unreachable_message(key: PoolKey, why: str) -> str:
@@ -217,9 +217,9 @@ def handle_peer(gsock: Any, addr: Any, node: Node) -> None:
                 _send_params(gsock, node, cluster, request)
                 return
             accepted = _accept_client(gsock, node, cluster, request)
-        except (LoginFailed, ProtocolError) as exc:
+        except (LoginFailed, ProtocolError) as refused:
             tag = b"Y" if op == "client" else b"E"
-            gsock.sendall(tag + builders.error_response("FATAL", exc.sqlstate, exc.message))
+            gsock.sendall(tag + builders.error_response("FATAL", refused.sqlstate, refused.message))
             return
         if accepted is None:
             return
@@ -230,8 +230,8 @@ def handle_peer(gsock: Any, addr: Any, node: Node) -> None:
         except BaseException:
             pool.client_left()
             raise
-    except gevent.Timeout as exc:
-        if exc is not timeout:
+    except gevent.Timeout as expired:
+        if expired is not timeout:
             raise
         return
     except (netio.ConnectionClosed, OSError, ValueError, KeyError):

@@ -236,10 +236,10 @@ def _wake(parked: Parked) -> None:
                     if _pipe_to(parked, owner):
                         return
                     why = f"node {owner.node_id} did not take the client"
-                except NotOwner as exc:
-                    why = str(exc)
-                except (OSError, netio.ConnectionClosed) as exc:
-                    why = f"node {owner.node_id} unreachable: {exc}"
+                except NotOwner as moved:
+                    why = str(moved)
+                except (OSError, netio.ConnectionClosed) as lost:
+                    why = f"node {owner.node_id} unreachable: {lost}"
             if cluster.draining:
                 parked.leave("57P01", SHUTDOWN_REASON)
                 return
@@ -247,8 +247,8 @@ def _wake(parked: Parked) -> None:
                 parked.leave("08006", unreachable_message(parked.key, why))
                 return
             gevent.sleep(0.25)
-    except LoginFailed as exc:
-        parked.leave(exc.sqlstate, exc.message)
+    except LoginFailed as refused:
+        parked.leave(refused.sqlstate, refused.message)
     except Exception:  # noqa: BLE001 - one client's trouble must not reach the hub
         log.exception("relaying a parked client of %s failed", parked.key)
         parked.leave("08006", "the relay to the pool's node failed; reconnect")

@@ -118,3 +118,28 @@ def test_requests_hash_by_identity_in_either_build() -> None:
     a, b = prepared.Request(ord("P")), prepared.Request(ord("P"))
     assert a == ord("P") and a != b
     assert len({a, b, a}) == 2
+
+
+def test_compiled_functions_bind_each_except_name_to_one_type() -> None:
+    """mypyc gives a local one type, from its first binding: ``except LoginFailed as exc``
+    then ``except ProtocolError as exc`` in one compiled function raised TypeError
+    ("LoginFailed object expected") instead of refusing the client. So in the compiled
+    modules each ``except ... as name`` of a function names one exception type."""
+    import ast
+
+    clashes = []
+    for source in hotpath.MODULES:
+        tree = ast.parse((hotpath.ROOT / source).read_text())
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            bound: dict[str, set[str]] = {}
+            for node in ast.walk(function):
+                if isinstance(node, ast.ExceptHandler) and node.name and node.type:
+                    bound.setdefault(node.name, set()).add(ast.unparse(node.type))
+            clashes += [
+                f"{source}:{function.lineno} {function.name}: {name} = {sorted(types)}"
+                for name, types in bound.items()
+                if len(types) > 1
+            ]
+    assert not clashes, clashes
