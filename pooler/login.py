@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.event import AsyncResult
 
-from pooler import authquery, bans, netio, tls
+from pooler import authquery, bans, loginio, netio, tls
 from pooler.auth.md5 import md5_secret, verify_md5_response
 from pooler.auth.scram import ChannelBindingError, ScramSecret, ScramServer
 from pooler.client import Client
@@ -81,13 +81,14 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     # what gevent.Timeout(seconds).start() does, minus its Python-level bookkeeping.
     timer = gevent.get_hub().loop.timer(node.settings.client_login_timeout)
     timer.start(gevent.getcurrent().throw, LoginTimeout)
-    # Buffered reads (pooler.loginio) on the plain single-node path; a TLS login drops the
-    # wrapper at the handshake; relays to other nodes and PgBouncer's console detach the
-    # socket their own way, so they read from it directly.
+    # Buffered reads (pooler.loginio) over the plain socket on the single-node path; a TLS
+    # login continues on a gevent socket from the handshake; relays to other nodes and
+    # PgBouncer's console detach the socket their own way, reading from a gevent socket.
     plain = node.cluster is None and node.pgbouncer is None
-    sock: Any = LoginSocket(gsock) if plain else gsock
+    sock: Any = LoginSocket(gsock) if plain else loginio.to_gevent(gsock)
     leftover = b""  # bytes the client pipelined past its last login message
     held: list[bytes] = []  # AuthenticationSASLFinal: it leaves with what follows it
+    handed = False  # the relay has the socket: not ours to close
     try:
         startup, sock = _read_startup(sock, node)
         if startup is None:  # TLS is up: the startup packet comes inside it
@@ -103,6 +104,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
                 leftover = sock.take()
             pipelined = leftover or (tls.is_tls(sock) and sock.pending())
             sock = tls.detach(sock)
+            handed = True
         except BaseException:
             pool.client_left()
             raise
@@ -128,6 +130,8 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     finally:
         timer.stop()
         timer.close()
+        if not handed:
+            sock.close()  # refused, cancelled, or relayed elsewhere: its descriptor goes
     client = serve(sock, node, pool, addr, pid, key, settings)
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
@@ -188,7 +192,7 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
                     )
                 if type(gsock) is LoginSocket:  # the rest of the ClientHello may be held
                     header += gsock.take()
-                    gsock = gsock.sock
+                    gsock = gsock.to_gevent()
                 return None, tls.accept(gsock, server_tls, header)
             length = startup_packet_length(header)
             whole = header + netio.recv_exact(gsock, length - 4)
@@ -199,8 +203,8 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
             tls.check_nothing_follows(gsock)
             if isinstance(packet, SSLRequest) and server_tls is not None:
                 netio.sendall(gsock, b"S")
-                raw = gsock.sock if type(gsock) is LoginSocket else gsock
-                return None, tls.accept(raw, server_tls)
+                green = gsock.to_gevent() if type(gsock) is LoginSocket else gsock
+                return None, tls.accept(green, server_tls)
             netio.sendall(gsock, b"N")
             continue
         return packet, gsock

@@ -27,9 +27,10 @@ one (tests/unit/test_loginio.py).
 
 from __future__ import annotations
 
+import _socket
 from typing import Any
 
-from gevent import Greenlet, getcurrent
+from gevent import Greenlet, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 
 from pooler.protocol.errors import ProtocolError
@@ -43,10 +44,18 @@ MAX_ACCEPT = 100
 READ_SIZE = 8192
 
 
-class LoginSocket:
-    """A gevent socket during the login, with reads buffered (see the module docstring)."""
+_READ = 1
+_WRITE = 2
 
-    __slots__ = ("sock", "buf", "answered")
+
+class LoginSocket:
+    """A client's socket during the login, with reads buffered (see the module docstring).
+
+    Over the plain non-blocking socket :func:`accept_logins` makes, it waits for readiness
+    itself (one libev watcher, made at the first wait); over a gevent socket (tests, and
+    anything else that hands one in) gevent waits."""
+
+    __slots__ = ("sock", "buf", "answered", "watcher")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
@@ -54,18 +63,74 @@ class LoginSocket:
         #: We spoke last (pooler.netio.sendall sets it): the client's answer cannot be there
         #: yet, so the next read waits for it first instead of failing with EAGAIN.
         self.answered = False
+        self.watcher: Any = None
 
     def _read(self, size: int) -> bytes:
         """One recv() of the socket. After an answer of ours, wait until the socket is
-        readable first: gevent's recv() would try the read, fail with EAGAIN (a system call
-        and an exception), then wait; three times per SCRAM login."""
+        readable first: trying first would be a failed recv() (a system call and an
+        exception) and then the wait; three times per SCRAM login."""
         sock = self.sock
+        if type(sock) is _socket.socket:
+            if self.answered:
+                self.answered = False
+                self._wait(_READ)
+            while True:
+                try:
+                    data: bytes = sock.recv(size)
+                    return data
+                except BlockingIOError:
+                    self._wait(_READ)
         if self.answered:
             self.answered = False
             if type(sock) is GeventSocket:
                 sock._wait(sock._read_event)
-        data: bytes = sock.recv(size)
+        data = sock.recv(size)
         return data
+
+    def _wait(self, events: int) -> None:
+        """Park this greenlet until the plain socket is readable (or writable)."""
+        watcher = self.watcher
+        if watcher is None or watcher.events != events:
+            if watcher is not None:
+                watcher.close()
+            watcher = self.watcher = get_hub().loop.io(self.sock.fileno(), events)
+        get_hub().wait(watcher)
+
+    def sendall(self, data: bytes) -> None:
+        """All of ``data``, waiting while the kernel's buffer is full."""
+        sock = self.sock
+        if type(sock) is not _socket.socket:
+            sock.sendall(data)
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                sent: int = sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if view:
+                self._wait(_WRITE)
+
+    def _drop_watcher(self) -> None:
+        watcher = self.watcher
+        if watcher is not None:
+            self.watcher = None
+            watcher.close()
+
+    def close(self) -> None:
+        """Close the socket (a login that did not complete)."""
+        self._drop_watcher()
+        self.sock.close()
+
+    def to_gevent(self) -> Any:
+        """The socket as a gevent socket, for a TLS handshake (which reads through gevent).
+        This wrapper keeps it (its ``close`` closes it if the handshake fails). Only with
+        nothing held (the caller checked)."""
+        assert not self.buf
+        self._drop_watcher()
+        green = self.sock = to_gevent(self.sock)
+        return green
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes: from what is held, else from one recv() of the socket
@@ -120,6 +185,7 @@ class LoginSocket:
             raise ProtocolError(
                 "the client sent data before the login completed: wait for ReadyForQuery"
             )
+        self._drop_watcher()
         fd: int = self.sock.detach()
         return fd
 
@@ -130,10 +196,12 @@ class LoginSocket:
 def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
     """Accept the connections waiting on a listening socket (a plain non-blocking socket,
     at most :data:`MAX_ACCEPT`) and start a greenlet per login: ``handle(sock, address)``
-    with a gevent socket, remembered in ``logins`` while it runs and closed after it unless
-    the login took the descriptor. What gevent's StreamServer does with a greenlet pool and
-    a dozen interpreted calls per connection (pooler.listener.LoginServer). False at an
-    accept error other than "nothing waiting": the caller handles that (EMFILE...)."""
+    with a plain non-blocking socket (no gevent socket: making one and taking the
+    descriptor back from it was ~270 interpreted bytecodes per login), remembered in
+    ``logins`` while it runs and closed after it unless the login took the descriptor.
+    What gevent's StreamServer does with a greenlet pool and a dozen interpreted calls per
+    connection (pooler.listener.LoginServer). False at an accept error other than "nothing
+    waiting": the caller handles that (EMFILE...)."""
     family, kind, proto = listener.family, listener.type, listener.proto
     for _ in range(MAX_ACCEPT):
         try:
@@ -142,9 +210,9 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
             return True
         except OSError:
             return False
-        Greenlet.spawn(
-            _login_then_close, handle, GeventSocket(family, kind, proto, fd), address, logins
-        )
+        sock = _socket.socket(family, kind, proto, fd)
+        sock.setblocking(False)
+        Greenlet.spawn(_login_then_close, handle, sock, address, logins)
     return True
 
 
@@ -157,3 +225,11 @@ def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) ->
         logins.discard(me)
         if sock.fileno() != -1:  # not detached by a successful login: ours to close
             sock.close()
+
+
+def to_gevent(sock: Any) -> Any:
+    """A gevent socket for a plain one (the cluster relay and PgBouncer's console read
+    through gevent); anything else as it is."""
+    if type(sock) is not _socket.socket:
+        return sock
+    return GeventSocket(sock.family, sock.type, sock.proto, sock.detach())

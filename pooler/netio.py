@@ -57,7 +57,8 @@ def detach(gsock: Any) -> _socket.socket:
     """Take the file descriptor away from a gevent socket as a plain non-blocking socket."""
     # gevent's own family/type/proto properties convert to enums (measurable per login);
     # the socket it wraps has the plain ints.
-    inner = getattr(gsock, "_sock", gsock)
+    inner = gsock.sock if type(gsock) is LoginSocket else gsock
+    inner = getattr(inner, "_sock", inner)  # a gevent socket's plain socket, or the plain one
     family, type_, proto = inner.family, inner.type, inner.proto
     fd = gsock.detach()
     sock = _socket.socket(family, type_, proto, fd)

@@ -10,6 +10,7 @@ test in tests/integration/test_cluster.py).
 
 from __future__ import annotations
 
+import _socket
 import socket
 import threading
 import time
@@ -97,10 +98,10 @@ def _login_server(handle: Any) -> tuple[Any, int]:
     return lst.server, lst.server.socket.getsockname()[1]
 
 
-def test_each_login_gets_a_gevent_socket_closed_after_it_unless_detached() -> None:
+def test_each_login_gets_a_plain_socket_closed_after_it_unless_detached() -> None:
     """More connections at once than one readiness event accepts (MAX_ACCEPT): every one
-    is handled; a socket the login did not take is closed (the peer reads EOF), one it
-    detached stays open."""
+    is handled, with a plain non-blocking socket; a socket the login did not take is closed
+    (the peer reads EOF), one it detached stays open."""
     from pooler import loginio
 
     seen: list[tuple[type, int]] = []
@@ -108,6 +109,7 @@ def test_each_login_gets_a_gevent_socket_closed_after_it_unless_detached() -> No
 
     def handle(sock: Any, addr: Any) -> None:
         seen.append((type(sock), addr[1]))
+        assert sock.getblocking() is False
         if len(seen) % 2 == 0:
             kept.append(socket.socket(fileno=sock.detach()))
 
@@ -118,7 +120,7 @@ def test_each_login_gets_a_gevent_socket_closed_after_it_unless_detached() -> No
         with gevent.Timeout(10):
             while len(seen) < count:
                 gevent.sleep(0.01)
-        assert {kind for kind, _ in seen} == {gsocket.socket}
+        assert {kind for kind, _ in seen} == {_socket.socket}
         assert sorted(p for _, p in seen) == sorted(p.getsockname()[1] for p in peers)
         assert not server.logins  # every login greenlet is gone
         by_port = {p.getsockname()[1]: p for p in peers}

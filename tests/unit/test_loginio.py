@@ -4,6 +4,7 @@ bytes read ahead, and the hand-off of read-ahead bytes to a relay Conn."""
 
 from __future__ import annotations
 
+import _socket
 import socket
 import struct
 from typing import Any
@@ -257,3 +258,71 @@ def test_after_an_answer_the_next_read_waits_for_the_client_first(monkeypatch: A
         assert netio.read_message(sock, 8192) == (ord("p"), b"xy")
         later.get(timeout=5)
     assert seen == [(READ_SIZE, True), (READ_SIZE, True)]
+
+
+def _plain_pair() -> tuple[_socket.socket, socket.socket]:
+    """A plain non-blocking socket, as pooler.loginio.accept_logins hands to the login,
+    and its peer."""
+    ours, peer = socket.socketpair()
+    plain = _socket.socket(ours.family, ours.type, ours.proto, ours.detach())
+    plain.setblocking(False)
+    return plain, peer
+
+
+def test_a_plain_socket_waits_for_the_client_and_sends_everything() -> None:
+    """Over the plain socket (no gevent socket), reads park the greenlet until the client
+    has sent, the answered read waits first, a send larger than the kernel's buffer waits
+    for room, and detach() hands the descriptor over with the watcher gone."""
+    import gevent
+
+    plain, peer = _plain_pair()
+    with peer:
+        sock = LoginSocket(plain)
+        gevent.spawn_later(0.05, peer.sendall, b"p\0\0\0\x08abcd")
+        assert netio.read_message(sock, 8192) == (ord("p"), b"abcd")  # waited
+        assert sock.watcher is not None and not sock.watcher.active
+        netio.sendall(sock, b"R\0\0\0\x08\0\0\0\0")
+        assert sock.answered
+        gevent.spawn_later(0.05, peer.sendall, b"p\0\0\0\x06xy")
+        assert netio.read_message(sock, 8192) == (ord("p"), b"xy")
+        assert peer.recv(100) == b"R\0\0\0\x08\0\0\0\0"
+
+        big = b"z" * (4 << 20)
+        got = bytearray()
+
+        def drain() -> None:
+            while len(got) < len(big):
+                got.extend(peer.recv(1 << 20))
+
+        reading = gevent.get_hub().threadpool.spawn(drain)
+        netio.sendall(sock, big)
+        reading.get(timeout=30)
+        assert bytes(got) == big
+
+        watcher = sock.watcher
+        relay = netio.detach(sock)
+        assert watcher is not None and not watcher.active and sock.watcher is None
+        assert plain.fileno() == -1 and relay.getblocking() is False
+        try:
+            peer.sendall(b"after")
+            gevent.sleep(0.01)
+            assert relay.recv(10) == b"after"
+        finally:
+            relay.close()
+
+
+def test_a_plain_socket_becomes_a_gevent_socket_for_tls_and_is_still_closed() -> None:
+    """to_gevent() (a TLS handshake reads through gevent) keeps the new gevent socket in the
+    wrapper, so closing a login that failed in the handshake closes its descriptor."""
+    import gevent.socket
+
+    plain, peer = _plain_pair()
+    with peer:
+        sock = LoginSocket(plain)
+        green = sock.to_gevent()
+        assert type(green) is gevent.socket.socket and sock.sock is green
+        assert plain.fileno() == -1 and green.fileno() != -1
+        sock.close()
+        assert green.fileno() == -1
+        peer.settimeout(5)
+        assert peer.recv(1) == b""  # the client sees the connection end
