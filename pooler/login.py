@@ -86,9 +86,13 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     # PgBouncer's console detach the socket their own way, reading from a gevent socket.
     plain = node.cluster is None and node.pgbouncer is None
     sock: Any = LoginSocket(gsock) if plain else loginio.to_gevent(gsock)
+    # Closed when the login ends, as gevent's StreamServer closed the socket it handed out:
+    # a no-op once the descriptor went to the relay (or a console moved it away), else the
+    # end of a refused, cancelled or relayed connection. Not `sock`: a TLS login's wrapper
+    # may carry a socket that lives on (pooler.pgbouncer.console._move).
+    own = sock
     leftover = b""  # bytes the client pipelined past its last login message
     held: list[bytes] = []  # AuthenticationSASLFinal: it leaves with what follows it
-    handed = False  # the relay has the socket: not ours to close
     try:
         startup, sock = _read_startup(sock, node)
         if startup is None:  # TLS is up: the startup packet comes inside it
@@ -104,7 +108,6 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
                 leftover = sock.take()
             pipelined = leftover or (tls.is_tls(sock) and sock.pending())
             sock = tls.detach(sock)
-            handed = True
         except BaseException:
             pool.client_left()
             raise
@@ -130,8 +133,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     finally:
         timer.stop()
         timer.close()
-        if not handed:
-            sock.close()  # refused, cancelled, or relayed elsewhere: its descriptor goes
+        own.close()
     client = serve(sock, node, pool, addr, pid, key, settings)
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
