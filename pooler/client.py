@@ -207,8 +207,9 @@ class Client(netio.Conn):
                 self.disconnect()
                 return
             self.bytes_in += n - carried
+            began = 0.0  # the clock, when read here: a wait for a server starts then too
             if not self.busy_since:
-                self.busy_since = _monotonic()
+                began = self.busy_since = _monotonic()
             server: ServerConn | None = self.server
             if server is None:
                 pending = self.pending
@@ -241,7 +242,7 @@ class Client(netio.Conn):
                 server = cast("ServerConn | None", self.pool.checkout(self))
                 if server is None:
                     self.pending = data
-                    self.wait_started = _monotonic()
+                    self.wait_started = began if began else _monotonic()
                     if n >= PENDING_LIMIT:
                         self.stop_reading()
                     return
@@ -539,7 +540,7 @@ class Client(netio.Conn):
                     self.pool.stats.xact_time.observe(now - self.busy_since)
                     self.busy_since = 0.0
                 if not self.session_mode:
-                    self._release()
+                    self._release(now)
                 if self.closing:
                     self.fatal("57P01", SHUTDOWN_MESSAGE)
                     return
@@ -554,14 +555,15 @@ class Client(netio.Conn):
         except OSError as err:
             self._server_lost(str(err))
 
-    def _release(self) -> None:
+    def _release(self, now: float = 0.0) -> None:
+        """Give the server back (``now``: the clock, if the caller just read it)."""
         server = self.server
         assert server is not None
         self.server = None
         # No stop_reading(): whatever the server does next (the next client, the idle list,
         # a reset) starts its watcher with a new callback, or closes it (release() stops it
         # while a cancel holds it back).
-        server.release()
+        server.release(False, now)
 
     # -- backpressure ---------------------------------------------------------------------
 

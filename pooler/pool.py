@@ -30,7 +30,7 @@ class PoolServer(Protocol):
 
     def close(self, reason: str) -> None: ...
 
-    def park(self) -> None: ...
+    def park(self, now: float = 0.0) -> None: ...
 
     def reset(self, query: str) -> None:
         """Run ``query``; then checkin() if the server is fine, else discard()."""
@@ -237,8 +237,9 @@ class Pool:
         except ValueError:
             pass
 
-    def checkin(self, server: PoolServer) -> None:
-        """A linked server is clean again: give it to a waiter, or park it idle.
+    def checkin(self, server: PoolServer, now: float = 0.0) -> None:
+        """A linked server is clean again: give it to a waiter, or park it idle (``now``:
+        the clock, when the caller just read it).
 
         What :meth:`_offer` does, in one function for the two usual cases (the relay calls
         this once per transaction): straight to the first waiter that takes it (the server
@@ -247,7 +248,8 @@ class Pool:
             self.active -= 1
             self._offer(server)  # closes it, or parks it while paused
             return
-        now = _monotonic()
+        if not now:
+            now = _monotonic()
         lifetime = self.limits.server_lifetime
         if lifetime > 0 and now - server.created_at > lifetime:
             self.active -= 1
@@ -262,7 +264,7 @@ class Pool:
                 stats.checkout_wait.observe(now - waiter.wait_started)
                 return
         self.active -= 1
-        server.park()
+        server.park(now)
         self.idle.append(server)
 
     def discard(self, server: PoolServer, reason: str) -> None:

@@ -138,10 +138,11 @@ class ServerConn(netio.Conn):
 
     # -- pool protocol --------------------------------------------------------------------
 
-    def park(self) -> None:
-        """Idle in the pool: any byte or EOF from the server now means it is unusable."""
+    def park(self, now: float = 0.0) -> None:
+        """Idle in the pool: any byte or EOF from the server now means it is unusable
+        (``now``: the clock, when the caller just read it)."""
         self.client = None
-        self.idle_since = _monotonic()
+        self.idle_since = now if now else _monotonic()
         self.start_reading(self._on_idle_readable)
 
     def close(self, reason: str) -> None:
@@ -172,9 +173,10 @@ class ServerConn(netio.Conn):
 
     # -- giving it back ---------------------------------------------------------------------
 
-    def release(self, clean: bool = False) -> None:
+    def release(self, clean: bool = False, now: float = 0.0) -> None:
         """A client is done with this server: reset it if needed, then back to the pool.
-        ``clean``: it was just reset (server_reset_query_always is not run again).
+        ``clean``: it was just reset (server_reset_query_always is not run again); ``now``:
+        the clock, when the caller just read it (one read per transaction less).
 
         While a cancel for the last client is still on its way, the server is held back, so
         a late cancel can never interrupt the next client's query."""
@@ -189,7 +191,7 @@ class ServerConn(netio.Conn):
         elif not clean and self.pool.limits.reset_always and self.pool.limits.reset_query:
             self.reset(self.pool.limits.reset_query)
         else:
-            self.pool.checkin(self)
+            self.pool.checkin(self, now)
 
     def cancel_done(self) -> None:
         self.cancels -= 1

@@ -22,8 +22,9 @@ class FakeServer:
     def close(self, reason: str) -> None:
         self.closed_because = reason
 
-    def park(self) -> None:
+    def park(self, now: float = 0.0) -> None:
         self.parked += 1
+        self.parked_at = now
 
 
 class FakeWaiter:
@@ -241,3 +242,25 @@ def test_settings_id_names_contents_and_never_reuses_a_number() -> None:
     params._SETTINGS_IDS.clear()  # as when the table is full
     again = params.settings_id({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
     assert again not in (one, other)  # a server remembering `one` cannot mistake it
+
+
+def test_checkin_uses_the_clock_its_caller_just_read() -> None:
+    """The relay reads the clock once at a transaction's end and hands it down: the waiter's
+    checkout wait and the parked server's idle time are measured from that instant (one
+    clock read per transaction, not three), and without it checkin reads the clock."""
+    pool, _ = make_pool(size=1)
+    first, second = FakeWaiter(), FakeWaiter(started=1000.0)
+    pool.checkout(first)
+    server = FakeServer()
+    pool.opened(server)
+    pool.checkout(second)
+    waited = pool.stats.checkout_wait.total
+    pool.checkin(server, 1000.25)  # straight to the waiter
+    assert second.got is server
+    assert pool.stats.checkout_wait.total - waited == pytest.approx(0.25)
+    pool.checkin(server, 2000.5)  # nobody waits: parked
+    assert server.parked == 1 and server.parked_at == 2000.5
+    assert pool.checkout(FakeWaiter()) is server
+    before = time.monotonic()
+    pool.checkin(server)  # no clock given: checkin reads it
+    assert server.parked == 2 and before <= server.parked_at <= time.monotonic()
