@@ -4,10 +4,13 @@ Theory of operation. The login reads each message as a header then a body
 (:func:`pooler.netio.recv_exact`), which on a bare gevent socket is two recv() system calls
 per message, and a third when an SSLRequest is followed by the CVE-2021-3935 check. A
 client sends each login message in one piece, so the first recv() of a larger size gets
-the whole message: :class:`LoginSocket` wraps the gevent socket, reads up to
-:data:`READ_SIZE` bytes at a time and serves ``recv(n)`` from what it holds. Everything
-else (sendall, setsockopt, family...) goes to the wrapped socket unchanged, so the login
-code, which only calls ``recv`` through ``recv_exact``/``read_message``, does not change.
+the whole message: :class:`LoginSocket` wraps the client's socket, reads up to
+:data:`READ_SIZE` bytes at a time and serves ``recv(n)`` from what it holds. The socket is
+the plain non-blocking one the listener accepted (:func:`accept_logins`): LoginSocket waits
+for readiness itself, with a libev watcher, and ``sendall`` waits while the kernel's buffer
+is full. Everything else (setsockopt, family...) goes to the wrapped socket unchanged, so
+the login code, which only calls ``recv`` through ``recv_exact``/``read_message``, does not
+change. A TLS handshake continues on a gevent socket (:meth:`LoginSocket.to_gevent`).
 
 Bytes the client sent ahead (before the server answered) are kept, never lost:
 
@@ -21,8 +24,8 @@ Bytes the client sent ahead (before the server answered) are kept, never lost:
 - :meth:`LoginSocket.detach` with bytes still held refuses (a path that did not take
   them would drop them silently); only the plain single-node login uses this class.
 
-Sans-IO apart from the wrapped socket's ``recv``: tests drive it with any object that has
-one (tests/unit/test_loginio.py).
+Sans-IO apart from the wrapped socket (and, over a plain socket, the gevent hub it waits
+on): tests drive it with any object that has a ``recv`` (tests/unit/test_loginio.py).
 """
 
 from __future__ import annotations
