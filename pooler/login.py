@@ -104,10 +104,13 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         pool, pid, key, message, settings = welcome
         try:
             netio.sendall(sock, b"".join(held) + message if held else message)
-            if type(sock) is LoginSocket:
+            if type(sock) is LoginSocket:  # plain: no TLS helper to ask
                 leftover = sock.take()
-            pipelined = leftover or (tls.is_tls(sock) and sock.pending())
-            sock = tls.detach(sock)
+                pipelined = bool(leftover)
+                sock = netio.detach(sock)
+            else:
+                pipelined = tls.is_tls(sock) and sock.pending()
+                sock = tls.detach(sock)
         except BaseException:
             pool.client_left()
             raise
@@ -179,11 +182,12 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
     starts the handshake at once. Bytes sent after a request before our answer end the
     connection (CVE-2021-3935)."""
     server_tls = node.settings.tls
-    encrypted = tls.is_tls(gsock)
+    plain = type(gsock) is LoginSocket  # never a TLS stream
+    encrypted = not plain and tls.is_tls(gsock)
     for _ in range(3):
         # Usually one read holds the whole packet; else (a TLS ClientHello, a bad length, a
         # packet in pieces) read the header first.
-        whole = gsock.message(0, 8, MAX_STARTUP_PACKET) if type(gsock) is LoginSocket else None
+        whole = gsock.message(0, 8, MAX_STARTUP_PACKET) if plain else None
         if whole is None:
             header = netio.recv_exact(gsock, 4)
             if header[0] == tls.HANDSHAKE_RECORD and not encrypted:
@@ -202,11 +206,16 @@ def _read_startup(gsock: Any, node: Node) -> tuple[StartupMessage | CancelReques
         if isinstance(packet, (SSLRequest, GSSENCRequest)):
             if encrypted:
                 raise ProtocolError("encryption requested again on an encrypted connection")
-            tls.check_nothing_follows(gsock)
-            if isinstance(packet, SSLRequest) and server_tls is not None:
-                netio.sendall(gsock, b"S")
+            if server_tls is not None and isinstance(packet, SSLRequest):
+                tls.check_nothing_follows(gsock)  # bytes in the kernel too: stricter than
+                netio.sendall(gsock, b"S")  # Postgres, which checks only what it has read
                 green = gsock.to_gevent() if type(gsock) is LoginSocket else gsock
                 return None, tls.accept(green, server_tls)
+            # 'N': the connection stays plaintext. As Postgres does, refuse the bytes read
+            # ahead; no peek at the kernel (a system call and an exception per login) could
+            # find anything a man in the middle gains by.
+            if not plain or gsock.buf:
+                tls.check_nothing_follows(gsock)
             netio.sendall(gsock, b"N")
             continue
         return packet, gsock
@@ -233,7 +242,8 @@ def _login(
         )
     snapshot = node.registry.snapshot
     user_name, tenant_id = split_tenant(startup.user)
-    sni_tenant = snapshot.tenant_by_sni(tls.server_name(gsock))
+    plain = type(gsock) is LoginSocket  # no TLS: no server name, no channel binding
+    sni_tenant = None if plain else snapshot.tenant_by_sni(tls.server_name(gsock))
     if sni_tenant is not None:  # the TLS server name names the tenant
         tenant_id = sni_tenant.external_id
         user_name = tls.sni_user(startup.user, tenant_id)
@@ -246,7 +256,7 @@ def _login(
             f'e.g. "{user_name}.my_tenant"',
         )
     tenant = snapshot.tenant(tenant_id)
-    if tenant is not None and tenant.enforce_ssl and not tls.is_tls(gsock):
+    if tenant is not None and tenant.enforce_ssl and (plain or not tls.is_tls(gsock)):
         raise LoginFailed(
             "28000",
             f'tenant "{tenant_id}" accepts only encrypted connections: connect with '
@@ -487,7 +497,8 @@ def _authenticate_scram(
     it with the welcome) instead of sent on its own."""
     if secret is None:
         secret = node.scram_secret(user) if user is not None else _mock_secret(node, login_name)
-    binding = tls.channel_binding(gsock)  # SCRAM-SHA-256-PLUS only over TLS
+    # SCRAM-SHA-256-PLUS only over TLS
+    binding = None if type(gsock) is LoginSocket else tls.channel_binding(gsock)
     server = ScramServer(secret, channel_binding=binding)
     mechanisms = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"] if binding else _SCRAM_ONLY
     netio.sendall(gsock, builders.authentication_sasl(mechanisms) if binding else _SASL_SCRAM)
