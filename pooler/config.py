@@ -52,6 +52,18 @@ class TenantConfig:
     upstream_ssl: bool = False  # log in to db_host over TLS
     upstream_verify: str = "none"  # none | peer (CA chain and host name, as verify-full)
     upstream_tls_ca: str | None = field(default=None, repr=False)  # PEM; None: system CAs
+    #: ``users`` by (alias, mode), and by (alias, "") the first of any mode: built from
+    #: ``users`` once per configuration version, read by every login (find_user).
+    user_index: Mapping[tuple[str, str], UserConfig] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str], UserConfig] = {}
+        for user in self.users:
+            index.setdefault((user.db_user_alias, user.mode_type), user)
+            index.setdefault((user.db_user_alias, ""), user)
+        object.__setattr__(self, "user_index", index)
 
     def find_user(self, alias: str, mode: str) -> UserConfig | None:
         """The user a client named ``alias`` logs in as on a ``mode`` listener.
@@ -59,13 +71,8 @@ class TenantConfig:
         A user row of the same mode wins; otherwise a row of the other mode with the same
         alias supplies the credentials (the listener still decides the pool mode).
         """
-        fallback = None
-        for user in self.users:
-            if user.db_user_alias == alias:
-                if user.mode_type == mode:
-                    return user
-                fallback = fallback or user
-        return fallback
+        index = self.user_index
+        return index.get((alias, mode)) or index.get((alias, ""))
 
 
 @dataclass(frozen=True, slots=True)
