@@ -61,13 +61,28 @@ class CancelRequest:
         return f"CancelRequest(pid={self.pid}, key=<{len(self.key)} bytes>)"
 
 
-@dataclass(frozen=True, slots=True)
 class StartupMessage:
-    """The client's protocol version and its startup parameters (user, database, ...)."""
+    """The client's protocol version and its startup parameters (user, database, ...).
 
-    major: int
-    minor: int
-    params: dict[str, str]
+    A plain class, not a dataclass like the packets above: one is made per login, and a
+    dataclass's generated ``__init__`` runs interpreted even in the compiled build."""
+
+    __slots__ = ("major", "minor", "params")
+
+    def __init__(self, major: int, minor: int, params: dict[str, str]) -> None:
+        self.major = major
+        self.minor = minor
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StartupMessage):
+            return NotImplemented
+        return (self.major, self.minor, self.params) == (other.major, other.minor, other.params)
+
+    __hash__ = None  # type: ignore[assignment]  # params is a dict: never a dict key
+
+    def __repr__(self) -> str:
+        return f"StartupMessage(major={self.major}, minor={self.minor}, params={self.params!r})"
 
     @property
     def user(self) -> str:
