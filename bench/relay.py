@@ -29,25 +29,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
 from pooler.client import Client
+from pooler.node import Node, NodeSettings
 from pooler.pool import Pool, PoolKey, PoolLimits
-from pooler.protocol.prepared import StatementNames
 from pooler.server import ServerConn, Target
 
 _BUF = 1 << 16
-
-
-class _Node(SimpleNamespace):
-    """The few Node attributes a Client reads on the hot path."""
-
-    def client_closed(self, client: Any) -> None:
-        pass
-
-    def cancel_server(self, server: Any) -> None:
-        pass
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -62,11 +51,7 @@ def relay_objects(
     """A pool of one server (idle) and ``clients`` logged-in clients, each over a socket
     pair: (pool, clients, the clients' peer sockets, the server, the server's peer socket).
     Also used by the unit tests of the relay's waiting path."""
-    node = _Node(
-        statement_names=StatementNames(),
-        shutting_down=False,
-        settings=SimpleNamespace(idle_transaction_timeout=0),
-    )
+    node = Node(NodeSettings())  # nothing here dials out: the pool opens no server
     limits = PoolLimits(size=1, max_clients=100, checkout_timeout=30.0, max_prepared_statements=200)
     pool = Pool(PoolKey("t1", "app", "app", "transaction"), limits, lambda _pool: None)
     params = {"client_encoding": "UTF8", "application_name": "pgbench"}
@@ -77,7 +62,7 @@ def relay_objects(
     relays, peers = [], []
     for i in range(clients):
         sock, peer = _pair()
-        client = Client(sock, node, pool, ("127.0.0.1", i), 100 + i, b"k", dict(params))  # type: ignore[arg-type]
+        client = Client(sock, node, pool, ("127.0.0.1", i), 100 + i, b"k", dict(params))
         pool.clients += 1
         client.start()  # its read watcher, as after a login (the loop never runs here)
         relays.append(client)

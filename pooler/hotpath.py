@@ -49,6 +49,9 @@ MODULES = (
     "pooler/protocol/parsers.py",
     "pooler/protocol/builders.py",
     "pooler/auth/scram.py",
+    "pooler/node.py",
+    "pooler/protocol/params.py",
+    "pooler/bans.py",
 )
 # The packages whose __path__ gets the compiled directory first (see their __init__.py).
 PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster", "pooler.auth")

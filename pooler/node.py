@@ -195,27 +195,31 @@ class Node:
                 server = open_server(pool, target)
             else:  # only the pool's owner opens servers, and fences older owners first
                 server = self.cluster.open_server(pool, target)
-        except UpstreamError as exc:
+        except UpstreamError as down:
             # One warning per outage, not one per retry.
             level = (
-                logging.DEBUG if pool.last_error == (exc.sqlstate, exc.message) else logging.WARNING
+                logging.DEBUG
+                if pool.last_error == (down.sqlstate, down.message)
+                else logging.WARNING
             )
-            log.log(level, "cannot open a server for %s: %s", pool.key, exc.message)
+            log.log(level, "cannot open a server for %s: %s", pool.key, down.message)
             pool.open_failed(
-                exc.sqlstate,
-                exc.message,
-                retry if exc.retry and exc.sqlstate in RETRYABLE_SQLSTATES else 0.0,
+                down.sqlstate,
+                down.message,
+                retry if down.retry and down.sqlstate in RETRYABLE_SQLSTATES else 0.0,
             )
             return
-        except (ProtocolError, AuthError) as exc:
-            log.warning("cannot open a server for %s: %s", pool.key, exc.message)
-            pool.open_failed("08P01", f"logging in to the tenant database failed: {exc.message}")
+        except (ProtocolError, AuthError) as refused:
+            log.warning("cannot open a server for %s: %s", pool.key, refused.message)
+            pool.open_failed(
+                "08P01", f"logging in to the tenant database failed: {refused.message}"
+            )
             return
-        except Exception as exc:  # noqa: BLE001 - any failure must reach the waiters
+        except Exception as other:  # noqa: BLE001 - any failure must reach the waiters
             log.exception("cannot open a server for %s", pool.key)
             pool.open_failed(
                 "08006",
-                f"could not open a connection to the tenant database: {exc.__class__.__name__}",
+                f"could not open a connection to the tenant database: {other.__class__.__name__}",
                 retry,
             )
             return
