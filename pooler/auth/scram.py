@@ -41,6 +41,7 @@ import stringprep
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from pooler.protocol.errors import INVALID_PASSWORD, PROTOCOL_VIOLATION, AuthError
 
@@ -137,14 +138,30 @@ def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     return hashlib.pbkdf2_hmac("sha256", saslprep(password), salt, iterations)
 
 
-try:  # what hmac.digest() calls, without its Python-level dispatch (twice per login)
+try:  # what hmac.digest() and hmac.new() call, without their Python-level dispatch
     from _hashlib import hmac_digest as _hmac_digest
+    from _hashlib import hmac_new as _hmac_new
 except ImportError:  # pragma: no cover - CPython without OpenSSL
     _hmac_digest = hmac.digest  # type: ignore[assignment]
+    _hmac_new = hmac.new  # type: ignore[assignment]
 
 
 def _hmac(key: bytes, text: bytes) -> bytes:
     return _hmac_digest(key, text, "sha256")
+
+
+def _keyed(key: bytes) -> Any:
+    """HMAC-SHA-256 with ``key`` absorbed: :func:`_mac` of a copy skips the two key blocks
+    and the digest lookup that :func:`_hmac` pays on every call (a third of its cost)."""
+    return _hmac_new(key, digestmod="sha256")
+
+
+def _mac(keyed: Any, text: bytes) -> bytes:
+    """``_hmac(key, text)`` from ``_keyed(key)``."""
+    mac = keyed.copy()
+    mac.update(text)
+    digest: bytes = mac.digest()
+    return digest
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -188,6 +205,9 @@ class ScramSecret:
     #: ",s=<salt>,i=<iterations>": the server-first-message after the nonce (derived, not
     #: compared or shown: set by __post_init__, once per secret instead of once per login).
     first_suffix: str = field(init=False, repr=False, compare=False)
+    #: StoredKey and ServerKey as HMAC states (_keyed): every login computes an HMAC with each.
+    stored_mac: Any = field(init=False, repr=False, compare=False)
+    server_mac: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.iterations <= MAX_ITERATIONS or not self.salt:
@@ -197,6 +217,8 @@ class ScramSecret:
         if len(self.stored_key) != KEY_LENGTH or len(self.server_key) != KEY_LENGTH:
             raise InvalidSecret("invalid SCRAM secret: keys must be 32 bytes", PROTOCOL_VIOLATION)
         object.__setattr__(self, "first_suffix", f",s={_b64(self.salt)},i={self.iterations}")
+        object.__setattr__(self, "stored_mac", _keyed(self.stored_key))
+        object.__setattr__(self, "server_mac", _keyed(self.server_key))
 
     def __repr__(self) -> str:
         salt = f"<{len(self.salt)} bytes>"
@@ -481,15 +503,16 @@ class ScramServer:
         if len(proof) != KEY_LENGTH:
             raise _malformed(f"proof is {len(proof)} bytes instead of {KEY_LENGTH}")
         auth_message = f"{self._first_bare},{self._server_first},{without_proof}".encode()
-        client_key = _xor(proof, _hmac(self._secret.stored_key, auth_message))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self._secret.stored_key):
+        secret = self._secret
+        client_key = _xor(proof, _mac(secret.stored_mac, auth_message))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), secret.stored_key):
             raise AuthError(
                 "password authentication failed: the SCRAM proof does not match the stored secret",
                 INVALID_PASSWORD,
             )
         self.client_key = client_key
         self._state = "done"
-        return f"v={_b64(_hmac(self._secret.server_key, auth_message))}".encode()
+        return f"v={_b64(_mac(secret.server_mac, auth_message))}".encode()
 
     def _parse_final(self, text: str) -> tuple[str, str]:
         """(client-final-message without proof, base64 proof), checking the channel binding,
