@@ -254,3 +254,45 @@ def test_backend_key_draws_outside_the_range_are_drawn_again(monkeypatch: Any) -
     monkeypatch.setattr("pooler.node.os.urandom", lambda n: draws.pop(0))
     assert Node(NodeSettings()).new_backend_key() == (7, b"key3")
     assert draws == []
+
+
+# -- SSLRequest answered 'N' (no certificate) ------------------------------------------------
+
+
+class NoTLSSocket(ChunkSocket):
+    """A client socket after an SSLRequest: what was sent back, and whether anything
+    peeked at the kernel (the peek would find bytes there, as if more were on the way)."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        super().__init__(*chunks)
+        self.sent = b""
+        self.peeked = False
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags:
+            self.peeked = True
+            return b"x"
+        return super().recv(size)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def test_ssl_request_answered_n_reads_the_next_packet_without_a_kernel_peek() -> None:
+    startup = packet(b"user\0a.t\0database\0app\0\0")
+    raw = NoTLSSocket(SSL_REQUEST, startup)  # the startup packet comes after our answer
+    got, sock = login._read_startup(LoginSocket(raw), Node(NodeSettings()))
+    assert raw.sent == b"N"
+    assert isinstance(got, StartupMessage) and got.params["database"] == "app"
+    assert not raw.peeked  # plaintext either way: as Postgres, only read-ahead counts
+
+
+def test_bytes_read_with_an_ssl_request_are_refused_before_n() -> None:
+    startup = packet(b"user\0a.t\0database\0app\0\0")
+    raw = NoTLSSocket(SSL_REQUEST + startup)  # in the same packet (CVE-2021-3935)
+    with pytest.raises(ProtocolError, match="unencrypted data after SSL request"):
+        login._read_startup(LoginSocket(raw), Node(NodeSettings()))
+    assert raw.sent == b""  # refused before any answer
