@@ -153,7 +153,9 @@ class Conn:
         self.fd = sock.fileno()  # -1 once closed (then reads and writes fail with EBADF)
         self.plain = isinstance(sock, _socket.socket)  # not TLS: read/write the fd directly
         self.rw = loop.io(self.fd, _READ)
-        self.ww = loop.io(self.fd, _WRITE)
+        # Made at the first write the kernel does not take whole (rare): a watcher is an
+        # object per connection, made per login and kept by every idle client.
+        self.ww: Any = None
         self.outbuf: bytearray | None = None  # bytes the kernel did not take yet
         self.carry = b""  # an incomplete header kept from the last read
         self.closed = False
@@ -215,7 +217,7 @@ class Conn:
         if sent == len(data):
             return True
         self.outbuf = bytearray(data[sent:])
-        self.ww.start(self._on_writable)
+        self._wait_writable()
         return False
 
     def write_many(self, parts: list) -> bool:
@@ -245,8 +247,15 @@ class Conn:
             left += part[sent:]
             sent = 0
         self.outbuf = left
-        self.ww.start(self._on_writable)
+        self._wait_writable()
         return False
+
+    def _wait_writable(self) -> None:
+        """Send ``outbuf`` when the socket is writable (see :meth:`_on_writable`)."""
+        ww = self.ww
+        if ww is None:
+            ww = self.ww = self.rw.loop.io(self.fd, _WRITE)
+        ww.start(self._on_writable)
 
     def _on_writable(self) -> None:
         buf = self.outbuf
@@ -285,7 +294,8 @@ class Conn:
         self.closed = True
         self.fd = -1  # never read or write a descriptor number the kernel may hand out again
         self.rw.stop()
-        self.ww.stop()
+        if self.ww is not None:
+            self.ww.stop()
         if last_words and self.outbuf is None:
             try:
                 self.sock.send(last_words)

@@ -1,4 +1,4 @@
-"""netio.Conn.recv: carried bytes, nothing to read, end of file.
+"""netio.Conn: recv (carried bytes, nothing to read, end of file) and a write kept for later.
 
 A parked cluster client's first bytes are read before it is handed to a Client (see
 pooler.cluster.parked) and given to it as ``carry``; the Client's first read must return
@@ -8,7 +8,10 @@ them even when the kernel has nothing more, instead of reporting "nothing to rea
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
+import gevent
 import pytest
 
 from pooler import netio
@@ -140,3 +143,37 @@ def test_a_big_carry_is_joined_with_a_bigger_read(
     assert data is not None
     assert len(data) - 2 * netio.RECV_SIZE > netio.RECV_SIZE  # more than one plain read
     assert data.startswith(b"P\x00") and data.endswith(b"y")
+
+
+def test_a_write_the_kernel_does_not_take_is_sent_when_writable() -> None:
+    """Conn.write keeps what the kernel refuses and sends it from a write watcher, made
+    only then (an idle connection has none)."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    conn = netio.Conn(ours)
+    assert conn.ww is None
+    payload = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    received = bytearray()
+
+    def drain() -> None:
+        while len(received) < len(payload):
+            chunk = theirs.recv(65536)
+            if not chunk:
+                break
+            received.extend(chunk)
+
+    try:
+        assert conn.write(payload) is False  # the rest is kept
+        assert conn.outbuf and conn.ww is not None and conn.ww.active
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 20
+        while conn.outbuf is not None and time.monotonic() < deadline:
+            gevent.sleep(0.001)
+        reader.join(20)
+        assert conn.outbuf is None and not conn.ww.active
+        assert bytes(received) == payload
+    finally:
+        conn.close_socket()
+        theirs.close()
