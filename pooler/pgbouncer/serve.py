@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
                 host,
                 settings.listen_port,
                 "listen_port in pgbouncer.ini",
-                lambda s, a: handle_client(s, a, node, MODE_TRANSACTION),
+                partial(handle_client, node=node, mode=MODE_TRANSACTION),
             )
             for host in _addresses(settings.listen_addr)
         ]

@@ -13,6 +13,7 @@ import pytest
 
 from pooler import login, netio
 from pooler.auth.scram import ScramClient, ScramServer, make_secret
+from pooler.config import TenantConfig, UserConfig
 from pooler.loginio import READ_SIZE, LoginSocket
 from pooler.node import Node, NodeSettings
 from pooler.protocol import parsers
@@ -296,3 +297,26 @@ def test_bytes_read_with_an_ssl_request_are_refused_before_n() -> None:
     with pytest.raises(ProtocolError, match="unencrypted data after SSL request"):
         login._read_startup(LoginSocket(raw), Node(NodeSettings()))
     assert raw.sent == b""  # refused before any answer
+
+
+# -- the tenant's user, looked up in compiled code -----------------------------------------
+
+
+def test_user_of_agrees_with_find_user() -> None:
+    def user(alias: str, db_user: str, mode: str) -> UserConfig:
+        return UserConfig(db_user_alias=alias, db_user=db_user, db_password="pw", mode_type=mode)
+
+    users = (
+        user("app", "app_tx", "transaction"),
+        user("app", "app_session", "session"),
+        user("app", "app_tx_2", "transaction"),  # a second row: the first one wins
+        user("admin", "admin", "transaction"),  # one mode only: supplies the other's too
+        user("stmt", "stmt", "statement"),
+    )
+    tenant = TenantConfig(external_id="t", db_host="h", users=users)
+    for alias in ("app", "admin", "stmt", "nobody"):
+        for mode in ("transaction", "session", "statement"):
+            assert login._user_of(tenant, alias, mode) is tenant.find_user(alias, mode)
+    assert login._user_of(tenant, "app", "session") is users[1]
+    assert login._user_of(tenant, "admin", "session") is users[3]
+    assert login._user_of(tenant, "nobody", "session") is None

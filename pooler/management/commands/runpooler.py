@@ -8,6 +8,7 @@ import resource
 import signal
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import gevent
@@ -245,7 +246,7 @@ class Command(BaseCommand):
                     host,
                     opts["proxy_port_transaction"],
                     "--proxy-port-transaction",
-                    lambda s, a: handle_client(s, a, node, MODE_TRANSACTION),
+                    partial(handle_client, node=node, mode=MODE_TRANSACTION),
                     reuse_port,
                 ),
                 protocol_listener(
@@ -253,7 +254,7 @@ class Command(BaseCommand):
                     host,
                     opts["proxy_port_session"],
                     "--proxy-port-session",
-                    lambda s, a: handle_client(s, a, node, MODE_SESSION),
+                    partial(handle_client, node=node, mode=MODE_SESSION),
                     reuse_port,
                 ),
                 http_listener(host, opts["http_port"], get_wsgi_application(), reuse_port),
