@@ -88,7 +88,7 @@ class LoginServer(StreamServer):
     :meth:`stop` does what it did with a pool: logins in progress get ``timeout`` seconds,
     then are cut."""
 
-    def __init__(self, address: Any, handle: Callable[[Any, Any], None], backlog: Any) -> None:
+    def __init__(self, address: Any, handle: Callable[[Any, Any], object], backlog: Any) -> None:
         super().__init__(address, handle, spawn="default", backlog=backlog)
         self.logins: set[Any] = set()
 
@@ -109,7 +109,7 @@ def protocol_listener(
     host: str,
     port: int,
     option: str,
-    handle: Callable[[Any, Any], None],
+    handle: Callable[[Any, Any], object],
     reuse_port: bool = False,
 ) -> Listener:
     address = _address(host, port, reuse_port, option, name)

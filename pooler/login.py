@@ -12,6 +12,7 @@ exchange (a mock SCRAM/MD5 challenge for users that do not exist) and the same m
 
 from __future__ import annotations
 
+import _socket
 import hashlib
 import hmac
 import logging
@@ -71,8 +72,10 @@ def auth_failed(user: str) -> LoginFailed:
     return LoginFailed("28P01", f'password authentication failed for user "{user}"')
 
 
-def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
-    """Listener entry point: log the client in, then hand it to the relay."""
+def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
+    """Listener entry point: log the client in, then hand it to the relay. True when the
+    relay took ``gsock`` itself (pooler.loginio.accept_logins then leaves it open); else
+    it was closed, or its descriptor taken, here."""
     try:
         gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
     except OSError:
@@ -93,6 +96,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
     own = sock
     leftover = b""  # bytes the client pipelined past its last login message
     held: list[bytes] = []  # AuthenticationSASLFinal: it leaves with what follows it
+    kept = False  # the relay took the plain socket itself (LoginSocket.hand_over)
     try:
         startup, sock = _read_startup(sock, node)
         if startup is None:  # TLS is up: the startup packet comes inside it
@@ -100,14 +104,15 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         assert startup is not None
         welcome = _login(sock, startup, addr, node, mode, held)
         if welcome is None:
-            return
+            return False
         pool, pid, key, message, settings = welcome
         try:
             netio.sendall(sock, b"".join(held) + message if held else message)
             if type(sock) is LoginSocket:  # plain: no TLS helper to ask
                 leftover = sock.take()
                 pipelined = bool(leftover)
-                sock = netio.detach(sock)
+                kept = type(sock.sock) is _socket.socket  # else a gevent socket (tests)
+                sock = sock.hand_over() if kept else netio.detach(sock)
             else:
                 pipelined = tls.is_tls(sock) and sock.pending()
                 sock = tls.detach(sock)
@@ -122,17 +127,17 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
             "timed out waiting for the login to complete "
             "(client_login_timeout): check the client's network and credentials",
         )
-        return
+        return False
     except LoginFailed as failed:
         log.info("login refused for %s: %s %s", _peer(addr), failed.sqlstate, failed.message)
         _refuse(sock, held, failed.sqlstate, failed.message)
-        return
+        return False
     except ProtocolError as violation:
         log.info("protocol violation from %s: %s", _peer(addr), violation.message)
         _refuse(sock, held, violation.sqlstate, violation.message)
-        return
+        return False
     except (netio.ConnectionClosed, OSError):
-        return
+        return False
     finally:
         timer.stop()
         timer.close()
@@ -142,6 +147,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> None:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
     if pipelined:  # already decrypted, or read ahead: no watcher would see it
         gevent.get_hub().loop.run_callback(client._on_client_readable)
+    return kept
 
 
 def serve(

@@ -122,9 +122,10 @@ class LoginSocket:
             watcher.close()
 
     def close(self) -> None:
-        """Close the socket (a login that did not complete)."""
+        """Close the socket (a login that did not complete); nothing once handed over."""
         self._drop_watcher()
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
     def to_gevent(self) -> Any:
         """The socket as a gevent socket, for a TLS handshake (which reads through gevent).
@@ -192,6 +193,21 @@ class LoginSocket:
         fd: int = self.sock.detach()
         return fd
 
+    def hand_over(self) -> _socket.socket:
+        """The plain socket itself, for the relay, which this wrapper then no longer reads
+        or closes: what :meth:`detach` and a new socket object for the descriptor do, minus
+        that object and its two system calls (getsockname, ioctl). Refuses like
+        :meth:`detach` while bytes are held."""
+        sock = self.sock
+        if self.buf or type(sock) is not _socket.socket:
+            raise ProtocolError(
+                "the client sent data before the login completed: wait for ReadyForQuery"
+            )
+        self._drop_watcher()
+        self.sock = None
+        plain: _socket.socket = sock
+        return plain
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
 
@@ -222,11 +238,12 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
 def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) -> None:
     me = getcurrent()
     logins.add(me)
+    kept = False
     try:
-        handle(sock, address)
+        kept = bool(handle(sock, address))  # True: the socket itself went to the relay
     finally:
         logins.discard(me)
-        if sock.fileno() != -1:  # not detached by a successful login: ours to close
+        if not kept and sock.fileno() != -1:  # not taken by a successful login: ours
             sock.close()
 
 

@@ -101,17 +101,22 @@ def _login_server(handle: Any) -> tuple[Any, int]:
 def test_each_login_gets_a_plain_socket_closed_after_it_unless_detached() -> None:
     """More connections at once than one readiness event accepts (MAX_ACCEPT): every one
     is handled, with a plain non-blocking socket; a socket the login did not take is closed
-    (the peer reads EOF), one it detached stays open."""
+    (the peer reads EOF), one it detached, or took itself (the handler returns True, as
+    login.handle_client does when the relay took the socket object), stays open."""
     from pooler import loginio
 
     seen: list[tuple[type, int]] = []
-    kept: list[socket.socket] = []
+    kept: list[Any] = []
 
-    def handle(sock: Any, addr: Any) -> None:
+    def handle(sock: Any, addr: Any) -> bool:
         seen.append((type(sock), addr[1]))
         assert sock.getblocking() is False
-        if len(seen) % 2 == 0:
+        if len(seen) % 3 == 1:
             kept.append(socket.socket(fileno=sock.detach()))
+        elif len(seen) % 3 == 2:
+            kept.append(sock)
+            return True
+        return False
 
     server, port = _login_server(handle)
     count = loginio.MAX_ACCEPT + 20

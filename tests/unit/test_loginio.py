@@ -311,6 +311,40 @@ def test_a_plain_socket_waits_for_the_client_and_sends_everything() -> None:
             relay.close()
 
 
+def test_hand_over_gives_the_relay_the_plain_socket_itself() -> None:
+    """hand_over: the same socket object, open and non-blocking, no watcher left, and the
+    wrapper's close() no longer closes it; with bytes held it refuses, as detach() does."""
+    import gevent
+
+    plain, peer = _plain_pair()
+    with peer:
+        sock = LoginSocket(plain)
+        gevent.spawn_later(0.01, peer.sendall, b"p\0\0\0\x08abcd")
+        assert netio.read_message(sock, 8192) == (ord("p"), b"abcd")  # made a watcher
+        watcher = sock.watcher
+        relay = sock.hand_over()
+        assert relay is plain and sock.watcher is None
+        assert watcher is not None and not watcher.active
+        sock.close()  # the login's cleanup: a no-op now
+        try:
+            assert relay.fileno() != -1 and relay.getblocking() is False
+            peer.sendall(b"after")
+            gevent.sleep(0.01)
+            assert relay.recv(10) == b"after"
+        finally:
+            relay.close()
+
+    plain, peer = _plain_pair()
+    with peer:
+        sock = LoginSocket(plain)
+        peer.sendall(b"p\0\0\0\x08abcdQ")  # a byte past the message: held
+        assert netio.read_message(sock, 8192) == (ord("p"), b"abcd")
+        with pytest.raises(ProtocolError, match="before the login completed"):
+            sock.hand_over()
+        sock.close()
+        assert plain.fileno() == -1  # still the wrapper's to close
+
+
 def test_a_plain_socket_becomes_a_gevent_socket_for_tls_and_is_still_closed() -> None:
     """to_gevent() (a TLS handshake reads through gevent) keeps the new gevent socket in the
     wrapper, so closing a login that failed in the handshake closes its descriptor."""
