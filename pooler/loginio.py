@@ -21,8 +21,9 @@ Bytes the client sent ahead (before the server answered) are kept, never lost:
 - at the hand-off to the relay, :meth:`LoginSocket.take` gives them to the client's
   :class:`pooler.netio.Conn` as its ``carry`` (a client that pipelines past its last
   login message: its bytes are relayed as if they had arrived after the welcome);
-- :meth:`LoginSocket.detach` with bytes still held refuses (a path that did not take
-  them would drop them silently); only the plain single-node login uses this class.
+- :meth:`LoginSocket.hand_over` (the plain socket itself goes to the relay) and
+  :meth:`LoginSocket.detach` refuse with bytes still held (a path that did not take them
+  would drop them silently); only the plain single-node login uses this class.
 
 Sans-IO apart from the wrapped socket (and, over a plain socket, the gevent hub it waits
 on): tests drive it with any object that has a ``recv`` (tests/unit/test_loginio.py).
