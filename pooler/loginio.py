@@ -200,7 +200,8 @@ class LoginSocket:
         that object and its two system calls (getsockname, ioctl). Refuses like
         :meth:`detach` while bytes are held."""
         sock = self.sock
-        if self.buf or type(sock) is not _socket.socket:
+        assert type(sock) is _socket.socket, "hand_over is for the plain socket of a login"
+        if self.buf:
             raise ProtocolError(
                 "the client sent data before the login completed: wait for ReadyForQuery"
             )
