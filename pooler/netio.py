@@ -47,6 +47,10 @@ SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 #: their own recv/send.
 _os_read: Final = os.read
 _os_write: Final = os.write
+#: The two read sizes as Python ints made once: an i64 passed to os.read() is boxed on
+#: every call, and above 256 that is an allocation (twice per transaction).
+_SMALL_READ_OBJ: Final[Any] = SMALL_READ
+_RECV_SIZE_OBJ: Final[Any] = RECV_SIZE
 
 _READ: Final = 1
 _WRITE: Final = 2
@@ -139,6 +143,7 @@ class Conn:
         "fd",
         "plain",
         "rw",
+        "reading",
         "ww",
         "outbuf",
         "carry",
@@ -150,25 +155,35 @@ class Conn:
     def __init__(self, sock: _socket.socket) -> None:
         loop = get_hub().loop
         self.sock = sock
-        self.fd = sock.fileno()  # -1 once closed (then reads and writes fail with EBADF)
+        # -1 once closed (then reads and writes fail with EBADF). Typed Any: kept as the
+        # Python int that os.read/os.write take, not re-boxed for every call.
+        self.fd: Any = sock.fileno()
         self.plain = isinstance(sock, _socket.socket)  # not TLS: read/write the fd directly
         self.rw = loop.io(self.fd, _READ)
+        # The callback ``rw`` runs now, None while stopped: starting it again with the same
+        # callback (a waiting client given a server, a server given the next client) is
+        # then no call into gevent at all, and stopping a stopped watcher neither.
+        self.reading: Any = None
         # Made at the first write the kernel does not take whole (rare): a watcher is an
         # object per connection, made per login and kept by every idle client.
         self.ww: Any = None
         self.outbuf: bytearray | None = None  # bytes the kernel did not take yet
         self.carry = b""  # an incomplete header kept from the last read
         self.closed = False
-        self.rsize: i64 = SMALL_READ if self.plain else RECV_SIZE  # next read (SMALL_READ)
+        # The next read's size (see SMALL_READ), as one of the two ints made once.
+        self.rsize: Any = _SMALL_READ_OBJ if self.plain else _RECV_SIZE_OBJ
 
     # -- reading --------------------------------------------------------------------------
 
     def start_reading(self, callback: Any) -> None:
-        if not self.closed:
+        if not self.closed and self.reading is not callback:
+            self.reading = callback
             self.rw.start(callback)
 
     def stop_reading(self) -> None:
-        self.rw.stop()
+        if self.reading is not None:
+            self.reading = None
+            self.rw.stop()
 
     def recv(self) -> bytes | None:
         """Receive, after the carried bytes: the bytes, ``b""`` at EOF, None when there is
@@ -178,7 +193,7 @@ class Conn:
         # A big carry is a message that must be handled whole (the rewriter's Parse, up to
         # MAX_REWRITE), joined again on every read: ask for as much as is carried, so the
         # reads (and the copies of the carry) double instead of adding 64 KB each time.
-        size: i64 = self.rsize if len(carry) < RECV_SIZE else len(carry)
+        size: Any = self.rsize if len(carry) < RECV_SIZE else len(carry)
         try:
             if self.plain:
                 data: bytes = _os_read(self.fd, size)
@@ -193,9 +208,9 @@ class Conn:
             return carry
         got: i64 = len(data)
         if got == SMALL_READ:
-            self.rsize = RECV_SIZE  # filled: a big reply, most likely
+            self.rsize = _RECV_SIZE_OBJ  # filled: a big reply, most likely
         elif got < SMALL_READ and self.plain:
-            self.rsize = SMALL_READ
+            self.rsize = _SMALL_READ_OBJ
         if not carry or not data:
             return data
         self.carry = b""
@@ -293,6 +308,7 @@ class Conn:
             return
         self.closed = True
         self.fd = -1  # never read or write a descriptor number the kernel may hand out again
+        self.reading = None
         self.rw.stop()
         if self.ww is not None:
             self.ww.stop()
