@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from pooler import netio
 from pooler.config import MODE_SESSION
-from pooler.node import SHUTDOWN_MESSAGE
 from pooler.protocol import builders
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import F_PARSE, F_TERMINATE, TX_IDLE, Exchange, names_statement
@@ -44,6 +43,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("pooler.client")
 
 SESSION_RESET_QUERY: Final = "DISCARD ALL"
+#: What clients are told when the node shuts down (here, not in node.py: the pool module
+#: imports this one, and node.py imports the pool).
+SHUTDOWN_MESSAGE = (
+    "terminating connection due to administrator command: Greenvisor is "
+    "shutting down; reconnect to reach another node or this one once restarted"
+)
 REPORTED_NAMES: Final = frozenset(REPORTED.values())
 ROLLBACK_QUERY: Final = "ROLLBACK"
 # time.monotonic, looked up once: a module attribute read per call otherwise (a few per
@@ -52,8 +57,6 @@ _monotonic: Final = time.monotonic
 #: The longest Parse body a client keeps to compare its next Parse with (see
 #: _note_session_state): an idle client holds at most this much for it.
 PARSE_KEPT: Final = 4096
-#: Bytes a client waiting for a server may send before the pooler stops reading it.
-PENDING_LIMIT = 256 * 1024
 
 
 class Client(netio.Conn):
@@ -86,7 +89,6 @@ class Client(netio.Conn):
         "tx_idle_since",
         "watch_idle_tx",
         "closing",
-        "server_cb",
         "client_cb",
         "parse_last",
         "parse_verdict",
@@ -132,10 +134,11 @@ class Client(netio.Conn):
         # A flag of its own, not node.shutting_down: the relay reads it per transaction, and
         # an attribute of the (interpreted) Node is a dictionary lookup in the compiled build.
         self.closing = node.shutting_down
-        # The bound methods the watchers call, made on the first transaction and kept (a
-        # bound method is a new object on every attribute read); dropped when the socket
-        # closes, so that a closed client holds no reference cycle.
-        self.server_cb: Any = None
+        # The bound method its watcher calls, made on the first wait and kept (a bound method
+        # is a new object on every attribute read, and netio.Conn.start_reading is no call
+        # into gevent when the watcher already runs it); dropped when the socket closes, so
+        # that a closed client holds no reference cycle. (A server's watcher has one
+        # callback of its own, ServerConn._on_readable, which hands its bytes to us.)
         self.client_cb: Any = None
         # The body of the last Parse looked at for session state, and its verdict: a client
         # repeats its statement, and comparing bytes is cheaper than hashing them.
@@ -192,7 +195,14 @@ class Client(netio.Conn):
         }
 
     def start(self) -> None:
-        self.start_reading(self._on_client_readable)
+        self.resume_reading()
+
+    def resume_reading(self) -> None:
+        """Read the client's bytes (again): with the one bound method kept for it."""
+        callback = self.client_cb
+        if callback is None:
+            callback = self.client_cb = self._on_client_readable
+        self.start_reading(callback)
 
     # -- client -> server -----------------------------------------------------------------
 
@@ -216,9 +226,9 @@ class Client(netio.Conn):
                 if pending is not None:
                     # Still waiting for a server: keep what else it sends. Reading goes on
                     # while a client waits (a stop and restart of its watcher would cost a
-                    # system call per wait), up to PENDING_LIMIT bytes (backpressure).
+                    # system call per wait), up to pending_limit bytes (backpressure).
                     self.pending = pending = pending + data
-                    if len(pending) >= PENDING_LIMIT:
+                    if len(pending) >= self.pool.limits.pending_limit:
                         self.stop_reading()
                     return
                 if self.ex.fe_remaining == 0 and data[0] == F_TERMINATE:
@@ -243,7 +253,7 @@ class Client(netio.Conn):
                 if server is None:
                     self.pending = data
                     self.wait_started = began if began else _monotonic()
-                    if n >= PENDING_LIMIT:
+                    if n >= self.pool.limits.pending_limit:
                         self.stop_reading()
                     return
                 if self._link(server):
@@ -386,10 +396,7 @@ class Client(netio.Conn):
         self.ex.reset()
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
-        callback = self.server_cb
-        if callback is None:
-            callback = self.server_cb = self._on_server_readable
-        server.start_reading(callback)
+        server.resume_reading()  # its callback hands what it reads to server.client: us
         if not server.extra:
             fits = server.fits
             if self.settings_id in fits:  # checked before and nothing changed since
@@ -458,7 +465,7 @@ class Client(netio.Conn):
         if data:
             self._forward_to_server(data, len(data))
         if self.server is not None and self.server.outbuf is None and not self.closed:
-            self.start_reading(self._on_client_readable)
+            self.resume_reading()
 
     def _note_statuses(self, server: ServerConn, statuses: list[tuple[str, str]]) -> None:
         """ParameterStatus from the server: both sides now have this value."""
@@ -484,10 +491,7 @@ class Client(netio.Conn):
             if data:
                 self._forward_to_server(data, len(data))
             if conn.outbuf is None:  # else server_drained() starts it again
-                callback = self.client_cb
-                if callback is None:
-                    callback = self.client_cb = self._on_client_readable
-                self.start_reading(callback)
+                self.resume_reading()  # no call into gevent: it read while it waited
         except ProtocolError as exc:
             self.fatal(exc.sqlstate, exc.message)
         except OSError as err:
@@ -561,8 +565,8 @@ class Client(netio.Conn):
         assert server is not None
         self.server = None
         # No stop_reading(): whatever the server does next (the next client, the idle list,
-        # a reset) starts its watcher with a new callback, or closes it (release() stops it
-        # while a cancel holds it back).
+        # a reset) its watcher's one callback follows (ServerConn._on_readable), or it is
+        # closed (release() stops it while a cancel holds it back).
         server.release(False, now)
 
     # -- backpressure ---------------------------------------------------------------------
@@ -570,14 +574,14 @@ class Client(netio.Conn):
     def on_drained(self) -> None:
         server = self.server
         if server is not None:
-            server.start_reading(self._on_server_readable)
+            server.resume_reading()
 
     def on_write_error(self, exc: OSError) -> None:
         self.disconnect()
 
     def server_drained(self) -> None:
         if self.pending is None:
-            self.start_reading(self._on_client_readable)
+            self.resume_reading()
 
     def server_write_failed(self, exc: OSError) -> None:
         self._server_lost(f"writing to the server failed: {exc}")
@@ -608,7 +612,7 @@ class Client(netio.Conn):
         )
 
     def close_socket(self, last_words: bytes = b"") -> None:
-        self.server_cb = self.client_cb = None
+        self.client_cb = None
         super().close_socket(last_words)
 
     def disconnect(self, last_words: bytes = b"") -> None:

@@ -19,6 +19,7 @@ import gevent
 from pooler import authquery
 from pooler.auth.scram import ScramSecret, make_secret
 from pooler.bans import BanList
+from pooler.client import SHUTDOWN_MESSAGE
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
 from pooler.pool import Pool, PoolKey, PoolLimits
 from pooler.protocol.errors import AuthError, ProtocolError
@@ -33,10 +34,6 @@ log = logging.getLogger("pooler.node")
 
 #: Login failures worth waiting out (the database is restarting, failing over or full);
 #: anything else (wrong password, no such database or role) fails the waiting clients now.
-SHUTDOWN_MESSAGE = (
-    "terminating connection due to administrator command: Greenvisor is "
-    "shutting down; reconnect to reach another node or this one once restarted"
-)
 
 RETRYABLE_SQLSTATES = frozenset(("08006", "08001", "08004", "57P01", "57P02", "57P03", "53300"))
 

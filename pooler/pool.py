@@ -1,7 +1,10 @@
 """Pools of server connections: checkout/checkin, sizes, FIFO waiters, counters.
 
 No sockets, no ZooKeeper, no Prometheus here: a pool drives abstract servers and waiters
-through the small protocols below, so it can be tested with fakes.
+through the small protocols below, so it can be tested with fakes. The relay's own
+:class:`~pooler.server.ServerConn` and :class:`~pooler.client.Client` are recognised where
+a transaction passes (checkout, checkin), so that the compiled build reads and calls them
+natively instead of by name.
 
 A server is handed to the next waiter straight from the checkin (the releasing server's
 callback), never parked in between. A waiter that has already given up (timed out, or its
@@ -12,12 +15,14 @@ so a connection is never lost between two clients.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from mypy_extensions import i64
+
+from pooler.client import Client
+from pooler.server import ServerConn
 
 _monotonic: Final = time.monotonic  # looked up once (see client.py)
 
@@ -99,6 +104,83 @@ class Histogram:
         return out
 
 
+class ListDeque:
+    """A deque on a list and the index of its head: a pool's waiters (FIFO) and idle
+    servers (LIFO at checkout, oldest first when closing).
+
+    What ``collections.deque`` did here, with ``append``, ``pop`` and ``popleft`` as native
+    list operations in the compiled build (a deque's methods are calls by name, two per
+    transaction under load). The consumed head is cut off once it is half the list, so
+    memory stays bounded and each item is moved O(1) times on average."""
+
+    __slots__ = ("items", "head")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.head: i64 = 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+    def __bool__(self) -> bool:
+        return len(self.items) > self.head
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items[self.head :])
+
+    def __getitem__(self, index: int) -> Any:
+        if index < 0:
+            index += len(self)
+        if index < 0 or index >= len(self):
+            raise IndexError("ListDeque index out of range")
+        return self.items[self.head + index]
+
+    def append(self, item: Any) -> None:
+        self.items.append(item)
+
+    def popleft(self) -> Any:
+        items = self.items
+        head = self.head
+        size: i64 = len(items)
+        if head >= size:
+            raise IndexError("pop from an empty ListDeque")
+        item = items[head]
+        head += 1
+        if head == size:
+            items.clear()  # emptied: start over at no cost
+            head = 0
+        elif head >= 32 and head * 2 >= size:
+            del items[:head]
+            head = 0
+        else:
+            items[head - 1] = None  # do not keep a served waiter alive
+        self.head = head
+        return item
+
+    def pop(self) -> Any:
+        """The newest item (deque.pop)."""
+        items = self.items
+        if len(items) <= self.head:
+            raise IndexError("pop from an empty ListDeque")
+        item = items.pop()
+        if len(items) == self.head:
+            items.clear()
+            self.head = 0
+        return item
+
+    def remove(self, item: Any) -> None:
+        """Take ``item`` out wherever it waits; ValueError if it does not (deque.remove)."""
+        items = self.items
+        for i in range(self.head, len(items)):
+            if items[i] is item or items[i] == item:
+                del items[i]
+                if len(items) == self.head:
+                    items.clear()
+                    self.head = 0
+                return
+        raise ValueError("ListDeque.remove(x): x not in the queue")
+
+
 # Not Final, unlike the relay's other constants: mypyc's build left a Final read from the
 # Pool dataclass's default_factory lambda unset ("value for final name was not set").
 WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
@@ -145,6 +227,10 @@ class PoolLimits:
     #: at checkout ("" = never; server_check_query / server_check_delay).
     check_query: str = ""
     check_delay: float = 0.0
+    #: Bytes a client waiting for a server may send before the pooler stops reading it
+    #: (backpressure). Not a setting: a field, so the relay reads it natively (a module
+    #: global is a dictionary lookup per wait in the compiled build) and tests can lower it.
+    pending_limit: int = 256 * 1024
 
 
 Connector = Callable[["Pool"], None]
@@ -158,8 +244,8 @@ class Pool:
     limits: PoolLimits
     connector: Connector  # starts opening one server; reports via opened()/open_failed()
     generation: int = 0  # servers of an older generation are closed instead of reused
-    idle: deque[PoolServer] = field(default_factory=deque)
-    waiters: deque[Waiter] = field(default_factory=deque)
+    idle: ListDeque = field(default_factory=ListDeque)  # of PoolServer
+    waiters: ListDeque = field(default_factory=ListDeque)  # of Waiter
     active: int = 0  # servers linked to a client (or being reset)
     connecting: int = 0
     clients: int = 0  # logged-in clients of this pool
@@ -244,27 +330,47 @@ class Pool:
         What :meth:`_offer` does, in one function for the two usual cases (the relay calls
         this once per transaction): straight to the first waiter that takes it (the server
         stays active), or back to the idle list."""
-        if self.closed or self.paused or server.generation != self.generation:
+        # The relay's own server and client are told by their class (in the compiled build
+        # their attributes and methods are then native reads and calls, not lookups by name:
+        # a tenth of a transaction's instructions); any other PoolServer or Waiter is used
+        # through its protocol, the same way.
+        if isinstance(server, ServerConn):
+            generation = server.generation
+            created_at = server.created_at
+        else:
+            generation = server.generation
+            created_at = server.created_at
+        if self.closed or self.paused or generation != self.generation:
             self.active -= 1
             self._offer(server)  # closes it, or parks it while paused
             return
         if not now:
             now = _monotonic()
         lifetime = self.limits.server_lifetime
-        if lifetime > 0 and now - server.created_at > lifetime:
+        if lifetime > 0 and now - created_at > lifetime:
             self.active -= 1
             self._offer(server)  # closes it and opens another for the waiters
             return
         waiters = self.waiters
         while waiters:
             waiter = waiters.popleft()
-            if waiter.server_ready(server):
-                stats = self.stats
-                stats.checkouts += 1
-                stats.checkout_wait.observe(now - waiter.wait_started)
-                return
+            if isinstance(waiter, Client):
+                if not waiter.server_ready(server):
+                    continue
+                started = waiter.wait_started
+            else:
+                if not waiter.server_ready(server):
+                    continue
+                started = waiter.wait_started
+            stats = self.stats
+            stats.checkouts += 1
+            stats.checkout_wait.observe(now - started)
+            return
         self.active -= 1
-        server.park(now)
+        if isinstance(server, ServerConn):
+            server.park(now)
+        else:
+            server.park(now)
         self.idle.append(server)
 
     def discard(self, server: PoolServer, reason: str) -> None:
@@ -405,7 +511,7 @@ class Pool:
     def close_idle(self, now: float) -> None:
         """Close idle servers past server_idle_timeout or server_lifetime."""
         idle_timeout = self.limits.server_idle_timeout
-        keep: deque[PoolServer] = deque()
+        keep = ListDeque()
         for server in self.idle:
             idle_since = getattr(server, "idle_since", now)
             if (idle_timeout > 0 and now - idle_since > idle_timeout) or self._expired(server):

@@ -28,6 +28,7 @@ from pooler.protocol.prepared import ServerStatements
 _monotonic: Final = time.monotonic  # looked up once (see client.py)
 
 if TYPE_CHECKING:
+    from pooler.client import Client
     from pooler.pool import Pool
 
 log = logging.getLogger("pooler.server")
@@ -107,6 +108,7 @@ class ServerConn(netio.Conn):
         "dirty",
         "cancels",
         "held_back",
+        "read_cb",
     )
 
     def __init__(
@@ -121,7 +123,7 @@ class ServerConn(netio.Conn):
         self.pid = pid
         self.key = key
         self.params = params
-        self.client: Any = None
+        self.client: Client | None = None
         self.resetting: Replies | None = None
         self.extra: set[str] = set()  # non-reported settings we SET for a client
         # params.settings_id() of client settings these params are known to satisfy;
@@ -132,6 +134,9 @@ class ServerConn(netio.Conn):
         self.held_back = False  # released while a cancel was in flight: not pooled yet
         capacity = pool.limits.max_prepared_statements
         self.statements = ServerStatements(capacity) if capacity > 0 else None
+        # The one callback its watcher ever runs (see _on_readable), made once and dropped
+        # when the socket closes (a bound method holds the connection: a reference cycle).
+        self.read_cb: Any = self._on_readable
 
     def __repr__(self) -> str:
         return f"<ServerConn pid={self.pid} {self.pool.key}>"
@@ -143,20 +148,43 @@ class ServerConn(netio.Conn):
         (``now``: the clock, when the caller just read it)."""
         self.client = None
         self.idle_since = now if now else _monotonic()
-        self.start_reading(self._on_idle_readable)
+        self.start_reading(self.read_cb)
 
     def close(self, reason: str) -> None:
         if not self.closed:
             log.debug("closing server pid=%s of %s: %s", self.pid, self.pool.key, reason)
             self.close_socket(builders.terminate())
 
+    def close_socket(self, last_words: bytes = b"") -> None:
+        super().close_socket(last_words)
+        self.read_cb = None
+
+    def resume_reading(self) -> None:
+        """Watch for the server's bytes again (after backpressure, or a new client)."""
+        self.start_reading(self.read_cb)
+
+    def _on_readable(self) -> None:
+        """The server sent something: to the linked client, to the reset in flight, or (idle
+        in the pool) a sign that it is unusable. One callback for the connection's life, so
+        that handing it from client to client is an attribute store, not a call into gevent
+        to swap the watcher's callback (twice per transaction in transaction mode)."""
+        client = self.client
+        if client is not None:
+            client._on_server_readable()
+        elif self.resetting is not None:
+            self._on_reset_readable()
+        else:
+            self._on_idle_readable()
+
     def on_drained(self) -> None:
-        if self.client is not None:
-            self.client.server_drained()
+        client = self.client
+        if client is not None:
+            client.server_drained()
 
     def on_write_error(self, exc: OSError) -> None:
-        if self.client is not None:
-            self.client.server_write_failed(exc)
+        client = self.client
+        if client is not None:
+            client.server_write_failed(exc)
         else:
             self.close_socket()
 
@@ -219,7 +247,7 @@ class ServerConn(netio.Conn):
             self.extra.clear()
             self.fits.clear()
         self.resetting = Replies()
-        self.start_reading(self._on_reset_readable)
+        self.start_reading(self.read_cb)
         try:
             complete = self.write(builders.query(query))
         except OSError:

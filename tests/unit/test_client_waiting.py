@@ -11,7 +11,6 @@ import struct
 import pytest
 
 from bench.relay import relay_objects
-from pooler import client as client_module
 
 pytestmark = pytest.mark.unit
 
@@ -73,9 +72,9 @@ def test_a_waiting_client_that_leaves_is_dropped_at_once() -> None:
     assert a.server is None and list(pool.idle) == [server]  # nobody to hand it to
 
 
-def test_reading_stops_at_the_pending_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client_module, "PENDING_LIMIT", 64)
+def test_reading_stops_at_the_pending_limit() -> None:
     pool, (a, b), (peer_a, peer_b), server, server_peer = b_waits_for_a()
+    pool.limits.pending_limit = 64
     peer_b.sendall(query(b"x" * 80))
     b._on_client_readable()
     assert not b.rw.active  # backpressure: the rest stays in the kernel
