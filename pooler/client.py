@@ -397,7 +397,7 @@ class Client(netio.Conn):
         if self.ps is not None and server.statements is not None:
             self.ps.link(server.statements)
         server.resume_reading()  # its callback hands what it reads to server.client: us
-        if not server.extra:
+        if len(server.extra) == 0:
             fits = server.fits
             if self.settings_id in fits:  # checked before and nothing changed since
                 return False
@@ -481,14 +481,17 @@ class Client(netio.Conn):
         if self.closed:
             return False
         conn: ServerConn = server  # typed: native attribute reads in the compiled build
-        data = self.pending or b""
+        pending = self.pending
+        # Lengths, not truth tests: a bytes or set in a boolean context is a generic call
+        # in the compiled build (here and in _link, a few per transaction).
+        data = pending if pending is not None else b""
         self.pending = None
         try:
             if self._link(conn):
                 self.held = data
                 self.stop_reading()  # until our SET is answered (it was reading while waiting)
                 return True
-            if data:
+            if len(data):
                 self._forward_to_server(data, len(data))
             if conn.outbuf is None:  # else server_drained() starts it again
                 self.resume_reading()  # no call into gevent: it read while it waited

@@ -12,14 +12,13 @@ exchange (a mock SCRAM/MD5 challenge for users that do not exist) and the same m
 
 from __future__ import annotations
 
-import _socket
 import hashlib
 import hmac
 import logging
 import os
 import socket as pysocket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import gevent
 from gevent.event import AsyncResult
@@ -50,6 +49,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pooler.login")
 
+# Read per login, bound once (a module attribute lookup each in the compiled build).
+_IPPROTO_TCP: Final = pysocket.IPPROTO_TCP
+_TCP_NODELAY: Final = pysocket.TCP_NODELAY
+_get_hub: Final = gevent.get_hub
+_getcurrent: Final = gevent.getcurrent
+
 MAX_AUTH_MESSAGE = 8192
 
 
@@ -77,13 +82,13 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
     relay took ``gsock`` itself (pooler.loginio.accept_logins then leaves it open); else
     it was closed, or its descriptor taken, here."""
     try:
-        gsock.setsockopt(pysocket.IPPROTO_TCP, pysocket.TCP_NODELAY, 1)
+        gsock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
     except OSError:
         pass
     # A plain libev timer throws LoginTimeout into this greenlet at client_login_timeout:
     # what gevent.Timeout(seconds).start() does, minus its Python-level bookkeeping.
-    timer = gevent.get_hub().loop.timer(node.settings.client_login_timeout)
-    timer.start(gevent.getcurrent().throw, LoginTimeout)
+    timer = _get_hub().loop.timer(node.settings.client_login_timeout)
+    timer.start(_getcurrent().throw, LoginTimeout)
     # Buffered reads (pooler.loginio) over the plain socket on the single-node path; a TLS
     # login continues on a gevent socket from the handshake; relays to other nodes and
     # PgBouncer's console detach the socket their own way, reading from a gevent socket.
@@ -111,7 +116,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
             if type(sock) is LoginSocket:  # plain: no TLS helper to ask
                 leftover = sock.take()
                 pipelined = bool(leftover)
-                kept = type(sock.sock) is _socket.socket  # else a gevent socket (tests)
+                kept = type(sock.sock) is loginio.PlainSocket  # else a gevent socket (tests)
                 sock = sock.hand_over() if kept else netio.detach(sock)
             else:
                 pipelined = tls.is_tls(sock) and sock.pending()
@@ -146,7 +151,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
     if pipelined:  # already decrypted, or read ahead: no watcher would see it
-        gevent.get_hub().loop.run_callback(client._on_client_readable)
+        _get_hub().loop.run_callback(client._on_client_readable)
     return kept
 
 

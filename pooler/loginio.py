@@ -32,7 +32,7 @@ on): tests drive it with any object that has a ``recv`` (tests/unit/test_loginio
 from __future__ import annotations
 
 import _socket
-from typing import Any
+from typing import Any, Final
 
 from gevent import Greenlet, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
@@ -50,6 +50,14 @@ READ_SIZE = 8192
 
 _READ = 1
 _WRITE = 2
+
+# Module attributes and imported names read per login, bound once: in the compiled build
+# ``_socket.socket`` is a module attribute lookup and ``get_hub`` a dictionary lookup on
+# every use (some thirty per login), a Final name a C static.
+PlainSocket: Final = _socket.socket
+_get_hub: Final = get_hub
+_getcurrent: Final = getcurrent
+_spawn: Final = Greenlet.spawn
 
 
 class LoginSocket:
@@ -74,7 +82,7 @@ class LoginSocket:
         readable first: trying first would be a failed recv() (a system call and an
         exception) and then the wait; three times per SCRAM login."""
         sock = self.sock
-        if type(sock) is _socket.socket:
+        if type(sock) is PlainSocket:
             if self.answered:
                 self.answered = False
                 self._wait(_READ)
@@ -94,19 +102,27 @@ class LoginSocket:
     def _wait(self, events: int) -> None:
         """Park this greenlet until the plain socket is readable (or writable)."""
         watcher = self.watcher
+        hub = _get_hub()
         if watcher is None or watcher.events != events:
             if watcher is not None:
                 watcher.close()
-            watcher = self.watcher = get_hub().loop.io(self.sock.fileno(), events)
-        get_hub().wait(watcher)
+            watcher = self.watcher = hub.loop.io(self.sock.fileno(), events)
+        hub.wait(watcher)
 
     def sendall(self, data: bytes) -> None:
         """All of ``data``, waiting while the kernel's buffer is full."""
         sock = self.sock
-        if type(sock) is not _socket.socket:
+        if type(sock) is not PlainSocket:
             sock.sendall(data)
             return
-        view = memoryview(data)
+        try:  # nearly always taken whole: login messages are small
+            first: int = sock.send(data)
+        except BlockingIOError:
+            first = 0
+        if first == len(data):
+            return
+        view = memoryview(data)[first:]
+        self._wait(_WRITE)
         while view:
             try:
                 sent: int = sock.send(view)
@@ -200,7 +216,7 @@ class LoginSocket:
         that object and its two system calls (getsockname, ioctl). Refuses like
         :meth:`detach` while bytes are held."""
         sock = self.sock
-        assert type(sock) is _socket.socket, "hand_over is for the plain socket of a login"
+        assert type(sock) is PlainSocket, "hand_over is for the plain socket of a login"
         if self.buf:
             raise ProtocolError(
                 "the client sent data before the login completed: wait for ReadyForQuery"
@@ -231,14 +247,14 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
             return True
         except OSError:
             return False
-        sock = _socket.socket(family, kind, proto, fd)
+        sock = PlainSocket(family, kind, proto, fd)
         sock.setblocking(False)
-        Greenlet.spawn(_login_then_close, handle, sock, address, logins)
+        _spawn(_login_then_close, handle, sock, address, logins)
     return True
 
 
 def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) -> None:
-    me = getcurrent()
+    me = _getcurrent()
     logins.add(me)
     kept = False
     try:
@@ -252,6 +268,6 @@ def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) ->
 def to_gevent(sock: Any) -> Any:
     """A gevent socket for a plain one (the cluster relay and PgBouncer's console read
     through gevent); anything else as it is."""
-    if type(sock) is not _socket.socket:
+    if type(sock) is not PlainSocket:
         return sock
     return GeventSocket(sock.family, sock.type, sock.proto, sock.detach())

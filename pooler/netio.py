@@ -22,7 +22,7 @@ from gevent import get_hub
 from gevent.socket import socket as GeventSocket
 from mypy_extensions import i64
 
-from pooler.loginio import LoginSocket
+from pooler.loginio import LoginSocket, PlainSocket
 from pooler.protocol.errors import ProtocolError
 
 #: Bytes asked for per relay read. Each read returns a new ``bytes`` (which the compiled
@@ -158,7 +158,7 @@ class Conn:
         # -1 once closed (then reads and writes fail with EBADF). Typed Any: kept as the
         # Python int that os.read/os.write take, not re-boxed for every call.
         self.fd: Any = sock.fileno()
-        self.plain = isinstance(sock, _socket.socket)  # not TLS: read/write the fd directly
+        self.plain = isinstance(sock, PlainSocket)  # not TLS: read/write the fd directly
         self.rw = loop.io(self.fd, _READ)
         # The callback ``rw`` runs now, None while stopped: starting it again with the same
         # callback (a waiting client given a server, a server given the next client) is
@@ -211,7 +211,7 @@ class Conn:
             self.rsize = _RECV_SIZE_OBJ  # filled: a big reply, most likely
         elif got < SMALL_READ and self.plain:
             self.rsize = _SMALL_READ_OBJ
-        if not carry or not data:
+        if len(carry) == 0 or got == 0:  # lengths: a bytes' truth test is a generic call
             return data
         self.carry = b""
         return carry + data
