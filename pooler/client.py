@@ -134,11 +134,11 @@ class Client(netio.Conn):
         # A flag of its own, not node.shutting_down: the relay reads it per transaction, and
         # an attribute of the (interpreted) Node is a dictionary lookup in the compiled build.
         self.closing = node.shutting_down
-        # The bound method its watcher calls, made on the first wait and kept (a bound method
-        # is a new object on every attribute read, and netio.Conn.start_reading is no call
-        # into gevent when the watcher already runs it); dropped when the socket closes, so
-        # that a closed client holds no reference cycle. (A server's watcher has one
-        # callback of its own, ServerConn._on_readable, which hands its bytes to us.)
+        # The bound method its watcher calls, made when it starts reading and kept (a bound
+        # method is a new object on every attribute read, and netio.Conn.start_reading is
+        # no call into gevent when the watcher already runs it); dropped when the socket
+        # closes, so that a closed client holds no reference cycle. (A server's watcher has
+        # one callback of its own, ServerConn._on_readable, which hands its bytes to us.)
         self.client_cb: Any = None
         # The body of the last Parse looked at for session state, and its verdict: a client
         # repeats its statement, and comparing bytes is cheaper than hashing them.

@@ -34,7 +34,6 @@ log = logging.getLogger("pooler.node")
 
 #: Login failures worth waiting out (the database is restarting, failing over or full);
 #: anything else (wrong password, no such database or role) fails the waiting clients now.
-
 RETRYABLE_SQLSTATES = frozenset(("08006", "08001", "08004", "57P01", "57P02", "57P03", "53300"))
 
 
