@@ -82,3 +82,38 @@ def test_reading_stops_at_the_pending_limit() -> None:
     a._on_server_readable()
     assert b.server is server and b.rw.active  # reading again once linked
     assert recv_all(server_peer) == query(b"select 1") + query(b"x" * 80)
+
+
+def test_the_server_watcher_keeps_one_callback_and_follows_its_owner() -> None:
+    # A server's watcher runs ServerConn._on_readable for its whole life: linked, the bytes
+    # go to the client; parked, a stray byte means the server is unusable and it is closed.
+    pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
+    callback = server.read_cb
+    peer_a.sendall(query(b"select 'a'"))
+    a._on_client_readable()  # a takes the idle server
+    assert server.client is a and server.reading is callback and server.rw.active
+    recv_all(server_peer)
+    server_peer.sendall(DONE)
+    server._on_readable()  # what the hub calls: the reply reaches a, the server is parked
+    assert recv_all(peer_a) == DONE
+    assert a.server is None and server.client is None and list(pool.idle) == [server]
+    assert server.reading is callback and server.rw.active  # no restart in between
+    server_peer.sendall(b"N")  # a stray byte from an idle server
+    server._on_readable()
+    assert server.closed and not pool.idle and server.read_cb is None
+    assert not server.rw.active and server.reading is None
+
+
+def test_start_and_stop_reading_track_the_watcher() -> None:
+    pool, (a,), (peer_a,), server, server_peer = relay_objects(1)
+    callback = a.client_cb
+    assert callback is not None and a.reading is callback and a.rw.active
+    a.resume_reading()  # the same callback again: nothing to do, still running
+    assert a.reading is callback and a.rw.active
+    a.stop_reading()
+    assert a.reading is None and not a.rw.active
+    a.stop_reading()  # stopping a stopped watcher is harmless
+    a.resume_reading()
+    assert a.reading is callback and a.rw.active
+    a.disconnect()
+    assert a.reading is None and not a.rw.active and a.client_cb is None
