@@ -220,7 +220,10 @@ class Node:
             )
             return
         if pool.server_params is None:
-            pool.server_params = server.params
+            # A copy: server.params follows this server's session (our SETs for its clients),
+            # and a later client must be greeted with the server's defaults, not with the
+            # last client's application_name or TimeZone (PgBouncer copies its welcome too).
+            pool.server_params = dict(server.params)
         if pool.last_error is not None:
             log.warning("server connections for %s work again", pool.key)
         pool.opened(server)

@@ -448,6 +448,37 @@ def test_session_parameters_follow_each_client(tp: PoolerProcess) -> None:
         paris.close()
 
 
+def test_a_new_client_is_not_greeted_with_an_earlier_clients_settings(tp: PoolerProcess) -> None:
+    """The pool's greeting (ParameterStatus at login, and the settings a client without its
+    own value expects) is the server's defaults, not the session of the client that last
+    used the first server: that one SET application_name and TimeZone on it."""
+    a = psycopg2.connect(
+        tp.dsn("app1user.one", PW, DB)
+        + " application_name=leaky-app options='-c TimeZone=Pacific/Auckland'"
+    )
+    try:
+        cur = a.cursor()
+        cur.execute("SELECT current_setting('application_name'), current_setting('TimeZone')")
+        assert cur.fetchone() == ("leaky-app", "Pacific/Auckland")
+        a.commit()  # the one server of the pool now carries a's settings
+        b = psycopg2.connect(tp.dsn("app1user.one", PW, DB))
+        try:
+            assert b.get_parameter_status("application_name") != "leaky-app"
+            assert b.get_parameter_status("TimeZone") != "Pacific/Auckland"
+            bcur = b.cursor()
+            bcur.execute("SELECT current_setting('application_name'), current_setting('TimeZone')")
+            got = bcur.fetchone()
+            b.commit()
+            assert got == (
+                b.get_parameter_status("application_name"),
+                b.get_parameter_status("TimeZone"),
+            )
+        finally:
+            b.close()
+    finally:
+        a.close()
+
+
 def test_a_reported_change_is_undone_for_clients_with_the_same_settings(tp: PoolerProcess) -> None:
     """Two clients with identical settings on ONE server: once the server satisfies their
     settings the relay remembers it (ServerConn.fits); a ParameterStatus from one client's
