@@ -347,8 +347,8 @@ class Pool:
         stays active), or back to the idle list."""
         # The relay's own server and client are told by their class (in the compiled build
         # their attributes and methods are then native reads and calls, not lookups by name:
-        # a tenth of a transaction's instructions); any other PoolServer or Waiter is used
-        # through its protocol, the same way.
+        # ~830 of a select transaction's 13,600 instructions); any other PoolServer or Waiter
+        # is used through its protocol, the same way.
         if isinstance(server, ServerConn):
             generation = server.generation
             created_at = server.created_at
