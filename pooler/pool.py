@@ -398,10 +398,13 @@ class Pool:
     def opened(self, server: PoolServer) -> None:
         """The connector finished a login."""
         self.connecting -= 1
+        recovered = self.last_error is not None
         self.last_error = None
         self.retry_at = 0.0
         self.stats.servers_opened += 1
         self._offer(server)
+        if recovered:  # the probe got in: open for the other waiters now (see _grow)
+            self._grow()
 
     def open_failed(self, sqlstate: str, message: str, retry_in: float = 0.0) -> None:
         """The connector could not log in.
@@ -472,8 +475,15 @@ class Pool:
 
     def _grow(self, reserve: bool = True, now: float = 0.0) -> None:
         """Open servers while waiters outnumber the servers on their way (``reserve``: up to
-        the reserve pool too, if the first waiter waited long enough)."""
+        the reserve pool too, if the first waiter waited long enough).
+
+        After a failed login, one login at a time until one succeeds: a database that
+        refuses connections (restarting, or "too many clients already" at max_connections)
+        gets one probe per retry interval, not one login per waiting client (each a
+        backend process started and refused)."""
         if self.closed or self.paused or self.retry_at:
+            return
+        if self.last_error is not None and self.connecting:
             return
         size = self.limits.size
         if reserve and self.limits.reserve_size:
@@ -485,6 +495,8 @@ class Pool:
                 self.stats.reserve_opened += 1
             self.connecting += 1
             self.connector(self)
+            if self.last_error is not None:
+                return  # the probe (see above)
 
     # -- housekeeping -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from typing import Any
 import psycopg
 import psycopg2
 import pytest
+import requests
 
 from tests.conftest import PoolerFactory
 from tests.support.net import WireClient, login_error
@@ -29,6 +31,7 @@ ROLES = {
     "poolsess": "poolsessPw4tests",
     "pooltx": "pooltxPw4tests",
     "poolkill": "poolkillPw4tests",
+    "poolfull": "poolfullPw4tests",
 }
 DB = "app1"
 
@@ -41,6 +44,7 @@ def pool_users() -> list[dict[str, Any]]:
         user_doc("poolsess", ROLES["poolsess"], "session", pool_size=1),
         user_doc("pooltx", ROLES["pooltx"], pool_size=1),
         user_doc("poolkill", ROLES["poolkill"], pool_size=1),
+        user_doc("poolfull", ROLES["poolfull"], pool_size=6),
     ]
 
 
@@ -50,6 +54,8 @@ def pools(pooler_factory: PoolerFactory, pg: PgCluster) -> PoolerProcess:
     for role, password in ROLES.items():
         if role not in existing:
             pg.create_role(role, password)
+    # Postgres lets this role have 2 connections: a pool of 6 meets "too many connections"
+    pg.execute("ALTER ROLE poolfull CONNECTION LIMIT 2")
     doc = {"tenants": [tenant_doc("pools", DB, pg.port, pool_users())]}
     return pooler_factory(doc)
 
@@ -151,6 +157,55 @@ def test_200_clients_share_5_servers(pools: PoolerProcess, pg: PgCluster) -> Non
     assert len(sampler.samples) >= 5, "the sampler barely ran"
     assert max(sampler.samples) <= 5, sampler.samples
     assert max(sampler.samples) == 5, "200 clients never filled the pool of 5"
+
+
+def _connect_failures(pools: PoolerProcess) -> float:
+    text = requests.get(f"http://{pools.host}:{pools.http_port}/metrics", timeout=10).text
+    found = re.search(
+        r'^greenvisor_server_connect_failures_total\{[^}]*user="poolfull"[^}]*\} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_database_at_its_connection_limit_gets_one_login_at_a_time(
+    pools: PoolerProcess, pg: PgCluster
+) -> None:
+    """Six clients, a pool of 6, and Postgres refusing all but 2 of the role's connections
+    (53300): the clients are served by the 2 servers, and while the others are refused the
+    pool tries one login per retry interval (0.25 s), not one per waiting client."""
+    errors: list[str] = []
+    barrier = threading.Barrier(6, timeout=30)
+
+    def client(n: int) -> None:
+        try:
+            conn = connect(pools, "poolfull")
+            try:
+                barrier.wait()
+                for i in range(8):
+                    assert scalar(conn, "SELECT %s::int FROM pg_sleep(0.05)", (n + i,)) == n + i
+                    conn.commit()
+            finally:
+                conn.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"client {n}: {exc.__class__.__name__}: {exc}")
+            barrier.abort()
+
+    before = _connect_failures(pools)
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    elapsed = time.monotonic() - started
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == [], errors[:3]
+    assert len(backends(pg, "poolfull")) <= 2
+    failures = _connect_failures(pools) - before
+    assert failures >= 1, "Postgres never refused: the test did not reach the limit"
+    # The first wave (up to 5 logins before any failure), then at most one per interval.
+    allowed = 5 + elapsed / 0.25 + 2
+    assert failures <= allowed, f"{failures} refused logins in {elapsed:.1f} s"
 
 
 def test_max_clients_refuses_with_53300(pools: PoolerProcess) -> None:

@@ -152,6 +152,36 @@ def test_open_failure_fails_waiters_no_server_will_reach() -> None:
     assert pool.total == 0
 
 
+def test_after_a_failed_login_one_probe_at_a_time_then_all_at_once() -> None:
+    """A refusing database (max_connections reached) gets one login per retry, not one
+    per waiting client; once one gets in, the rest are opened together."""
+    pool, connects = make_pool(size=5)
+    waiters = [FakeWaiter() for _ in range(5)]
+    for waiter in waiters:
+        pool.checkout(waiter)
+    assert len(connects) == 5
+    for _ in range(5):
+        pool.open_failed("53300", "sorry, too many clients already", retry_in=0.25)
+    assert pool.connecting == 0 and all(w.failed is None for w in waiters)  # still waiting
+    pool.retry_due(time.monotonic() + 1.0)
+    assert len(connects) == 6 and pool.connecting == 1  # the probe only
+    pool.checkout(FakeWaiter())  # a new client while the probe is out: no second login
+    assert len(connects) == 6
+    pool.open_failed("53300", "sorry, too many clients already", retry_in=0.25)
+    pool.retry_due(time.monotonic() + 1.0)
+    assert len(connects) == 7 and pool.connecting == 1
+    pool.opened(FakeServer())  # the database has room again
+    assert waiters[0].got is not None
+    assert pool.connecting == 4 and len(connects) == 11  # up to the pool size (5 waiting)
+
+
+def test_without_a_failure_logins_are_opened_together() -> None:
+    pool, connects = make_pool(size=3)
+    for _ in range(3):
+        pool.checkout(FakeWaiter())
+    assert len(connects) == 3 and pool.connecting == 3
+
+
 def test_old_generation_servers_are_closed_on_checkin() -> None:
     pool, connects = make_pool(size=1)
     waiter = FakeWaiter()
