@@ -749,13 +749,16 @@ def open_idle_clients(
 class Settings:
     scenarios: list[Scenario]
     targets: list[str]
-    reps: int
+    reps: int | None  # None: each scenario's own (Scenario.reps)
     duration: int
     warmup: int
     scale: int
     idle_clients: int = 15000
     all_targets: bool = False
     argv: list[str] = field(default_factory=list)
+
+    def reps_of(self, scenario: Scenario) -> int:
+        return scenario.reps if self.reps is None else self.reps
 
     def targets_of(self, scenario: Scenario) -> list[str]:
         """The targets ``scenario`` runs on: its own, or (--all-targets) every one it can."""
@@ -822,7 +825,7 @@ def run_scenario(
                 idle[name] = open_idle_clients(
                     procs, cluster, endpoints[name], settings.idle_clients, loaders
                 )
-        for rep in range(settings.reps):
+        for rep in range(settings.reps_of(scenario)):
             order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
             for name in order:
                 result = measure(
@@ -901,7 +904,7 @@ def _clean_up(base: Path, keep: bool, failed: bool) -> None:
 
 def _settings_json(settings: Settings) -> dict[str, Any]:
     return {
-        "reps": settings.reps,
+        "reps": settings.reps,  # None: per scenario, below
         "duration_s": settings.duration,
         "warmup_s": settings.warmup,
         "scale": settings.scale,
@@ -914,6 +917,7 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
                 "description": s.description,
                 "pgbench_args": list(s.pgbench_args),
                 "pool_size": s.pool_size,
+                "reps": settings.reps_of(s),
                 "targets": settings.targets_of(s),
                 "latency_log": s.latency_log,
                 "idle_clients": s.idle_clients,
@@ -981,7 +985,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run every scenario on every target that can (e.g. latency and storm direct too)",
     )
-    p.add_argument("--reps", type=int, default=3, help="measured runs per target (3)")
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="measured runs per target (default: 5 for tpcb, select and storm, 3 for the others)",
+    )
     p.add_argument("--duration", type=int, default=7, help="pgbench -T seconds per run (7)")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per target, 0 = off")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s scale (10)")
@@ -1012,7 +1021,7 @@ def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
     reps, duration, warmup, idle = args.reps, args.duration, args.warmup, args.idle_clients
     if args.quick:
         reps, duration, warmup, idle = 1, 4, 1, min(idle, 2000)
-    if reps < 1 or duration < 1 or warmup < 0 or idle < 1:
+    if (reps is not None and reps < 1) or duration < 1 or warmup < 0 or idle < 1:
         raise BenchError("--reps, --duration and --idle-clients must be >= 1, --warmup >= 0")
     return Settings(
         scenarios, targets, reps, duration, warmup, args.scale, idle, args.all_targets, argv
@@ -1065,9 +1074,9 @@ def estimate_minutes(settings: Settings) -> float:
     seconds = 20.0 + settings.scale * 3
     for scenario in settings.scenarios:
         targets = settings.targets_of(scenario)
-        per_run = 2 + (2 if scenario.vacuum else 0)
+        per_run = 1 + (1 if scenario.vacuum else 0)  # measured: ~0-1 s here, more when loaded
         seconds += 8 + len(targets) * (settings.warmup + per_run)
-        seconds += len(targets) * settings.reps * (settings.duration + per_run)
+        seconds += len(targets) * settings.reps_of(scenario) * (settings.duration + per_run)
         if scenario.idle_clients:
             seconds += len(targets) * (5 + settings.idle_clients / 1000)
     return seconds / 60
