@@ -103,6 +103,7 @@ class Client(netio.Conn):
         pid: int,
         key: bytes,
         settings: dict[str, str] | None = None,
+        sid: int = -1,
     ) -> None:
         super().__init__(sock)
         self.node = node
@@ -121,7 +122,8 @@ class Client(netio.Conn):
         self.bytes_out = 0
         self.busy_since = 0.0  # when the current transaction's first bytes arrived
         self.settings = settings or {}  # session parameters this client expects
-        self.settings_id = settings_id(self.settings)  # renewed whenever settings change
+        # Renewed whenever settings change; given by the login when it knows it (cached).
+        self.settings_id = sid if sid >= 0 else settings_id(self.settings)
         self.syncing: Replies | None = None  # our SET on a newly linked server, in flight
         self.sync_changes: list[tuple[str, str | None]] = []
         self.held: bytes | None = None  # client bytes waiting for that SET to finish

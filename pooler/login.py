@@ -32,7 +32,7 @@ from pooler.loginio import LoginSocket
 from pooler.pool import Pool
 from pooler.protocol import builders, parsers
 from pooler.protocol.errors import AuthError, ProtocolError
-from pooler.protocol.params import REPORTED, client_settings
+from pooler.protocol.params import REPORTED, client_settings, settings_id
 from pooler.protocol.startup import (
     MAX_STARTUP_PACKET,
     CancelRequest,
@@ -110,7 +110,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
         welcome = _login(sock, startup, addr, node, mode, held)
         if welcome is None:
             return False
-        pool, pid, key, message, settings = welcome
+        pool, pid, key, message, settings, sid = welcome
         try:
             netio.sendall(sock, b"".join(held) + message if held else message)
             if type(sock) is LoginSocket:  # plain: no TLS helper to ask
@@ -147,7 +147,7 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
         timer.stop()
         timer.close()
         own.close()
-    client = serve(sock, node, pool, addr, pid, key, settings)
+    client = serve(sock, node, pool, addr, pid, key, settings, sid)
     if leftover:
         client.carry = leftover  # Conn.recv hands it over even if nothing more comes
     if pipelined:  # already decrypted, or read ahead: no watcher would see it
@@ -156,16 +156,24 @@ def handle_client(gsock: Any, addr: Any, node: Node, mode: str) -> bool:
 
 
 def serve(
-    sock: Any, node: Node, pool: Pool, addr: Any, pid: int, key: bytes, settings: dict[str, str]
+    sock: Any,
+    node: Node,
+    pool: Pool,
+    addr: Any,
+    pid: int,
+    key: bytes,
+    settings: dict[str, str],
+    sid: int = -1,
 ) -> Client:
-    """Make a logged-in socket one of the node's relayed clients."""
+    """Make a logged-in socket one of the node's relayed clients (``sid``: the
+    params.settings_id of ``settings`` when known, else -1)."""
     client: Client
     if pool.key.mode == "statement":
         from pooler.pgbouncer.statement import StatementClient
 
-        client = StatementClient(sock, node, pool, addr, pid, key, settings)
+        client = StatementClient(sock, node, pool, addr, pid, key, settings, sid)
     else:
-        client = Client(sock, node, pool, addr, pid, key, settings)
+        client = Client(sock, node, pool, addr, pid, key, settings, sid)
     node.client_opened(client)
     client.start()
     return client
@@ -249,7 +257,7 @@ def _login(
     node: Node,
     mode: str,
     held: list[bytes] | None = None,
-) -> tuple[Pool, int, bytes, bytes, dict[str, str]] | None:
+) -> tuple[Pool, int, bytes, bytes, dict[str, str], int] | None:
     """Authenticate; return what to welcome the client with, or None when it was handled
     (a cancel, or piped to another node). Bytes put in ``held`` (SASLFinal) are the
     caller's to send ahead of the welcome or of the FATAL: one send instead of two."""
@@ -309,8 +317,9 @@ def _login(
         authquery.install(pool, *keys)
     admit(pool, node)
     pid, key = node.new_backend_key()
-    settings, greeting = greeting_for(params, requested, pool.server_params)
-    return pool, pid, key, greeting + builders.backend_key_data(pid, key) + _READY_IDLE, settings
+    settings, greeting, sid = greeting_for(params, requested, pool.server_params)
+    welcome = greeting + builders.backend_key_data(pid, key) + _READY_IDLE
+    return pool, pid, key, welcome, settings, sid
 
 
 def admit(pool: Pool, node: Node) -> None:
@@ -361,25 +370,32 @@ _READY_IDLE = builders.ready_for_query(b"I")
 #: pool's clients mostly send the same startup packet, and working these out again showed
 #: in login profiles. Values are never changed in place (the client gets a copy).
 _REQUESTED: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-_WELCOMES: dict[tuple[Any, Any], tuple[dict[str, str], bytes]] = {}
+_WELCOMES: dict[tuple[Any, int], tuple[dict[str, str], bytes, int, dict[str, str] | None]] = {}
 
 
 def greeting_for(
     params: tuple[tuple[str, str], ...],
     requested: dict[str, str],
     server_params: dict[str, str] | None,
-) -> tuple[dict[str, str], bytes]:
-    """expected_settings() and welcome() up to the BackendKeyData, for a client whose
-    startup parameters are ``params`` (``requested`` is what they ask for)."""
-    cache_key = (params, tuple(server_params.items()) if server_params else None)
+) -> tuple[dict[str, str], bytes, int]:
+    """expected_settings() (a copy), welcome() up to the BackendKeyData, and the settings'
+    params.settings_id, for a client whose startup parameters are ``params`` (``requested``
+    is what they ask for) and whose pool's servers reported ``server_params``.
+
+    ``server_params`` is a pool's own copy, never changed in place (Pool.server_params), so
+    the cache knows it by identity: hashing and comparing its dozen items was ~5,000
+    instructions per login. The entry holds the dict, so no other dict can have its id
+    while the entry exists."""
+    cache_key = (params, id(server_params))
     found = _WELCOMES.get(cache_key)
-    if found is None:
+    if found is None or found[3] is not server_params:
         settings = expected_settings(requested, server_params)
-        found = (settings, _greeting(server_params, settings))
+        greeting = _greeting(server_params, settings)
+        found = (settings, greeting, settings_id(settings), server_params)
         if len(_WELCOMES) >= _GREETINGS_LIMIT:
             _WELCOMES.clear()
         _WELCOMES[cache_key] = found
-    return dict(found[0]), found[1]
+    return dict(found[0]), found[1], found[2]
 
 
 def welcome(

@@ -270,7 +270,9 @@ class Pool:
     last_error: tuple[str, str] | None = None  # why the last login upstream failed
     retry_at: float = 0.0  # no new login attempt before this (monotonic), after a failure
     paused: bool = False  # PAUSE: no checkouts until resumed
-    server_params: dict[str, str] | None = None  # ParameterStatus of the first login
+    # ParameterStatus of the first login: a copy, never changed in place (login.greeting_for
+    # caches the greeting by this dict's identity).
+    server_params: dict[str, str] | None = None
     upstream: Any = None  # where servers of this pool log in (opaque to the pool)
     closed: bool = False
 

@@ -305,7 +305,7 @@ class DropIn:
         except BaseException:
             pool.client_left()
             raise
-        return pool, pid, key, message, settings
+        return pool, pid, key, message, settings, -1  # -1: the client works out its id
 
     def clients(self) -> int:
         """Clients of the ini's databases and console sessions: what max_client_conn limits

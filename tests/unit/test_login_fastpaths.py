@@ -18,6 +18,7 @@ from pooler.loginio import READ_SIZE, LoginSocket
 from pooler.node import Node, NodeSettings
 from pooler.protocol import parsers
 from pooler.protocol.errors import AuthError, ProtocolError
+from pooler.protocol.params import settings_id
 from pooler.protocol.startup import StartupMessage, parse_startup_packet
 
 pytestmark = pytest.mark.unit
@@ -241,13 +242,34 @@ def test_cached_greeting_matches_welcome_and_settings_are_a_copy() -> None:
     params = (("user", "a.t"), ("application_name", "app"))
     expected = login.expected_settings(requested, server_params)
     for _ in range(2):
-        settings, greeting = login.greeting_for(params, requested, server_params)
+        settings, greeting, sid = login.greeting_for(params, requested, server_params)
         assert settings == expected
+        assert sid == settings_id(expected)
         assert greeting + b"K" in login.welcome(server_params, expected, 7, b"1234")
         settings["TimeZone"] = "changed by the client"
-    server_params["TimeZone"] = "Europe/Paris"  # the pool's servers changed: a new entry
-    settings, _ = login.greeting_for(params, requested, server_params)
-    assert settings["TimeZone"] == "Europe/Paris"
+    # Another pool (its own copy of its first server's parameters): its own entry.
+    other = dict(server_params, TimeZone="Europe/Paris")
+    settings, _, sid = login.greeting_for(params, requested, other)
+    assert settings["TimeZone"] == "Europe/Paris" and sid == settings_id(settings)
+    settings, _, _ = login.greeting_for(params, requested, server_params)
+    assert settings["TimeZone"] == "UTC"
+
+
+def test_greeting_cache_is_by_pool_dict_and_survives_its_id_being_reused() -> None:
+    """Keyed by the identity of the pool's parameters: a dict freed and another made at the
+    same address must not get the first one's greeting."""
+    params = (("user", "a.t"),)
+    first = {"client_encoding": "UTF8", "TimeZone": "UTC"}
+    settings, _, _ = login.greeting_for(params, {}, first)
+    assert settings["TimeZone"] == "UTC"
+    login._WELCOMES.clear()  # the entry (and its reference) gone: first may be freed
+    stale_key = (params, id(first))
+    del first
+    for _ in range(100):  # a new dict often lands at the freed address
+        second = {"client_encoding": "UTF8", "TimeZone": "Asia/Tokyo"}
+        login._WELCOMES[stale_key] = ({"TimeZone": "UTC"}, b"stale", 1, None)  # as if stale
+        settings, greeting, _ = login.greeting_for(params, {}, second)
+        assert settings["TimeZone"] == "Asia/Tokyo" and greeting != b"stale"
 
 
 def test_backend_key_draws_outside_the_range_are_drawn_again(monkeypatch: Any) -> None:
