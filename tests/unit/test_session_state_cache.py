@@ -1,0 +1,46 @@
+"""The session-state check remembers a client's recent statements (Client._recent_index):
+a client taking turns between more statements than it keeps still gets every stateful one
+caught, every time, and never a stateless one flagged.
+
+A real Client and ServerConn over socket pairs (bench.relay); _note_session_state called
+as the relay calls it after forwarding a read."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from bench.relay import relay_objects
+from pooler.client import RECENT_PARSES
+from pooler.protocol.framing import F_PARSE
+
+pytestmark = pytest.mark.unit
+
+
+def parse(sql: bytes) -> bytes:
+    body = b"\0" + sql + b"\0" + struct.pack("!H", 0)  # unnamed statement, no parameter types
+    return b"P" + struct.pack("!I", len(body) + 4) + body
+
+
+@pytest.mark.parametrize("kinds", [3, RECENT_PARSES, RECENT_PARSES + 3])
+def test_statements_in_turn_are_judged_right_every_time(kinds: int) -> None:
+    pool, (client,), _peers, server, _server_peer = relay_objects(1)
+    statements = [b"SELECT %d FROM pgbench_accounts" % i for i in range(kinds - 1)]
+    # Leaves session state, and has the SELECTs' length: only the bytes tell them apart.
+    statements.append(b"SET search_path TO " + b"a" * (len(statements[0]) - 19))
+    assert len(set(map(len, statements))) == 1
+    for round_ in range(4):
+        for sql in statements:
+            data = b"xx" + parse(sql)  # not at offset 0: positions are honoured
+            client.ex.sql_at = [(F_PARSE, 2 + 5, len(data))]
+            server.dirty = False
+            client._note_session_state(data, server)
+            assert server.dirty == sql.startswith(b"SET"), (round_, sql)
+    kept = client.recent_sql
+    assert kept is not None and len(kept) == min(kinds, RECENT_PARSES)
+
+
+def test_an_idle_client_keeps_no_statements() -> None:
+    _pool, (client,), _peers, _server, _server_peer = relay_objects(1)
+    assert client.recent_sql is None
