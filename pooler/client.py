@@ -341,16 +341,17 @@ class Client(netio.Conn):
             if msg_type == F_PARSE and body == self.parse_last:
                 verdict = self.parse_verdict  # this client's last Parse again: the usual case
             else:
-                at = self._recent_index(body) if msg_type == F_PARSE else -1
+                keep = msg_type == F_PARSE and end - start <= PARSE_KEPT
+                at = self._recent_index(body) if keep else -1
                 if at >= 0:
                     verdict = self.recent_verdicts[at]  # one of its recent statements
                 else:
                     # classify_message(), its cache lookup inlined (a statement seen before)
                     seen = SEEN_BODY[msg_type].get(body)
                     verdict = classify_message(data, msg_type, start, end) if seen is None else seen
-                    if msg_type == F_PARSE and end - start <= PARSE_KEPT:
+                    if keep:
                         self._remember_parse(body, verdict)
-                if msg_type == F_PARSE and end - start <= PARSE_KEPT:
+                if keep:
                     self.parse_last = body
                     self.parse_verdict = verdict
             kind, drops_statements = verdict
