@@ -989,7 +989,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reps",
         type=int,
         default=None,
-        help="measured runs per target (default: 5 for tpcb, select and storm, 3 for the others)",
+        help="measured runs per target (default: 5 for tpcb and storm, 3 for the others)",
     )
     p.add_argument("--duration", type=int, default=7, help="pgbench -T seconds per run (7)")
     p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per target, 0 = off")
