@@ -19,6 +19,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from mypy_extensions import i64
+
 from pooler import netio
 from pooler.config import MODE_SESSION
 from pooler.protocol import builders
@@ -293,7 +295,7 @@ class Client(netio.Conn):
             end = ex.frontend(data, n)
             if end and not server.write(data if end == n else memoryview(data)[:end]):
                 self.stop_reading()
-            if ex.sql_at:  # after the send: the server starts on the query sooner (the
+            if ex.sql_type:  # after the send: the server starts on the query sooner (the
                 self._note_session_state(data, server)  # reply comes in a later callback)
             if ex.named_at >= 0:
                 ex.named_at = -1
@@ -305,7 +307,7 @@ class Client(netio.Conn):
             to_server: list = []
             to_client: list = []
             end = ps.frontend(data, n, ex, to_server, to_client)
-            if ex.sql_at:
+            if ex.sql_type:
                 self._note_session_state(data, server)
             if to_client:
                 self.write_many(to_client)
@@ -330,48 +332,59 @@ class Client(netio.Conn):
 
     def _note_session_state(self, data: bytes, server: ServerConn) -> None:
         """Policies reset and warn: statements that leave session state (recorded by the
-        scanner) make the server dirty, so it is reset before anyone else gets it."""
+        scanner: the first in Exchange.sql_type/sql_start/sql_end, any more in sql_at)
+        make the server dirty, so it is reset before anyone else gets it."""
         ex = self.ex
-        found = ex.sql_at
+        msg_type = ex.sql_type
+        more = ex.sql_at
+        ex.sql_type = 0
         ex.sql_at = None
-        if self.state_policy is None or not found:
+        if self.state_policy is None or not msg_type:
             return
-        for msg_type, start, end in found:
-            body = data[start:end]
-            if msg_type == F_PARSE and body == self.parse_last:
-                verdict = self.parse_verdict  # this client's last Parse again: the usual case
+        self._judge_statement(data, msg_type, ex.sql_start, ex.sql_end, server)
+        if more is not None:
+            for msg_type, start, end in more:
+                self._judge_statement(data, msg_type, start, end, server)
+
+    def _judge_statement(
+        self, data: bytes, msg_type: i64, start: i64, end: i64, server: ServerConn
+    ) -> None:
+        """The Query/Parse whose body is ``data[start:end]``: does it leave session state?"""
+        body = data[start:end]
+        if msg_type == F_PARSE and body == self.parse_last:
+            verdict = self.parse_verdict  # this client's last Parse again: the usual case
+        else:
+            keep = msg_type == F_PARSE and end - start <= PARSE_KEPT
+            at = self._recent_index(body) if keep else -1
+            if at >= 0:
+                verdict = self.recent_verdicts[at]  # one of its recent statements
             else:
-                keep = msg_type == F_PARSE and end - start <= PARSE_KEPT
-                at = self._recent_index(body) if keep else -1
-                if at >= 0:
-                    verdict = self.recent_verdicts[at]  # one of its recent statements
-                else:
-                    # classify_message(), its cache lookup inlined (a statement seen before)
-                    seen = SEEN_BODY[msg_type].get(body)
-                    verdict = classify_message(data, msg_type, start, end) if seen is None else seen
-                    if keep:
-                        self._remember_parse(body, verdict)
+                # classify_message(), its cache lookup inlined (a statement seen before)
+                seen = SEEN_BODY[msg_type].get(body)
+                verdict = classify_message(data, msg_type, start, end) if seen is None else seen
                 if keep:
-                    self.parse_last = body
-                    self.parse_verdict = verdict
-            kind, drops_statements = verdict
-            if drops_statements and server.statements is not None:
-                # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
-                # may be wrong now; DISCARD ALL before the next client puts both in step.
-                server.dirty = True
-            if kind is None:
-                continue
+                    self._remember_parse(body, verdict)
+            if keep:
+                self.parse_last = body
+                self.parse_verdict = verdict
+        kind, drops_statements = verdict
+        if drops_statements and server.statements is not None:
+            # DISCARD / DEALLOCATE: the pooler's list of what this server has prepared
+            # may be wrong now; DISCARD ALL before the next client puts both in step.
             server.dirty = True
-            if self.state_policy == "warn":
-                self.write(
-                    builders.notice_response(
-                        "WARNING",
-                        "01000",
-                        f"{kind} leaves session state on a pooled server connection: it lasts "
-                        "only until this transaction ends (transaction pooling); use session "
-                        "mode (port 5432) to keep it",
-                    )
+        if kind is None:
+            return
+        server.dirty = True
+        if self.state_policy == "warn":
+            self.write(
+                builders.notice_response(
+                    "WARNING",
+                    "01000",
+                    f"{kind} leaves session state on a pooled server connection: it lasts "
+                    "only until this transaction ends (transaction pooling); use session "
+                    "mode (port 5432) to keep it",
                 )
+            )
 
     def _recent_index(self, body: bytes) -> int:
         """Where ``body`` is among this client's recent Parse bodies, or -1: comparing

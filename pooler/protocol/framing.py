@@ -170,6 +170,9 @@ class Exchange:
         "ready_count",
         "statuses",
         "inspect",
+        "sql_type",
+        "sql_start",
+        "sql_end",
         "sql_at",
         "watch",
         "named_at",
@@ -193,7 +196,14 @@ class Exchange:
         self.ready_count = 0  # ReadyForQuery messages seen (queries answered), ever
         self.statuses: list[tuple[int, int]] | None = None  # ParameterStatus (start, end)
         self.inspect = False  # record where whole Query/Parse messages are (session state)
-        self.sql_at: list[tuple[int, int, int]] | None = None  # (type, body start, end)
+        # The first whole Query/Parse of the last chunk (while inspecting): its type (0: none)
+        # and body; C integers in the compiled build, where a tuple of three ints in a list
+        # was ~440 instructions per statement made and freed. Any more of the same chunk
+        # go to sql_at as (type, body start, end).
+        self.sql_type: i64 = 0
+        self.sql_start: i64 = 0
+        self.sql_end: i64 = 0
+        self.sql_at: list[tuple[int, int, int]] | None = None
         self.watch = False  # stop at a named statement and keep message kinds (see above)
         self.named_at = -1  # offset of the message that names a statement, in the last chunk
         # Request and reply types since at rest (while watching): fe_n / be_n of them, the
@@ -294,9 +304,12 @@ class Exchange:
                     if msg_type == F_EXECUTE:
                         syncs = 0
                     elif msg_type == F_PARSE and inspect and pos + length < end:
-                        if self.sql_at is None:  # record_sql(), inlined
-                            self.sql_at = []
-                        self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))
+                        if self.sql_type == 0:  # record_sql(), its usual case inlined
+                            self.sql_type = msg_type
+                            self.sql_start = pos + HEADER
+                            self.sql_end = pos + 1 + length
+                        else:
+                            self.record_sql(msg_type, pos, length)
                 elif msg_type == F_SYNC:
                     if kinds is not None:
                         pack = _pack(pack, kinds, kn, msg_type)
@@ -345,6 +358,13 @@ class Exchange:
         return pos
 
     def record_sql(self, msg_type: int, pos: int, length: int) -> None:
+        """Note the whole Query/Parse at ``pos`` (``length`` from its header) for the
+        session-state check: see :attr:`sql_type`, then :attr:`sql_at`."""
+        if self.sql_type == 0:
+            self.sql_type = msg_type
+            self.sql_start = pos + HEADER
+            self.sql_end = pos + 1 + length
+            return
         if self.sql_at is None:
             self.sql_at = []
         self.sql_at.append((msg_type, pos + HEADER, pos + 1 + length))

@@ -33,7 +33,7 @@ def test_statements_in_turn_are_judged_right_every_time(kinds: int) -> None:
     for round_ in range(4):
         for sql in statements:
             data = b"xx" + parse(sql)  # not at offset 0: positions are honoured
-            client.ex.sql_at = [(F_PARSE, 2 + 5, len(data))]
+            client.ex.record_sql(F_PARSE, 2, len(data) - 3)  # the body: data[7:]
             server.dirty = False
             client._note_session_state(data, server)
             assert server.dirty == sql.startswith(b"SET"), (round_, sql)
@@ -44,3 +44,28 @@ def test_statements_in_turn_are_judged_right_every_time(kinds: int) -> None:
 def test_an_idle_client_keeps_no_statements() -> None:
     _pool, (client,), _peers, _server, _server_peer = relay_objects(1)
     assert client.recent_sql is None
+
+
+@pytest.mark.parametrize(
+    "sqls, stateful",
+    [
+        ([b"SELECT 1", b"SELECT 2"], False),
+        ([b"SELECT 1", b"SET search_path TO a"], True),  # the second of a chunk
+        ([b"SELECT 1", b"SELECT 2", b"LISTEN x"], True),  # and any after it
+        ([b"SET search_path TO a", b"SELECT 1", b"SELECT 2"], True),
+    ],
+)
+def test_every_statement_of_a_chunk_is_judged(sqls: list[bytes], stateful: bool) -> None:
+    """Pipelined statements in one read: the scanner keeps the first in fields of its own
+    and the rest in a list; the relay judges them all, as it forwards them."""
+    _pool, (client,), _peers, server, _server_peer = relay_objects(1)
+    assert client.ex.inspect
+    sync = b"S\0\0\0\4"
+    data = b"".join(parse(sql) + sync for sql in sqls)
+    assert client.ex.frontend(data, len(data)) == len(data)
+    assert client.ex.sql_type == F_PARSE
+    assert len(client.ex.sql_at or ()) == len(sqls) - 1
+    server.dirty = False
+    client._note_session_state(data, server)
+    assert server.dirty == stateful
+    assert client.ex.sql_type == 0 and client.ex.sql_at is None  # each judged once
