@@ -186,14 +186,14 @@ class Exchange:
     )
 
     def __init__(self) -> None:
-        self.expected = 0  # ReadyForQuery messages the server still owes
+        self.expected: i64 = 0  # ReadyForQuery messages the server still owes
         self.extended = False  # an extended-query sequence is open (no Sync yet)
-        self.syncs_since_exec = 0  # Syncs after the last Execute/Query (see COPY IN)
-        self.fe_remaining = 0  # body bytes of the current frontend message still to come
-        self.be_remaining = 0  # body bytes of the current backend message still to come
-        self.tx_status = TX_IDLE  # status byte of the last ReadyForQuery
-        self.terminate_at = -1  # offset of a Terminate in the last frontend chunk
-        self.ready_count = 0  # ReadyForQuery messages seen (queries answered), ever
+        self.syncs_since_exec: i64 = 0  # Syncs after the last Execute/Query (see COPY IN)
+        self.fe_remaining: i64 = 0  # body bytes of the current frontend message still to come
+        self.be_remaining: i64 = 0  # body bytes of the current backend message still to come
+        self.tx_status: i64 = TX_IDLE  # status byte of the last ReadyForQuery
+        self.terminate_at: i64 = -1  # offset of a Terminate in the last frontend chunk
+        self.ready_count: i64 = 0  # ReadyForQuery messages seen (queries answered), ever
         self.statuses: list[tuple[int, int]] | None = None  # ParameterStatus (start, end)
         self.inspect = False  # record where whole Query/Parse messages are (session state)
         # The first whole Query/Parse of the last chunk (while inspecting): its type (0: none)
@@ -205,7 +205,7 @@ class Exchange:
         self.sql_end: i64 = 0
         self.sql_at: list[tuple[int, int, int]] | None = None
         self.watch = False  # stop at a named statement and keep message kinds (see above)
-        self.named_at = -1  # offset of the message that names a statement, in the last chunk
+        self.named_at: i64 = -1  # offset of the message that names a statement, in the last chunk
         # Request and reply types since at rest (while watching): fe_n / be_n of them, the
         # first seven one byte each in fe_pack / be_pack (a transaction of the extended
         # protocol has five requests and six replies: no int objects, no list stores), the
@@ -283,23 +283,20 @@ class Exchange:
                     raise _bad_length("frontend", msg_type, length)
                 # The extended-query messages first: five of them per pgbench transaction.
                 if IS_EXTENDED_OR_EXECUTE[msg_type]:
-                    if kinds is not None:
-                        if IS_NAMEABLE[msg_type]:  # names_statement(), inlined
-                            body = pos + HEADER
-                            if end - body < 2:
-                                named = True
-                            elif msg_type == F_PARSE:
-                                named = buf[body] != 0
-                            elif msg_type == F_BIND:
-                                named = buf[body] != 0 or buf[body + 1] != 0
-                            else:
-                                named = buf[body] == _S_KIND and buf[body + 1] != 0
-                            if named:
-                                self.named_at = pos
-                                self.fe_remaining = 0
-                                return pos
-                        pack = _pack(pack, kinds, kn, msg_type)
-                        kn += 1
+                    if kinds is not None and IS_NAMEABLE[msg_type]:  # names_statement(), inlined
+                        body = pos + HEADER
+                        if end - body < 2:
+                            named = True
+                        elif msg_type == F_PARSE:
+                            named = buf[body] != 0
+                        elif msg_type == F_BIND:
+                            named = buf[body] != 0 or buf[body + 1] != 0
+                        else:
+                            named = buf[body] == _S_KIND and buf[body + 1] != 0
+                        if named:
+                            self.named_at = pos
+                            self.fe_remaining = 0
+                            return pos
                     extended = True
                     if msg_type == F_EXECUTE:
                         syncs = 0
@@ -311,16 +308,10 @@ class Exchange:
                         else:
                             self.record_sql(msg_type, pos, length)
                 elif msg_type == F_SYNC:
-                    if kinds is not None:
-                        pack = _pack(pack, kinds, kn, msg_type)
-                        kn += 1
                     expected += 1
                     syncs += 1
                     extended = False
                 elif msg_type == F_QUERY:
-                    if kinds is not None:
-                        pack = _pack(pack, kinds, kn, msg_type)
-                        kn += 1
                     expected += 1
                     syncs = 0
                     if inspect and pos + length < end:
@@ -332,9 +323,6 @@ class Exchange:
                     self.fe_remaining = 0
                     return pos
                 else:
-                    if kinds is not None:
-                        pack = _pack(pack, kinds, kn, msg_type)
-                        kn += 1
                     if msg_type == F_COPY_DONE or msg_type == F_COPY_FAIL:
                         expected -= syncs
                         syncs = 0
@@ -342,6 +330,13 @@ class Exchange:
                         expected += 1
                     else:
                         raise unknown_frontend(msg_type)
+                if kinds is not None and msg_type != F_COPY_DATA:
+                    # _pack(), its usual case inlined: a byte of the i64 while they fit
+                    if kn < PACKED:
+                        pack = msg_type if kn == 0 else pack | msg_type << (kn << 3)
+                    else:
+                        pack = _pack(pack, kinds, kn, msg_type)
+                    kn += 1
                 pos += length + 1
         finally:
             self.fe_n = kn
@@ -430,8 +425,11 @@ class Exchange:
                     self.statuses.append((pos + HEADER, pos + 1 + length))
                 elif msg_type == B_ERROR_RESPONSE and is_fatal(buf, pos, end):
                     self.server_fatal = True
-                if kinds is not None:
-                    pack = _pack(pack, kinds, kn, msg_type)
+                if kinds is not None:  # as in frontend()
+                    if kn < PACKED:
+                        pack = msg_type if kn == 0 else pack | msg_type << (kn << 3)
+                    else:
+                        pack = _pack(pack, kinds, kn, msg_type)
                     kn += 1
             pos += length + 1
         self.be_n = kn
