@@ -91,6 +91,7 @@ class Client(netio.Conn):
         "sync_changes",
         "held",
         "state_policy",
+        "refuse_state",
         "idle_since",
         "tx_idle_since",
         "watch_idle_tx",
@@ -138,6 +139,8 @@ class Client(netio.Conn):
         self.held: bytes | None = None  # client bytes waiting for that SET to finish
         self.state_policy = None if self.session_mode else pool.limits.state_policy
         self.ex.inspect = self.state_policy is not None
+        # state_policy == "error", as a bool: a string comparison per read otherwise.
+        self.refuse_state = self.state_policy == "error"
         self.idle_since = _monotonic()  # last time it had no transaction running
         self.tx_idle_since = 0.0  # last ReadyForQuery inside a transaction block
         self.watch_idle_tx = node.settings.idle_transaction_timeout > 0
@@ -288,7 +291,7 @@ class Client(netio.Conn):
         ex = self.ex
         server = self.server
         assert server is not None
-        if self.state_policy == "error":
+        if self.refuse_state:
             data, n = self._refuse_session_state(data, n)
         ps = self.ps
         if ps is None:
