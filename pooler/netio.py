@@ -29,6 +29,9 @@ from pooler.protocol.errors import ProtocolError
 #: scanners index as C arrays, see framing): at 64 KB its buffer comes from the malloc heap;
 #: at 128 KB and more glibc would mmap, mremap and munmap it, three system calls per read.
 RECV_SIZE: Final = 64 * 1024
+#: Conn.write_many joins its pieces into one write up to this many bytes, sends them with
+#: one sendmsg (no copy) above it.
+JOIN_LIMIT: Final = 16 * 1024
 
 #: What a connection asks for while its reads are small (the usual query and reply): a
 #: ``bytes`` of up to 512 bytes with its header comes from CPython's small-object
@@ -236,14 +239,19 @@ class Conn:
         return False
 
     def write_many(self, parts: list) -> bool:
-        """:meth:`write` for several pieces at once (one sendmsg, no joining)."""
+        """:meth:`write` for several pieces at once: joined into one write when small (a
+        copy of a few hundred bytes is cheaper than a call of the socket's sendmsg from
+        compiled code: ~1,600 instructions per rewritten Bind), else one sendmsg (no copy)."""
         if len(parts) == 1:
             return self.write(parts[0])
         if self.outbuf is not None:
             for part in parts:
                 self.outbuf += part
             return False
-        if len(parts) > 512:
+        size: i64 = 0
+        for part in parts:
+            size += len(part)
+        if size <= JOIN_LIMIT or len(parts) > 512:
             return self.write(b"".join(parts))
         try:
             sent = self.sock.sendmsg(parts)
@@ -251,7 +259,7 @@ class Conn:
             if exc.errno not in _AGAIN:
                 raise
             sent = 0
-        if sent == sum(map(len, parts)):
+        if sent == size:
             return True
         left = bytearray()
         for part in parts:

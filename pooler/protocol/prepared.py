@@ -33,6 +33,8 @@ import struct
 from collections import OrderedDict, deque
 from typing import Final
 
+from mypy_extensions import i64
+
 from pooler.protocol.builders import error_response
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import (
@@ -113,6 +115,8 @@ _RESET_TAG_SIZES = (1 + 4 + 15, 1 + 4 + 12)
 _STREAMED_BACKEND: Final = frozenset((_DATA_ROW, _COPY_DATA))
 #: A whole message the client sends that we must rewrite may not exceed this.
 MAX_REWRITE: Final = 64 * 1024 * 1024
+#: Statement names up to this long are found byte by byte in a Bind (see _bind).
+SHORT_NAME: Final = 64
 
 _POISON_NAME = b"gv_poison"
 _MISSING_NAME = b"gv_missing_statement"
@@ -455,11 +459,20 @@ class PreparedSession:
         self._register(server_name, out)
 
     def _bind(self, view: bytes, start: int, stop: int, length: int) -> list | None:
-        # Both names: two searches of the read itself, nothing copied until the name.
-        portal_end = view.find(b"\0", start, stop)
-        if portal_end < 0:
-            raise ProtocolError("malformed Bind message: the portal name is not terminated")
-        name_end = view.find(b"\0", portal_end + 1, stop)
+        # Both names, found in the read itself, nothing copied until the name. The usual
+        # unnamed portal is its first byte, a short statement name a loop over a few bytes:
+        # bytes.find is a generic method call from compiled code (~850 instructions each).
+        portal_end: i64 = start
+        if start >= stop or view[start] != 0:
+            portal_end = view.find(b"\0", start, stop)
+            if portal_end < 0:
+                raise ProtocolError("malformed Bind message: the portal name is not terminated")
+        name_end: i64 = portal_end + 1
+        limit: i64 = min(stop, name_end + SHORT_NAME)
+        while name_end < limit and view[name_end] != 0:
+            name_end += 1
+        if name_end == limit:  # no end within SHORT_NAME bytes: search the rest
+            name_end = view.find(b"\0", name_end, stop)
         if name_end < 0:
             raise ProtocolError("malformed Bind message: the statement name is not terminated")
         if name_end == portal_end + 1:

@@ -12,6 +12,7 @@ from pooler.protocol.prepared import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     POISON_PARSE,
+    SHORT_NAME,
     PreparedSession,
     ServerStatements,
     StatementNames,
@@ -364,3 +365,28 @@ def test_bind_with_a_long_portal_name_is_rewritten(names: StatementNames) -> Non
     portal = b"p" * 300
     sent, _early = link.send(bind(b"s1", portal=portal) + EXECUTE + SYNC)
     assert sent == bind(b"gv_1", portal=portal) + EXECUTE + SYNC
+
+
+@pytest.mark.parametrize("size", [1, SHORT_NAME - 1, SHORT_NAME, SHORT_NAME + 1, 300])
+@pytest.mark.parametrize("portal", [b"", b"P1"])
+def test_bind_finds_statement_names_of_any_length(
+    names: StatementNames, size: int, portal: bytes
+) -> None:
+    """_bind finds short names byte by byte and longer ones by a search: both, at the
+    boundary between them, with and without a portal name, rewrite to the same bytes."""
+    link = Link(names, ServerStatements(10))
+    name = (b"s%d_" % size + b"n" * size)[:size]
+    link.send(parse(name, b"select 1") + SYNC)
+    link.reply(PARSE_COMPLETE + READY)
+    sent, _ = link.send(bind(name, portal=portal) + EXECUTE + SYNC)
+    assert sent == bind(b"gv_1", portal=portal) + EXECUTE + SYNC
+
+
+@pytest.mark.parametrize("size", [3, SHORT_NAME, 300])
+def test_bind_without_a_statement_name_terminator_is_refused(
+    names: StatementNames, size: int
+) -> None:
+    link = Link(names, ServerStatements(10))
+    body = b"\0" + b"s" * size  # unnamed portal, then a name that never ends
+    with pytest.raises(ProtocolError, match="statement name is not terminated"):
+        link.send(msg(b"B", body) + SYNC)
