@@ -38,6 +38,7 @@ MODULES = (
     "pooler/protocol/prepared.py",
     "pooler/netio.py",
     "pooler/pool.py",
+    "pooler/listdeque.py",
     "pooler/client.py",
     "pooler/server.py",
     "pooler/pgbouncer/statement.py",

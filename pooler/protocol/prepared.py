@@ -30,11 +30,12 @@ bytes after the returned offset and offers them again with the next read.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Final
 
 from mypy_extensions import i64
 
+from pooler.listdeque import ListDeque
 from pooler.protocol.builders import error_response
 from pooler.protocol.errors import ProtocolError
 from pooler.protocol.framing import (
@@ -246,8 +247,10 @@ class PreparedSession:
         self.names = names
         self.statements: dict[bytes, bytes] = {}  # client name -> query_and_types
         # Plain forwarded requests are queued as their type (an int); the ones that need
-        # special handling as Request objects.
-        self.queue: deque[int | Request] = deque()
+        # special handling as Request objects. A ListDeque: native appends, pops and
+        # head reads when compiled (a deque's are calls by name, ~2,500 instructions per
+        # -M prepared transaction).
+        self.queue = ListDeque()
         self.server: ServerStatements | None = None
         self.copy_mode = False
         self.failed = False
@@ -573,7 +576,7 @@ class PreparedSession:
                     continue
                 if queue:
                     # The common replies to plain requests: pop and pass on, no call.
-                    head = queue[0]
+                    head = queue.first()
                     if (
                         isinstance(head, int)  # then compared as C ints when compiled
                         and _PLAIN_REPLY_TO[msg_type] == head
@@ -583,7 +586,7 @@ class PreparedSession:
                         )
                     ):
                         queue.popleft()
-                        if not queue or queue[0].__class__ is int:
+                        if not queue or queue.first().__class__ is int:
                             pos = end
                             continue
                         # A Request is next (perhaps a fake that is due now).
@@ -641,7 +644,7 @@ class PreparedSession:
             if self.copy_mode:
                 self.copy_mode = False
                 self._clear_until((_COPY_DONE, _COPY_FAIL))
-            head = self.queue[0] if self.queue else None
+            head = self.queue.first() if self.queue else None
             if head is not None and head != _Q:
                 self.failed = True
                 if head.__class__ is Request and head.action == REPLACE:
@@ -654,7 +657,7 @@ class PreparedSession:
                 ex.statuses = []
             ex.statuses.append((pos + HEADER, end))
         queue = self.queue
-        if forward and not (queue and queue[0].__class__ is Request):
+        if forward and not (queue and queue.first().__class__ is Request):
             return None  # the common case: no fake due, nothing swallowed
         out: list = [view[pos:end]] if forward else []
         if replacement is not None:
@@ -666,7 +669,7 @@ class PreparedSession:
         out = list(first)
         queue = self.queue
         while queue:
-            head = queue[0]
+            head = queue.first()
             if not isinstance(head, Request) or head.action != FAKE:
                 break
             out.append(head.payload)
@@ -678,7 +681,7 @@ class PreparedSession:
         queue = self.queue
         if not queue:
             return True
-        head = queue[0]
+        head = queue.first()
         if isinstance(head, int):
             if head == kind:
                 queue.popleft()
@@ -693,7 +696,7 @@ class PreparedSession:
     def _pop_ready(self) -> bool:
         queue = self.queue
         if queue:
-            head = queue[0]
+            head = queue.first()
             if isinstance(head, int) and (head == _S or head == _Q or head == _F):
                 queue.popleft()
                 return True

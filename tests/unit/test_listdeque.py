@@ -1,4 +1,4 @@
-"""pool.ListDeque, the pool's waiters and idle servers, against collections.deque."""
+"""ListDeque (pooler.listdeque), the pool's waiters and idle servers, against collections.deque."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from pooler.pool import ListDeque
+from pooler.listdeque import ListDeque
 
 pytestmark = pytest.mark.unit
 
@@ -28,6 +28,7 @@ def same(ours: ListDeque, model: deque[Item]) -> None:
     assert list(ours) == list(model)
     if model:
         assert ours[0] is model[0] and ours[-1] is model[-1]
+        assert ours.first() is model[0]
 
 
 def test_fifo_and_lifo_orders() -> None:
@@ -52,6 +53,8 @@ def test_empty_errors_match_deque() -> None:
         q.pop()
     with pytest.raises(IndexError):
         q[0]
+    with pytest.raises(IndexError):
+        q.first()
     with pytest.raises(ValueError):
         q.remove(Item(1))
 
@@ -100,6 +103,9 @@ def test_random_operations_match_deque(seed: int) -> None:
             else:
                 with pytest.raises(IndexError):
                     ours.pop()
+        elif op < 0.89:
+            ours.clear()  # a prepared-statement session linked to another server
+            model.clear()
         elif model:
             victim = rng.choice(list(model))
             ours.remove(victim)

@@ -197,7 +197,7 @@ def test_duplicate_name_gets_postgres_error(names: StatementNames) -> None:
     assert b'prepared statement "dup" already exists' in out
     assert b"42601" not in out
     assert out.endswith(READY)
-    assert link.session.queue == type(link.session.queue)()
+    assert not link.session.queue
     # The original statement is still the client's.
     sent, _ = link.send(bind(b"dup") + SYNC)
     assert sent == bind(b"gv_1") + SYNC
