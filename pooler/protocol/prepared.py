@@ -111,9 +111,15 @@ _QUEUED: Final = frozenset((_P, _B, _D, _C, _E, _S, _Q, _F, _COPY_DONE, _COPY_FA
 #: Replies whose body matters when replayed (the rest replay as empty bodies).
 _STUB_REPLIES = {_READY: b"Z\x00\x00\x00\x05I", _COMMAND_COMPLETE: b"C\x00\x00\x00\x05\x00"}
 #: Sizes of CommandComplete "DEALLOCATE ALL" and "DISCARD ALL" messages.
-_RESET_TAG_SIZES = (1 + 4 + 15, 1 + 4 + 12)
+_DEALLOCATE_ALL_SIZE: Final = 1 + 4 + 15
+_DISCARD_ALL_SIZE: Final = 1 + 4 + 12
+_RESET_TAG_SIZES = (_DEALLOCATE_ALL_SIZE, _DISCARD_ALL_SIZE)
 #: Backend messages that may be streamed instead of being handled whole.
 _STREAMED_BACKEND: Final = frozenset((_DATA_ROW, _COPY_DATA))
+# _REWRITTEN and _STREAMED_BACKEND as 256-byte tables indexed by message type: a C array
+# index in the compiled build, where set membership hashes a boxed int (as in framing).
+IS_REWRITTEN: Final = bytes(1 if i in _REWRITTEN else 0 for i in range(256))
+IS_STREAMED_BACKEND: Final = bytes(1 if i in _STREAMED_BACKEND else 0 for i in range(256))
 #: A whole message the client sends that we must rewrite may not exceed this.
 MAX_REWRITE: Final = 64 * 1024 * 1024
 #: Statement names up to this long are found byte by byte in a Bind (see _bind).
@@ -289,7 +295,8 @@ class PreparedSession:
         message that must be handled whole) is offered again with more bytes. Sets
         ``ex.terminate_at`` when the client sent Terminate.
         """
-        pos = 0
+        # i64: C integers in the compiled build, as in framing's scanners.
+        pos: i64 = 0
         ex.terminate_at = -1
         remaining = ex.fe_remaining
         if remaining:
@@ -299,9 +306,12 @@ class PreparedSession:
                 return n
             pos = remaining
             ex.fe_remaining = 0
-        run = 0  # start of bytes to pass through unchanged
+        run: i64 = 0  # start of bytes to pass through unchanged
         queue = self.queue
-        last = n - HEADER
+        last: i64 = n - HEADER
+        msg_type: i64
+        length: i64
+        end: i64
         try:
             while pos <= last:
                 msg_type = view[pos]  # the header byte by byte, as in framing
@@ -313,7 +323,7 @@ class PreparedSession:
                 end = pos + 1 + length
                 if end > n and length > MAX_MESSAGE_LENGTH:
                     raise _bad_length("frontend", msg_type, length)
-                if msg_type in _REWRITTEN:
+                if IS_REWRITTEN[msg_type]:
                     ex.extended = True
                     if msg_type == _P and ex.inspect and end <= n:
                         ex.record_sql(_P, pos, length)
@@ -543,7 +553,7 @@ class PreparedSession:
         swallowed, replaced or faked reply breaks the run. Returns the offset consumed; the
         rest is an incomplete message to offer again.
         """
-        pos = 0
+        pos: i64 = 0  # as in frontend()
         remaining = ex.be_remaining
         if remaining:
             if remaining >= n:
@@ -552,9 +562,13 @@ class PreparedSession:
                 return n
             pos = remaining
             ex.be_remaining = 0
-        run = 0
+        run: i64 = 0
         queue = self.queue
-        last = n - HEADER
+        last: i64 = n - HEADER
+        msg_type: i64
+        length: i64
+        end: i64
+        size: i64
         try:
             while pos <= last:
                 msg_type = view[pos]
@@ -567,7 +581,7 @@ class PreparedSession:
                 if end > n:
                     if length > MAX_MESSAGE_LENGTH:
                         raise _bad_length("backend", msg_type, length)
-                    if msg_type in _STREAMED_BACKEND or length > MAX_REWRITE:
+                    if IS_STREAMED_BACKEND[msg_type] or length > MAX_REWRITE:
                         ex.be_remaining = end - n
                         pos = n
                     break
@@ -582,7 +596,11 @@ class PreparedSession:
                         and _PLAIN_REPLY_TO[msg_type] == head
                         and (
                             msg_type != _COMMAND_COMPLETE
-                            or (not self.copy_mode and end - pos not in _RESET_TAG_SIZES)
+                            or (
+                                not self.copy_mode
+                                and (size := end - pos) != _DEALLOCATE_ALL_SIZE
+                                and size != _DISCARD_ALL_SIZE
+                            )
                         )
                     ):
                         queue.popleft()
