@@ -604,7 +604,7 @@ class PreparedSession:
                         )
                     ):
                         queue.popleft()
-                        if not queue or queue.first().__class__ is int:
+                        if not queue or type(queue.first()) is int:
                             pos = end
                             continue
                         # A Request is next (perhaps a fake that is due now).
@@ -665,7 +665,7 @@ class PreparedSession:
             head = self.queue.first() if self.queue else None
             if head is not None and head != _Q:
                 self.failed = True
-                if head.__class__ is Request and head.action == REPLACE:
+                if type(head) is Request and head.action == REPLACE:
                     replacement = head.payload
                     forward = False
         elif msg_type == _COPY_IN or msg_type == _COPY_BOTH:
@@ -675,7 +675,7 @@ class PreparedSession:
                 ex.statuses = []
             ex.statuses.append((pos + HEADER, end))
         queue = self.queue
-        if forward and not (queue and queue.first().__class__ is Request):
+        if forward and not (queue and type(queue.first()) is Request):
             return None  # the common case: no fake due, nothing swallowed
         out: list = [view[pos:end]] if forward else []
         if replacement is not None:
