@@ -145,6 +145,22 @@ def test_a_big_carry_is_joined_with_a_bigger_read(
     assert data.startswith(b"P\x00") and data.endswith(b"y")
 
 
+def reader_of(sock: socket.socket, received: bytearray, size: int) -> threading.Thread:
+    """A started thread that reads ``sock`` into ``received`` until ``size`` bytes or EOF
+    (the far side of a socket pair this test writes more to than the kernel holds)."""
+
+    def drain() -> None:
+        while len(received) < size:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    return reader
+
+
 def test_a_write_the_kernel_does_not_take_is_sent_when_writable() -> None:
     """Conn.write keeps what the kernel refuses and sends it from a write watcher, made
     only then (an idle connection has none)."""
@@ -156,18 +172,10 @@ def test_a_write_the_kernel_does_not_take_is_sent_when_writable() -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
     received = bytearray()
 
-    def drain() -> None:
-        while len(received) < len(payload):
-            chunk = theirs.recv(65536)
-            if not chunk:
-                break
-            received.extend(chunk)
-
     try:
         assert conn.write(payload) is False  # the rest is kept
         assert conn.outbuf and conn.ww is not None and conn.ww.active
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+        reader = reader_of(theirs, received, len(payload))
         deadline = time.monotonic() + 20
         while conn.outbuf is not None and time.monotonic() < deadline:
             gevent.sleep(0.001)
@@ -200,16 +208,8 @@ def test_write_many_sends_every_piece_in_order(sizes: tuple[int, ...]) -> None:
     payload = b"".join(parts)
     received = bytearray()
 
-    def drain() -> None:
-        while len(received) < len(payload):
-            chunk = theirs.recv(65536)
-            if not chunk:
-                break
-            received.extend(chunk)
-
     try:
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+        reader = reader_of(theirs, received, len(payload))
         complete = conn.write_many(parts)
         deadline = time.monotonic() + 20
         while conn.outbuf is not None and time.monotonic() < deadline:
