@@ -198,7 +198,7 @@ class Exchange:
         self.inspect = False  # record where whole Query/Parse messages are (session state)
         # The first whole Query/Parse of the last chunk (while inspecting): its type (0: none)
         # and body; C integers in the compiled build, where a tuple of three ints in a list
-        # was ~440 instructions per statement made and freed. Any more of the same chunk
+        # was ~670 instructions per statement made and freed. Any more of the same chunk
         # go to sql_at as (type, body start, end).
         self.sql_type: i64 = 0
         self.sql_start: i64 = 0
@@ -301,12 +301,7 @@ class Exchange:
                     if msg_type == F_EXECUTE:
                         syncs = 0
                     elif msg_type == F_PARSE and inspect and pos + length < end:
-                        if self.sql_type == 0:  # record_sql(), its usual case inlined
-                            self.sql_type = msg_type
-                            self.sql_start = pos + HEADER
-                            self.sql_end = pos + 1 + length
-                        else:
-                            self.record_sql(msg_type, pos, length)
+                        self.record_sql(msg_type, pos, length)
                 elif msg_type == F_SYNC:
                     expected += 1
                     syncs += 1
@@ -352,7 +347,7 @@ class Exchange:
         self.fe_remaining = 0
         return pos
 
-    def record_sql(self, msg_type: int, pos: int, length: int) -> None:
+    def record_sql(self, msg_type: i64, pos: i64, length: i64) -> None:
         """Note the whole Query/Parse at ``pos`` (``length`` from its header) for the
         session-state check: see :attr:`sql_type`, then :attr:`sql_at`."""
         if self.sql_type == 0:
