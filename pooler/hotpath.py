@@ -54,6 +54,9 @@ MODULES = (
     "pooler/protocol/params.py",
     "pooler/bans.py",
 )
+# Hand-written C built with them (module name, source): read(2)/write(2) without releasing
+# the GIL, see pooler/_sysio.c. netio falls back to os.read/os.write when it is not there.
+NATIVE = (("pooler._sysio", "pooler/_sysio.c"),)
 # The packages whose __path__ gets the compiled directory first (see their __init__.py).
 PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster", "pooler.auth")
 PURE_ENV = "GREENVISOR_PURE_PYTHON"
@@ -65,8 +68,9 @@ compiled = False
 def digest() -> dict[str, str]:
     """SHA-256 of every module of the ``pooler`` package. All of them, not just
     :data:`MODULES`: mypyc may build facts from the others into the compiled code (a Final
-    constant, a class's layout), so an edit anywhere means a rebuild before it is used."""
-    files = sorted(ROOT.glob("pooler/**/*.py"))
+    constant, a class's layout), so an edit anywhere means a rebuild before it is used. And
+    the hand-written C of :data:`NATIVE` (``.c``)."""
+    files = sorted([*ROOT.glob("pooler/**/*.py"), *ROOT.glob("pooler/**/*.c")])
     return {
         str(path.relative_to(ROOT)): hashlib.sha256(path.read_bytes()).hexdigest() for path in files
     }
@@ -122,17 +126,22 @@ def package_path(path: list[str], package: str) -> list[str]:
 def build(progress: Callable[[str], object] = print) -> None:
     """Compile :data:`MODULES` into ``build/compiled`` (about a minute on 2 cores)."""
     from mypyc.build import mypycify  # the build needs mypy and a C compiler, not the run
-    from setuptools import setup
+    from setuptools import Extension, setup
 
     started = time.monotonic()
     work = ROOT / "build" / "mypyc"
-    progress(f"compiling {len(MODULES)} modules with mypyc (about a minute) ...")
+    progress(
+        f"compiling {len(MODULES)} modules with mypyc and {len(NATIVE)} of C (about a minute) ..."
+    )
     sources = digest()
     cwd = os.getcwd()
     os.chdir(ROOT)  # mypycify takes paths relative to the checkout
     try:
         clean()
         extensions = mypycify(list(MODULES), opt_level="3", target_dir=str(work / "c"))
+        extensions += [
+            Extension(name, [source], extra_compile_args=["-O3"]) for name, source in NATIVE
+        ]
         progress(f"  C sources written to {work / 'c'}; compiling them (gcc) ...")
         setup(
             name="greenvisor-hotpath",

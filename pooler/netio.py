@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import importlib
 import os
 from typing import Any, Final
 
@@ -44,15 +45,32 @@ JOIN_LIMIT: Final = 16 * 1024
 #: the stream, where no readiness event announces it.
 SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 
+
+def _syscalls() -> tuple[Any, Any, bool]:
+    """(read, write, native): pooler._sysio's when the compiled hot path has it, else
+    os.read and os.write."""
+    try:
+        native = importlib.import_module("pooler._sysio")
+    except ImportError:
+        return os.read, os.write, False
+    return native.read, native.write, True
+
+
 #: A plain socket is read and written with read(2)/write(2) on its descriptor: the same
 #: system calls as recv/send without flags, minus CPython's method lookup and argument
 #: parsing (about a tenth of a compiled transaction's instructions). TLS streams keep
-#: their own recv/send.
-_os_read: Final = os.read
-_os_write: Final = os.write
+#: their own recv/send. With the compiled hot path these are pooler/_sysio.c's, which keep
+#: the GIL during the call (the sockets are non-blocking: the call cannot wait) where
+#: os.read and os.write release and take it again, ~400 instructions a call.
+_SYSCALLS: Final = _syscalls()
+_os_read: Final = _SYSCALLS[0]
+_os_write: Final = _SYSCALLS[1]
+NATIVE_IO: Final = _SYSCALLS[2]
 #: The two read sizes as Python ints made once: an i64 passed to os.read() is boxed on
-#: every call, and above 256 that is an allocation (twice per transaction).
-_SMALL_READ_OBJ: Final[Any] = SMALL_READ
+#: every call, and above 256 that is an allocation (twice per transaction). The native
+#: read returns a bytes of exactly what arrived whatever the size asked, so with it every
+#: plain read asks for RECV_SIZE (no second read for a big reply after small ones).
+_SMALL_READ_OBJ: Final[Any] = RECV_SIZE if NATIVE_IO else SMALL_READ
 _RECV_SIZE_OBJ: Final[Any] = RECV_SIZE
 
 _READ: Final = 1

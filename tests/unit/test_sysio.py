@@ -1,0 +1,178 @@
+"""pooler/_sysio.c against os.read/os.write: the same contract, call for call.
+
+netio reads and writes plain sockets with the native pair when the compiled hot path is
+built (it keeps the GIL during the system call) and with os.read/os.write otherwise. Every
+case here runs on both, so the native pair is checked to answer exactly what os would:
+the same bytes, the same counts, the same errors with the same errno.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pooler import hotpath, netio
+
+pytestmark = pytest.mark.unit
+
+IMPLEMENTATIONS: list[Any] = [pytest.param((os.read, os.write), id="os")]
+if hotpath.compiled:
+    _native = importlib.import_module("pooler._sysio")
+    IMPLEMENTATIONS.append(pytest.param((_native.read, _native.write), id="native"))
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def io(request: pytest.FixtureRequest) -> tuple[Any, Any]:
+    return request.param
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_the_compiled_hot_path_uses_the_native_pair() -> None:
+    """With the hot path compiled, netio's reads and writes are _sysio's; `make test`'s
+    compiled run (GREENVISOR_EXPECT_COMPILED=1) fails if the C was not built."""
+    assert hotpath.compiled == netio.NATIVE_IO
+    if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
+        assert netio.NATIVE_IO
+    if netio.NATIVE_IO:
+        assert netio._os_read.__module__ == "pooler._sysio"
+        assert netio._os_write.__module__ == "pooler._sysio"
+    else:
+        assert netio._os_read is os.read and netio._os_write is os.write
+
+
+@pytest.mark.parametrize("size", [1, 5, 479, 480, 4096, 65536, 65537, 200_000])
+def test_read_returns_what_arrived_up_to_the_size(
+    io: tuple[Any, Any], pair: Any, size: int
+) -> None:
+    read, _ = io
+    ours, theirs = pair
+    payload = bytes(range(256)) * 4  # 1,024 distinct-ish bytes
+    theirs.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = read(ours.fileno(), size)
+        assert type(chunk) is bytes
+        assert 0 < len(chunk) <= size
+        got += chunk
+    assert got == payload
+
+
+def test_a_large_read_takes_everything_there(io: tuple[Any, Any], pair: Any) -> None:
+    """Sizes above the native read's 64 KB staging buffer allocate the bytes directly."""
+    read, _ = io
+    ours, theirs = pair
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    payload = os.urandom(150_000)
+    theirs.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        got += read(ours.fileno(), 300_000)
+    assert got == payload
+
+
+def test_read_of_zero_bytes_is_empty(io: tuple[Any, Any], pair: Any) -> None:
+    read, _ = io
+    ours, theirs = pair
+    theirs.sendall(b"x")
+    assert read(ours.fileno(), 0) == b""
+    assert read(ours.fileno(), 10) == b"x"
+
+
+def test_end_of_file_is_empty_bytes(io: tuple[Any, Any], pair: Any) -> None:
+    read, _ = io
+    ours, theirs = pair
+    theirs.sendall(b"last")
+    theirs.close()
+    assert read(ours.fileno(), 100) == b"last"
+    assert read(ours.fileno(), 100) == b""
+
+
+def test_nothing_to_read_is_eagain(io: tuple[Any, Any], pair: Any) -> None:
+    read, _ = io
+    ours, _ = pair
+    with pytest.raises(OSError) as caught:
+        read(ours.fileno(), 100)
+    assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+
+
+def test_a_closed_descriptor_is_ebadf(io: tuple[Any, Any]) -> None:
+    read, write = io
+    with pytest.raises(OSError) as caught:
+        read(-1, 10)
+    assert caught.value.errno == errno.EBADF
+    with pytest.raises(OSError) as caught:
+        write(-1, b"x")
+    assert caught.value.errno == errno.EBADF
+
+
+def test_bad_arguments_are_refused(io: tuple[Any, Any], pair: Any) -> None:
+    read, write = io
+    ours, _ = pair
+    with pytest.raises(OSError) as caught:
+        read(ours.fileno(), -1)
+    assert caught.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        read(ours.fileno(), "10")
+    with pytest.raises(TypeError):
+        write(ours.fileno(), "text")  # str has no buffer: encode first, as with os.write
+    with pytest.raises(TypeError):
+        read(ours.fileno())
+    with pytest.raises(OverflowError):
+        read(1 << 40, 10)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"Q\x00\x00\x00\x0dSELECT 1\x00", id="bytes"),
+        pytest.param(bytearray(b"Z\x00\x00\x00\x05I"), id="bytearray"),
+        pytest.param(memoryview(b"..T\x00\x00\x00\x06\x00\x00")[2:], id="memoryview-slice"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_write_sends_the_bytes_and_counts_them(io: tuple[Any, Any], pair: Any, data: Any) -> None:
+    _, write = io
+    ours, theirs = pair
+    assert write(ours.fileno(), data) == len(data)
+    if len(data):
+        assert theirs.recv(100) == bytes(data)
+
+
+def test_a_full_socket_takes_part_then_answers_eagain(io: tuple[Any, Any], pair: Any) -> None:
+    _, write = io
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    chunk = os.urandom(1 << 20)
+    sent = write(ours.fileno(), chunk)
+    assert 0 < sent < len(chunk)  # the kernel took part: a short count, no error
+    with pytest.raises(OSError) as caught:
+        while True:  # bounded: the buffer fills within a few writes
+            write(ours.fileno(), chunk[:65536])
+    assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    theirs.setblocking(False)
+    got = theirs.recv(1 << 20)
+    assert got == chunk[: len(got)]
+
+
+def test_writing_to_a_closed_peer_is_epipe(io: tuple[Any, Any], pair: Any) -> None:
+    _, write = io
+    ours, theirs = pair
+    theirs.close()
+    with pytest.raises(OSError) as caught:
+        write(ours.fileno(), b"x")
+    assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
