@@ -244,6 +244,8 @@ class Conn:
         if self.outbuf is not None:
             self.outbuf += data
             return False
+        # An int, not Any: compared with the length as C integers, not PyObject_RichCompare.
+        sent: int
         try:  # send_now(), inlined: this is the relay's every send
             sent = _os_write(self.fd, data) if self.plain else self.sock.send(data)
         except OSError as exc:
