@@ -2,8 +2,9 @@
 
 ``python manage.py hotpath build`` (``make compile``) compiles :data:`MODULES`, the code every
 relayed message runs through, with mypyc: the same type-checked Python source, turned into
-C extension modules. The result goes to ``build/compiled/`` beside the checkout, never next
-to the sources, with a manifest of the sources' SHA-256.
+C extension modules; and :data:`NATIVE`, the one hand-written C module (pooler/_sysio.c).
+The result goes to ``build/compiled/`` beside the checkout, never next to the sources, with a
+manifest of the sources' SHA-256.
 
 At start-up (``pooler/__init__.py`` calls :func:`activate`), the compiled modules are used
 only when every source still matches the manifest; otherwise Python imports the ``.py``
