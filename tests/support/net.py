@@ -7,16 +7,50 @@ import base64
 import hashlib
 import hmac
 import os
+import random
 import socket
 import struct
 import time
+from pathlib import Path
 
 PROTOCOL_3_0 = 196608
 
 
+def _ports_below_ephemeral() -> range:
+    """Ports the kernel never hands to an outgoing connection: below its ephemeral range
+    (``ip_local_port_range``, 32768-60999 by default), above the usual services."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(20000, low) if low - 20000 >= 2000 else range(0)
+
+
+_PORTS = _ports_below_ephemeral()
+_given: set[int] = set()
+_cursor = random.randrange(len(_PORTS)) if _PORTS else 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on ``host`` that nothing is bound to right now, for a process about to
+    listen on it. Taken from below the kernel's ephemeral range and never twice in this test
+    run: a port the kernel picked (bind to port 0) is an ephemeral one, and an outgoing
+    connection made before the listener starts can be given it (seen in CI: the pooler's
+    http listener found "address already in use")."""
+    global _cursor
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_cursor]
+        _cursor = (_cursor + 1) % len(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no such range here
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
