@@ -1029,9 +1029,12 @@ def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
 
 
 def report(result: dict[str, Any], markdown: bool) -> None:
-    checks = target_checks(result["summary"])
+    # Summarized again from the runs: a result saved by an older harness gets today's
+    # columns and notes (the runs' fields have not changed).
+    summary = summarize(result["runs"]) if result.get("runs") else result["summary"]
+    checks = target_checks(summary)
     print()
-    print(text_table(result["summary"]))
+    print(text_table(summary))
     print()
     print("Issue 4 targets (Greenvisor, medians of this run):")
     print(targets_text(checks))
@@ -1041,7 +1044,7 @@ def report(result: dict[str, Any], markdown: bool) -> None:
         print()
         print(f"Command: `{result['command']}`")
         print()
-        print(markdown_table(result["summary"]))
+        print(markdown_table(summary))
         print()
         print(targets_markdown(checks))
 
