@@ -10,6 +10,9 @@ def _patch_for_gevent() -> None:
     from gevent import monkey
 
     monkey.patch_all()
+    from pooler import hub
+
+    hub.install()  # before anything makes the hub: its loop then runs with the GIL held
     try:
         import psycogreen.gevent  # optional: makes psycopg2 calls cooperative
     except ImportError:

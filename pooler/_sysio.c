@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <unistd.h>
@@ -119,11 +120,101 @@ sysio_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromSsize_t(sent);
 }
 
+
+/* --- gevent's libev loop run with the GIL held ------------------------------------------
+ *
+ * gevent's loop.run() calls ev_run() with the GIL released, so every watcher callback takes
+ * it (PyGILState_Ensure) and gives it back: a take/release pair, ~400 instructions, per
+ * event. run_loop() runs the same ev_run() on the same loop with the GIL held and releases
+ * it only where the loop can wait: around the backend's poll (epoll_wait), through libev's
+ * loop release/acquire hooks, which wrap exactly that call. The callbacks then find the GIL
+ * held, and their PyGILState_Ensure/Release do no locking. Nothing else in ev_run blocks.
+ *
+ * libev is compiled into gevent's corecext module and exports its API; bind_libev() finds
+ * the two functions there (dlopen of the already-loaded module, RTLD_NOLOAD). */
+
+struct ev_loop;
+typedef int (*ev_run_fn)(struct ev_loop *, int);
+typedef void (*loop_hook_fn)(struct ev_loop *);
+typedef void (*ev_set_loop_release_cb_fn)(struct ev_loop *, loop_hook_fn, loop_hook_fn);
+
+static ev_run_fn p_ev_run;
+static ev_set_loop_release_cb_fn p_ev_set_loop_release_cb;
+
+/* The thread state saved while this thread's loop waits in the poll. Per thread: each
+ * thread's hub has its own loop. */
+static _Thread_local PyThreadState *waiting;
+
+static void
+loop_release(struct ev_loop *loop)
+{
+    (void)loop;
+    waiting = PyEval_SaveThread();
+}
+
+static void
+loop_acquire(struct ev_loop *loop)
+{
+    (void)loop;
+    PyThreadState *tstate = waiting;
+    waiting = NULL;
+    PyEval_RestoreThread(tstate);
+}
+
+static PyObject *
+sysio_bind_libev(PyObject *module, PyObject *path)
+{
+    const char *filename = PyUnicode_AsUTF8(path);
+    if (filename == NULL) {
+        return NULL;
+    }
+    void *handle = dlopen(filename, RTLD_NOW | RTLD_NOLOAD);
+    if (handle == NULL) {
+        PyErr_Format(PyExc_ImportError, "gevent's libev module is not loaded: %s", dlerror());
+        return NULL;
+    }
+    ev_run_fn run = (ev_run_fn)dlsym(handle, "ev_run");
+    ev_set_loop_release_cb_fn hook =
+        (ev_set_loop_release_cb_fn)dlsym(handle, "ev_set_loop_release_cb");
+    dlclose(handle); /* RTLD_NOLOAD took a reference; the module stays loaded */
+    if (run == NULL || hook == NULL) {
+        PyErr_SetString(PyExc_ImportError, "gevent's libev module does not export ev_run");
+        return NULL;
+    }
+    p_ev_run = run;
+    p_ev_set_loop_release_cb = hook;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sysio_run_loop(PyObject *module, PyObject *ptr)
+{
+    if (p_ev_run == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "run_loop() before bind_libev()");
+        return NULL;
+    }
+    struct ev_loop *loop = (struct ev_loop *)PyLong_AsVoidPtr(ptr);
+    if (loop == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ValueError, "run_loop(): the loop is destroyed");
+        }
+        return NULL;
+    }
+    p_ev_set_loop_release_cb(loop, loop_release, loop_acquire);
+    p_ev_run(loop, 0);
+    p_ev_set_loop_release_cb(loop, NULL, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef sysio_methods[] = {
     {"read", (PyCFunction)(void (*)(void))sysio_read, METH_FASTCALL,
      "read(fd, size) -> bytes: read(2) on a non-blocking descriptor, the GIL held."},
     {"write", (PyCFunction)(void (*)(void))sysio_write, METH_FASTCALL,
      "write(fd, data) -> int: write(2) on a non-blocking descriptor, the GIL held."},
+    {"bind_libev", (PyCFunction)sysio_bind_libev, METH_O,
+     "bind_libev(path): find ev_run in gevent's loaded libev module at path."},
+    {"run_loop", (PyCFunction)sysio_run_loop, METH_O,
+     "run_loop(loop.ptr): ev_run() on gevent's loop with the GIL held but for its poll."},
     {NULL, NULL, 0, NULL},
 };
 

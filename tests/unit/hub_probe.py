@@ -1,0 +1,88 @@
+"""Run by test_hub.py in a fresh interpreter: runpooler's set-up (gevent's monkey-patching,
+then pooler.hub.install()) and a workload that touches each way the loop wakes. Prints one
+JSON line of what it saw."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+from pooler import hub  # noqa: E402  (after the patching, as in manage.py)
+
+installed = hub.install()
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+from gevent.exceptions import LoopExit  # noqa: E402
+
+real_sleep = monkey.get_original("time", "sleep")
+real_start_thread = monkey.get_original("_thread", "start_new_thread")
+seen: dict[str, object] = {"installed": installed, "hub": type(gevent.get_hub()).__module__}
+
+# Sockets: an echo greenlet, 2,000 round trips.
+ours, theirs = socket.socketpair()
+
+
+def echo() -> None:
+    while data := theirs.recv(100):
+        theirs.sendall(data)
+
+
+server = gevent.spawn(echo)
+for i in range(2000):
+    ours.sendall(b"%d" % i)
+    assert ours.recv(100) == b"%d" % i
+ours.close()
+server.join(2)
+seen["echo"] = server.dead
+
+# Timers and a timeout.
+seen["timeout"] = gevent.with_timeout(0.05, gevent.sleep, 5, timeout_value="timed out")
+
+# A callback that raises goes to the hub's error handler; the loop keeps running.
+gevent.spawn(lambda: 1 / 0).join()
+gevent.sleep(0.01)
+seen["after_error"] = True
+
+# An OS thread runs while the loop waits in its poll: the GIL is released there.
+woke: list[float] = []
+
+
+def in_thread() -> None:
+    real_sleep(0.05)
+    woke.append(time.monotonic())
+
+
+started = time.monotonic()
+real_start_thread(in_thread, ())
+gevent.sleep(0.5)
+seen["thread_ran_during_wait"] = bool(woke) and woke[0] - started < 0.4
+
+# gevent's thread pool (its workers wake the loop through an async watcher) and DNS.
+seen["threadpool"] = gevent.get_hub().threadpool.apply(sum, (range(10),))
+seen["dns"] = socket.getaddrinfo("127.0.0.1", 5432)[0][4][0]
+
+# A signal handled through the loop.
+got: list[int] = []
+gevent.signal_handler(signal.SIGUSR1, lambda: got.append(1))
+signal.raise_signal(signal.SIGUSR1)
+gevent.sleep(0.05)
+seen["signal"] = got == [1]
+
+# With nothing left to wait for, the loop returns and the hub raises LoopExit in the
+# waiter, as gevent's does; the hub then serves again.
+try:
+    Event().wait()
+    seen["loop_exit"] = False
+except LoopExit:
+    seen["loop_exit"] = True
+gevent.sleep(0.01)
+seen["after_loop_exit"] = gevent.with_timeout(0.02, gevent.sleep, 5, timeout_value="again")
+
+print(json.dumps(seen))
+sys.stdout.flush()

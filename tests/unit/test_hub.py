@@ -1,0 +1,70 @@
+"""pooler/hub.py: gevent's hub with its loop run while holding the GIL (pooler/_sysio.c).
+
+runpooler installs it after gevent's monkey-patching (manage.py); hub_probe.py does the
+same in a fresh interpreter and puts the loop through sockets, timers, an error in a
+greenlet, an OS thread, gevent's thread pool, DNS, a signal and a LoopExit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pooler import hotpath
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def probe() -> dict[str, object]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("hub_probe.py"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return seen
+
+
+def test_the_loop_serves_every_kind_of_event() -> None:
+    seen = probe()
+    # With the compiled hot path the hub is ours; without it (pure Python) gevent's.
+    assert seen["installed"] is hotpath.compiled
+    assert seen["hub"] == ("pooler.hub" if hotpath.compiled else "gevent.hub")
+    if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
+        assert seen["installed"] is True
+    assert seen["echo"] is True
+    assert seen["timeout"] == "timed out"
+    assert seen["after_error"] is True
+    # The GIL is released while the loop waits: an OS thread ran during a gevent.sleep.
+    assert seen["thread_ran_during_wait"] is True
+    assert seen["threadpool"] == 45
+    assert seen["dns"] == "127.0.0.1"
+    assert seen["signal"] is True
+    assert seen["loop_exit"] is True
+    assert seen["after_loop_exit"] == "again"
+
+
+def test_install_declines_once_a_hub_exists() -> None:
+    """install() after a hub was made changes nothing: that hub keeps gevent's loop run."""
+    code = (
+        "import gevent; gevent.get_hub()\n"
+        "from pooler import hub\n"
+        "print(hub.install(), type(gevent.get_hub()).__module__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "gevent.hub"]
