@@ -29,9 +29,12 @@ def _native() -> Any:
         corecext = importlib.import_module("gevent.libev.corecext")
     except ImportError:
         return None
-    if gevent.config.loop is not corecext.loop:
+    if gevent.config.loop is not corecext.loop or not hasattr(corecext.loop, "ptr"):
         return None  # libuv, or libev through CFFI: run_loop does not know them
-    sysio.bind_libev(corecext.__file__)
+    try:
+        sysio.bind_libev(corecext.__file__)
+    except ImportError:  # a gevent whose module does not export libev's ev_run
+        return None
     return sysio
 
 

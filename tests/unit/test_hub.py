@@ -7,6 +7,7 @@ greenlet, an OS thread, gevent's thread pool, DNS, a signal and a LoopExit.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -68,3 +69,21 @@ def test_install_declines_once_a_hub_exists() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "gevent.hub"]
+
+
+def test_the_native_loop_refuses_what_it_cannot_run() -> None:
+    """bind_libev wants gevent's loaded libev module; run_loop a live loop. A gevent that
+    does not export libev's API makes install() keep gevent's hub (ImportError here).
+    In plain Python there is no pooler._sysio at all, and gevent's hub runs."""
+    import gevent.libev.corecext as corecext
+
+    if not hotpath.compiled:
+        with pytest.raises(ImportError):
+            importlib.import_module("pooler._sysio")
+        return
+    sysio = importlib.import_module("pooler._sysio")
+    with pytest.raises(ImportError, match="not loaded"):
+        sysio.bind_libev(str(ROOT / "no-such-module.so"))
+    sysio.bind_libev(corecext.__file__)
+    with pytest.raises(ValueError, match="destroyed"):
+        sysio.run_loop(0)
