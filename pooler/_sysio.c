@@ -1,4 +1,6 @@
-/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held.
+/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held; and
+ * gevent's libev loop run with the GIL held but for its poll (run_loop, used by pooler/hub.py;
+ * see its section below).
  *
  * The one piece of hand-written C in Greenvisor, built with the compiled hot path
  * (pooler/hotpath.py) and used by pooler/netio.py in place of os.read and os.write when
@@ -230,7 +232,7 @@ static PyMethodDef sysio_methods[] = {
 static struct PyModuleDef sysio_module = {
     PyModuleDef_HEAD_INIT,
     "pooler._sysio",
-    "read(2) and write(2) on non-blocking descriptors without releasing the GIL.",
+    "read(2)/write(2) on non-blocking descriptors, and gevent's loop, without releasing the GIL.",
     -1,
     sysio_methods,
 };

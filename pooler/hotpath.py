@@ -55,8 +55,9 @@ MODULES = (
     "pooler/protocol/params.py",
     "pooler/bans.py",
 )
-# Hand-written C built with them (module name, source): read(2)/write(2) without releasing
-# the GIL, see pooler/_sysio.c. netio falls back to os.read/os.write when it is not there.
+# Hand-written C built with them (module name, source): read(2)/write(2) and gevent's loop
+# without releasing the GIL, see pooler/_sysio.c. netio falls back to os.read/os.write and
+# pooler/hub.py to gevent's hub when it is not there.
 NATIVE = (("pooler._sysio", "pooler/_sysio.c"),)
 # The packages whose __path__ gets the compiled directory first (see their __init__.py).
 PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster", "pooler.auth")
