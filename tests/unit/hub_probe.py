@@ -1,14 +1,16 @@
-"""Run by test_hub.py in a fresh interpreter: runpooler's set-up (gevent's monkey-patching,
-then pooler.hub.install()) and a workload that touches each way the loop wakes. Prints one
-JSON line of what it saw."""
+"""Run by test_hub.py in a fresh interpreter: runpooler's own set-up (manage.py's
+_patch_for_gevent: gevent's monkey-patching, then pooler.hub.install()) and a workload that
+touches each way the loop wakes. Prints one JSON line of what it saw."""
 
-from gevent import monkey
+import manage
 
-monkey.patch_all()
+manage._patch_for_gevent()
 
-from pooler import hub  # noqa: E402  (after the patching, as in manage.py)
+from gevent import monkey  # noqa: E402  (after the patching, as runpooler)
 
-installed = hub.install()
+from pooler import hub  # noqa: E402
+
+installed = hub._SYSIO is not None  # install() succeeded in manage.py
 
 import json  # noqa: E402
 import signal  # noqa: E402

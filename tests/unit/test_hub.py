@@ -1,7 +1,7 @@
 """pooler/hub.py: gevent's hub with its loop run while holding the GIL (pooler/_sysio.c).
 
-runpooler installs it after gevent's monkey-patching (manage.py); hub_probe.py does the
-same in a fresh interpreter and puts the loop through sockets, timers, an error in a
+runpooler installs it after gevent's monkey-patching (manage.py); hub_probe.py runs that
+same set-up in a fresh interpreter and puts the loop through sockets, timers, an error in a
 greenlet, an OS thread, gevent's thread pool, DNS, a signal and a LoopExit.
 """
 
@@ -23,11 +23,14 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
 def probe() -> dict[str, object]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("hub_probe.py"))],
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -64,9 +67,8 @@ def test_install_declines_once_a_hub_exists() -> None:
         "from pooler import hub\n"
         "print(hub.install(), type(gevent.get_hub()).__module__)\n"
     )
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["False", "gevent.hub"]
 
