@@ -96,6 +96,9 @@ class _Families:
         self.sent = counter("bytes_sent", "Bytes sent to clients (received from upstream)")
         self.checkouts = counter("checkouts", "Server connections lent to clients")
         self.timeouts = counter("checkout_timeouts", "Clients that waited for a server in vain")
+        self.reset_timeouts = counter(
+            "server_reset_timeouts", "Server connections closed: reset/check query unanswered"
+        )
         self.opened = counter("server_connections_opened", "Server logins that succeeded")
         self.closed = counter("server_connections_closed", "Server connections closed")
         self.failures = counter("server_connect_failures", "Server logins that failed")
@@ -123,6 +126,7 @@ class _Families:
         self.sent.add_metric(labels, stats.bytes_out + live.bytes_out)
         self.checkouts.add_metric(labels, stats.checkouts)
         self.timeouts.add_metric(labels, stats.checkout_timeouts)
+        self.reset_timeouts.add_metric(labels, stats.reset_timeouts)
         self.opened.add_metric(labels, stats.servers_opened)
         self.closed.add_metric(labels, stats.servers_closed)
         self.failures.add_metric(labels, stats.connect_failures)

@@ -44,6 +44,7 @@ class NodeSettings:
     client_auth: str = "scram-sha-256"  # or "md5"
     client_login_timeout: float = 15.0
     server_connect_timeout: float = 10.0
+    server_reset_timeout: float = 10.0  # reset/check query unanswered: close that server
     server_lifetime: float = 3600.0
     server_idle_timeout: float = 600.0
     application_name: str = "greenvisor"
@@ -283,7 +284,8 @@ class Node:
 
     def janitor(self, interval: float = 0.1) -> None:
         """Fail waiters past their checkout timeout, retry logins, close idle servers past
-        their time, and enforce the client idle timeouts."""
+        their time and servers whose reset or check query hangs, and enforce the client
+        idle timeouts."""
         ticks = 0
         while True:
             gevent.sleep(interval)
@@ -295,6 +297,18 @@ class Node:
                     pool.retry_due(now)
                 if ticks % 10 == 0 and pool.idle:
                     pool.close_idle(now)
+                if ticks % 10 == 0 and pool.resetting:
+                    limit = self.settings.server_reset_timeout
+                    for server in pool.expire_resets(now, limit):
+                        log.warning(
+                            "server pid=%s of %s did not answer its reset or check query "
+                            "within %g s: closed, its query cancelled (is the database "
+                            "overloaded or unreachable? --server-reset-timeout sets the limit)",
+                            server.pid,
+                            pool.key,
+                            limit,
+                        )
+                        self.cancel_server(server)
             if ticks % 10 == 0:
                 self._client_timeouts(now)
 

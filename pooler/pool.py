@@ -40,7 +40,12 @@ class PoolServer(Protocol):
     def park(self, now: float = 0.0) -> None: ...
 
     def reset(self, query: str) -> None:
-        """Run ``query``; then checkin() if the server is fine, else discard()."""
+        """Run ``query``; then checkin() if the server is fine, else discard(). Between the
+        two it is in the pool's ``resetting`` (with when it was sent)."""
+        ...
+
+    def abandon_reset(self) -> bool:
+        """Stop waiting for the reset's answer; False if it is over already."""
         ...
 
 
@@ -134,6 +139,7 @@ class PoolStats:
 
     checkouts: int = 0
     checkout_timeouts: int = 0
+    reset_timeouts: int = 0  # servers closed because a reset or check query hung
     servers_opened: int = 0
     reserve_opened: int = 0  # logins started above the pool size (reserve pool)
     servers_closed: int = 0
@@ -199,6 +205,9 @@ class Pool:
     server_params: dict[str, str] | None = None
     upstream: Any = None  # where servers of this pool log in (opaque to the pool)
     closed: bool = False
+    #: Active servers running a reset or check query: when it was sent (monotonic). The
+    #: server adds and removes itself; the janitor calls expire_resets().
+    resetting: dict = field(default_factory=dict)  # of PoolServer -> float
 
     # -- sizes --------------------------------------------------------------------------
 
@@ -460,6 +469,25 @@ class Pool:
             f"{self.key}: retry later, raise pool_size, or shorten the transactions that "
             "hold the connections",
         )
+
+    def expire_resets(self, now: float, limit: float) -> list:
+        """Discard the servers whose reset or check query got no answer within ``limit``
+        seconds (a server that stopped answering must not hold a slot of the pool for
+        ever) and return them: their backends may still run the query, the caller cancels
+        it. A waiter behind a check gets a new server, or waits on up to its timeout."""
+        late = [server for server, sent in self.resetting.items() if now - sent >= limit]
+        expired = []
+        for server in late:
+            del self.resetting[server]
+            if server.abandon_reset():  # else it was closed meanwhile: not ours to discard
+                self.stats.reset_timeouts += 1
+                self.discard(
+                    server,
+                    f"the reset or check query got no answer within {limit:g} s "
+                    "(server_reset_timeout)",
+                )
+                expired.append(server)
+        return expired
 
     def close_idle(self, now: float) -> None:
         """Close idle servers past server_idle_timeout or server_lifetime."""

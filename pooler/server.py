@@ -247,14 +247,30 @@ class ServerConn(netio.Conn):
             self.extra.clear()
             self.fits.clear()
         self.resetting = Replies()
+        # The janitor closes it if no answer comes within server_reset_timeout (a server
+        # that stopped answering must not hold a pool slot, see Pool.expire_resets).
+        self.pool.resetting[self] = _monotonic()
         self.start_reading(self.read_cb)
         try:
             complete = self.write(builders.query(query))
         except OSError:
             complete = False
         if not complete:
-            self.resetting = None
+            self._reset_over()
             self.pool.discard(self, "could not send the reset query")
+
+    def _reset_over(self) -> None:
+        self.resetting = None
+        self.pool.resetting.pop(self, None)
+
+    def abandon_reset(self) -> bool:
+        """The reset or check query took too long: stop waiting for its answer. False when
+        there is nothing to abandon (it finished, or the connection is already closed)."""
+        if self.resetting is None or self.closed:
+            return False
+        self.resetting = None
+        self.stop_reading()
+        return True
 
     def _on_reset_readable(self) -> None:
         replies = self.resetting
@@ -271,14 +287,14 @@ class ServerConn(netio.Conn):
             if used < n:
                 self.carry = data[used:]
         except (OSError, ProtocolError, netio.ConnectionClosed) as exc:
-            self.resetting = None
+            self._reset_over()
             self.pool.discard(self, f"reset failed: {exc}")
             return
         self.note_statuses(replies.statuses)
         replies.statuses.clear()
         if replies.ready is None:
             return
-        self.resetting = None
+        self._reset_over()
         self.stop_reading()
         if replies.ready == b"I" and replies.error is None and not self.carry:
             self.release(clean=True)

@@ -24,6 +24,7 @@ HOST = "127.0.0.1"
 USER = "app1user"
 RES_DB, KEYS_DB = "gv_keys_res", "gv_keys"  # the reserve pool's backends are alone in RES_DB
 SEQ = "gv_check_seq"
+RESET_TIMEOUT = 1.0  # --server-reset-timeout: a reset query that hangs loses its server
 
 
 def ini_text(pg_port: int, port: int, workdir: Path, **overrides: str) -> str:
@@ -66,7 +67,13 @@ def gv(
     (workdir / "userlist.txt").write_text(f'"{USER}" "{PASSWORDS[USER]}"\n')
     ini = workdir / "pgbouncer.ini"
     ini.write_text(ini_text(pg.port, port, workdir))
-    process = IniPoolerProcess(workdir, ini, port, sqlite_template=sqlite_template)
+    process = IniPoolerProcess(
+        workdir,
+        ini,
+        port,
+        sqlite_template=sqlite_template,
+        extra_args=["--server-reset-timeout", str(RESET_TIMEOUT)],
+    )
     process.start()
     try:
         yield process
@@ -236,3 +243,51 @@ def test_a_server_killed_while_idle_is_never_handed_out(
         assert pid not in after and len(set(after)) == 1
     finally:
         conn.close()
+
+
+def test_a_reset_query_that_hangs_loses_its_server_not_the_pool_slot(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    """Session mode, pool_size 1, a reset query that would run for a minute: after
+    --server-reset-timeout the server is closed and its query cancelled, so the next client
+    gets a new server in seconds instead of waiting for (or never getting) the slot."""
+    configure(gv, server_reset_query="select pg_sleep(60)")
+    try:
+        first = connect(gv, "sess")
+        stuck = one(first, "select pg_backend_pid()")
+        first.close()  # the reset query starts on its server
+        for _ in range(50):
+            rows = pg.execute(
+                "select query from pg_stat_activity where pid = %s", [stuck], dbname=KEYS_DB
+            )
+            if rows and "pg_sleep" in rows[0][0]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the reset query never started")
+        started = time.monotonic()
+        second = connect(gv, "sess")
+        try:
+            fresh = one(second, "select pg_backend_pid()")
+        finally:
+            second.close()  # its own reset hangs too; the timeout frees that one as well
+        waited = time.monotonic() - started
+        assert fresh != stuck
+        assert waited < 30, f"the next client waited {waited:.1f} s for the pool slot"
+        for _ in range(100):  # cancelled, then gone: the backend does not sleep on
+            if stuck not in backends(pg, KEYS_DB):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"backend {stuck} still runs the abandoned reset query")
+        assert "did not answer its reset or check query" in gv.log_text()
+    finally:
+        configure(gv)
+        for _ in range(100):  # the second client's server: closed by the timeout as well
+            if not pg.execute(
+                "select 1 from pg_stat_activity where query like 'select pg_sleep(60)%%' "
+                "and state = 'active'",
+                dbname=KEYS_DB,
+            ):
+                break
+            time.sleep(0.1)

@@ -129,6 +129,53 @@ def test_discard_closes_and_reopens_for_waiters() -> None:
     assert pool.total == 1
 
 
+class ResettingServer(FakeServer):
+    """A server whose reset/check query is in flight (as ServerConn.reset leaves it)."""
+
+    def __init__(self, closed: bool = False) -> None:
+        super().__init__()
+        self.resetting = not closed
+
+    def reset(self, query: str) -> None:
+        self.resetting = True
+
+    def abandon_reset(self) -> bool:
+        was, self.resetting = self.resetting, False
+        return was
+
+
+def test_a_hung_reset_loses_its_server_and_frees_the_slot_for_a_waiter() -> None:
+    pool, connects = make_pool(size=1)
+    first = FakeWaiter()
+    pool.checkout(first)
+    hung = ResettingServer()
+    pool.opened(hung)
+    assert first.got is hung and pool.active == 1
+    now = time.monotonic()
+    pool.resetting[hung] = now - 3.0  # its reset query went out 3 s ago, no answer yet
+    waiter = FakeWaiter()
+    pool.checkout(waiter)  # the pool is full: it waits
+    assert len(connects) == 1
+    assert pool.expire_resets(now, 5.0) == [] and hung.closed_because is None  # not yet
+    assert pool.expire_resets(now, 2.0) == [hung]
+    assert hung.closed_because is not None and "no answer within 2 s" in hung.closed_because
+    assert pool.stats.reset_timeouts == 1 and not pool.resetting
+    assert len(connects) == 2 and pool.total == 1  # a new server for the waiter, no more
+    assert pool.expire_resets(now + 10, 2.0) == []  # nothing left to expire
+
+
+def test_a_reset_already_over_is_not_discarded_twice() -> None:
+    pool, _ = make_pool(size=1)
+    pool.checkout(FakeWaiter())
+    closed = ResettingServer(closed=True)  # closed (and discarded) by another path
+    pool.opened(closed)
+    pool.discard(closed, "server lost")
+    pool.resetting[closed] = time.monotonic() - 60
+    assert pool.expire_resets(time.monotonic(), 1.0) == []
+    assert pool.active == 0 and pool.stats.reset_timeouts == 0 and not pool.resetting
+    assert closed.closed_because == "server lost"
+
+
 def test_checkout_timeout_fails_oldest_waiters() -> None:
     pool, _ = make_pool(size=1, timeout=0.5)
     now = time.monotonic()

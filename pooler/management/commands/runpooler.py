@@ -101,6 +101,13 @@ class Command(BaseCommand):
             help="seconds to connect and log in to a tenant database",
         )
         parser.add_argument(
+            "--server-reset-timeout",
+            type=float,
+            default=10.0,
+            help="seconds a server has to answer its reset query (DISCARD ALL, ROLLBACK, "
+            "server_reset_query) or check query before it is closed and its query cancelled",
+        )
+        parser.add_argument(
             "--server-lifetime",
             type=float,
             default=3600.0,
@@ -216,6 +223,7 @@ class Command(BaseCommand):
             client_auth=opts["client_auth"],
             client_login_timeout=opts["client_login_timeout"],
             server_connect_timeout=opts["server_connect_timeout"],
+            server_reset_timeout=opts["server_reset_timeout"],
             server_lifetime=opts["server_lifetime"],
             server_idle_timeout=opts["server_idle_timeout"],
             max_prepared_statements=opts["max_prepared_statements"],
