@@ -21,21 +21,28 @@ from gevent.exceptions import LoopExit
 from gevent.hub import Hub as GeventHub
 from greenlet import getcurrent
 
+#: What runs the event loop, for the start-up log (set by :func:`install`).
+status = "gevent's hub (pooler.hub.install() was not called)"
 
-def _native() -> Any:
-    """pooler._sysio bound to gevent's libev module, or None when either is missing."""
+
+def _native() -> tuple[Any, str]:
+    """(pooler._sysio bound to gevent's libev module, "") or (None, why not)."""
     try:
         sysio = importlib.import_module("pooler._sysio")
+    except ImportError:
+        return None, "the hot path is not compiled"
+    try:
         corecext = importlib.import_module("gevent.libev.corecext")
     except ImportError:
-        return None
+        return None, "gevent has no libev C module"
     if gevent.config.loop is not corecext.loop or not hasattr(corecext.loop, "ptr"):
-        return None  # libuv, or libev through CFFI: run_loop does not know them
+        # libuv, or libev through CFFI: run_loop does not know them
+        return None, f"gevent's loop is {gevent.config.loop.__module__}, not libev's C module"
     try:
         sysio.bind_libev(corecext.__file__)
-    except ImportError:  # a gevent whose module does not export libev's ev_run
-        return None
-    return sysio
+    except ImportError as exc:  # a gevent whose module does not export libev's ev_run
+        return None, f"libev's ev_run not found ({exc})"
+    return sysio, ""
 
 
 class Hub(GeventHub):  # type: ignore[misc]
@@ -64,12 +71,15 @@ _SYSIO: Any = None
 def install() -> bool:
     """Make :class:`Hub` the default hub class. False (and nothing changed) when the native
     loop is not available or a hub already exists in this thread."""
-    global _SYSIO
+    global _SYSIO, status
     if get_hub_if_exists() is not None:
+        status = "gevent's hub (a hub existed before pooler.hub.install())"
         return False
-    sysio = _native()
+    sysio, why = _native()
     if sysio is None:
+        status = f"gevent's hub ({why})"
         return False
     _SYSIO = sysio
     set_default_hub_class(Hub)
+    status = "gevent's libev loop with the GIL held outside epoll_wait (pooler/hub.py)"
     return True

@@ -164,5 +164,7 @@ def test_the_pooler_runs_the_hot_path_this_checkout_built(pooler: PoolerProcess)
     pooler.wait_for_log("greenvisor: hot path ")
     expected = "compiled with mypyc" if hotpath.compiled else "pure Python"
     assert f"greenvisor: hot path {expected}" in pooler.log_text()
+    loop = "gevent's libev loop with the GIL held" if hotpath.compiled else "gevent's hub ("
+    assert f"; event loop: {loop}" in pooler.log_text()
     if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
         assert "greenvisor: hot path compiled with mypyc" in pooler.log_text()

@@ -24,7 +24,11 @@ from gevent.exceptions import LoopExit  # noqa: E402
 
 real_sleep = monkey.get_original("time", "sleep")
 real_start_thread = monkey.get_original("_thread", "start_new_thread")
-seen: dict[str, object] = {"installed": installed, "hub": type(gevent.get_hub()).__module__}
+seen: dict[str, object] = {
+    "installed": installed,
+    "hub": type(gevent.get_hub()).__module__,
+    "status": hub.status,
+}
 
 # Sockets: an echo greenlet, 2,000 round trips.
 ours, theirs = socket.socketpair()

@@ -46,6 +46,11 @@ def test_the_loop_serves_every_kind_of_event() -> None:
     # With the compiled hot path the hub is ours; without it (pure Python) gevent's.
     assert seen["installed"] is hotpath.compiled
     assert seen["hub"] == ("pooler.hub" if hotpath.compiled else "gevent.hub")
+    # What runpooler logs at start-up says which one, and why not ours.
+    if hotpath.compiled:
+        assert str(seen["status"]).startswith("gevent's libev loop with the GIL held")
+    else:
+        assert seen["status"] == "gevent's hub (the hot path is not compiled)"
     if os.environ.get("GREENVISOR_EXPECT_COMPILED") == "1":
         assert seen["installed"] is True
     assert seen["echo"] is True
@@ -66,11 +71,13 @@ def test_install_declines_once_a_hub_exists() -> None:
         "import gevent; gevent.get_hub()\n"
         "from pooler import hub\n"
         "print(hub.install(), type(gevent.get_hub()).__module__)\n"
+        "print(hub.status)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == ["False", "gevent.hub"]
+    ).stdout.splitlines()
+    assert out[0].split() == ["False", "gevent.hub"]
+    assert out[1] == "gevent's hub (a hub existed before pooler.hub.install())"
 
 
 def test_the_native_loop_refuses_what_it_cannot_run() -> None:

@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from gevent.event import Event
 
-from pooler import hotpath, metrics, runtime
+from pooler import hotpath, hub, metrics, runtime
 from pooler.cluster.options import add_cluster_arguments, join_cluster
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
@@ -280,7 +280,7 @@ class Command(BaseCommand):
             len(node.registry.snapshot.tenants),
             node.registry.snapshot.version,
         )
-        log.info("greenvisor: hot path %s", hotpath.status)
+        log.info("greenvisor: hot path %s; event loop: %s", hotpath.status, hub.status)
         housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
 
         stop.wait()
