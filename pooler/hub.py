@@ -4,6 +4,8 @@ gevent runs libev's ``ev_run`` with the GIL released, so each event's callback t
 GIL and gives it back: about 400 instructions per event, a tenth of a relayed statement.
 :class:`Hub` runs the same loop through ``pooler._sysio.run_loop``, which keeps the GIL and
 releases it only while the loop waits in ``epoll_wait``. Everything else is gevent's hub.
+:func:`reader` gives netio's relay sockets ``pooler._sysio.Watcher`` read watchers, which
+libev calls straight into (no gevent callback machinery per event) while this hub runs.
 
 :func:`install` makes it the hub of every thread that has none yet; ``runpooler`` calls it
 (manage.py) before anything makes a hub. Without the compiled hot path (``pooler._sysio``
@@ -80,6 +82,22 @@ def install() -> bool:
         status = f"gevent's hub ({why})"
         return False
     _SYSIO = sysio
+    sysio.set_error_handler(_callback_error)
     set_default_hub_class(Hub)
     status = "gevent's libev loop with the GIL held outside epoll_wait (pooler/hub.py)"
     return True
+
+
+def _callback_error(watcher: Any, type_: Any, value: Any, tb: Any) -> None:
+    """A Watcher callback raised: the hub's handle_error, as for gevent's own watchers (it
+    prints the traceback; SystemExit and KeyboardInterrupt go to the main greenlet)."""
+    gevent.get_hub().handle_error(watcher, type_, value, tb)
+
+
+def reader(loop: Any, fd: int) -> Any:
+    """A read watcher for ``fd`` with ``start(callback)``/``stop()``: pooler._sysio's
+    Watcher, which libev calls straight into, when :class:`Hub` runs the loops; else
+    gevent's ``loop.io``."""
+    if _SYSIO is not None:
+        return _SYSIO.Watcher(loop, fd)
+    return loop.io(fd, 1)

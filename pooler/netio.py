@@ -23,6 +23,7 @@ from gevent import get_hub
 from gevent.socket import socket as GeventSocket
 from mypy_extensions import i64
 
+from pooler.hub import reader as _reader
 from pooler.loginio import LoginSocket, PlainSocket
 from pooler.protocol.errors import ProtocolError
 
@@ -73,7 +74,6 @@ NATIVE_IO: Final = _SYSCALLS[2]
 _SMALL_READ_OBJ: Final[Any] = RECV_SIZE if NATIVE_IO else SMALL_READ
 _RECV_SIZE_OBJ: Final[Any] = RECV_SIZE
 
-_READ: Final = 1
 _WRITE: Final = 2
 _AGAIN: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
@@ -180,7 +180,9 @@ class Conn:
         # Python int that os.read/os.write take, not re-boxed for every call.
         self.fd: Any = sock.fileno()
         self.plain = isinstance(sock, PlainSocket)  # not TLS: read/write the fd directly
-        self.rw = loop.io(self.fd, _READ)
+        # pooler._sysio's Watcher when pooler/hub.py runs the loop (called by libev without
+        # gevent's generic callback in between), else gevent's io watcher.
+        self.rw = _reader(loop, self.fd)
         # The callback ``rw`` runs now, None while stopped: starting it again with the same
         # callback (a waiting client given a server, a server given the next client) is
         # then no call into gevent at all, and stopping a stopped watcher neither.

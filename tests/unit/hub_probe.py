@@ -12,6 +12,7 @@ from pooler import hub  # noqa: E402
 
 installed = hub._SYSIO is not None  # install() succeeded in manage.py
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -79,6 +80,76 @@ gevent.signal_handler(signal.SIGUSR1, lambda: got.append(1))
 signal.raise_signal(signal.SIGUSR1)
 gevent.sleep(0.05)
 seen["signal"] = got == [1]
+
+# The relay's read watchers (hub.reader): pooler._sysio.Watcher when this hub runs.
+loop = gevent.get_hub().loop
+a, b = socket.socketpair()
+a.setblocking(False)
+watcher = hub.reader(loop, a.fileno())
+seen["reader"] = f"{type(watcher).__module__}.{type(watcher).__name__}"
+calls: list[tuple[str, bytes]] = []
+watcher.start(lambda: calls.append(("first", a.recv(10))))
+b.send(b"x")
+gevent.sleep(0.02)
+watcher.stop()
+b.send(b"y")
+gevent.sleep(0.02)  # stopped: not called
+seen["reader_active_after_stop"] = watcher.active
+watcher.start(lambda: calls.append(("second", a.recv(10))))  # "y" is still there
+gevent.sleep(0.02)
+# An exception in the callback goes to the hub's handle_error, as from gevent's watchers.
+errors: list[tuple[bool, str]] = []
+the_hub = gevent.get_hub()
+the_hub.handle_error = lambda ctx, t, v, tb: errors.append((ctx is watcher, t.__name__))
+
+
+def boom() -> None:
+    a.recv(10)
+    raise ValueError("boom")
+
+
+watcher.start(boom)
+b.send(b"z")
+gevent.sleep(0.02)
+del the_hub.handle_error
+watcher.start(lambda: calls.append(("after_error", a.recv(10))))
+b.send(b"w")
+gevent.sleep(0.02)
+watcher.stop()
+seen["reader_errors"] = errors
+# Started, a watcher keeps itself alive (as gevent's do): one no one else refers to is
+# still called, and stops itself here.
+c, d = socket.socketpair()
+c.setblocking(False)
+
+
+def unreferenced() -> None:
+    kept = hub.reader(loop, c.fileno())
+
+    def callback() -> None:
+        calls.append(("kept", c.recv(10)))
+        kept.stop()
+
+    kept.start(callback)
+
+
+unreferenced()
+gc.collect()
+d.send(b"q")
+gevent.sleep(0.02)
+# A compiled method as the callback (the relay's case): netio.Conn.close_socket.
+from pooler import netio  # noqa: E402
+from pooler.loginio import PlainSocket  # noqa: E402
+
+e, f = socket.socketpair()
+conn = netio.Conn(PlainSocket(e.family, e.type, e.proto, e.detach()))
+conn.start_reading(conn.close_socket)
+f.send(b"bye")
+gevent.sleep(0.02)
+seen["compiled_callback_ran"] = conn.closed
+seen["reader_calls"] = [[name, data.decode()] for name, data in calls]
+for sock in (a, b, c, d, f):
+    sock.close()
 
 # With nothing left to wait for, the loop returns and the hub raises LoopExit in the
 # waiter, as gevent's does; the hub then serves again.

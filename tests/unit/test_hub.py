@@ -61,6 +61,18 @@ def test_the_loop_serves_every_kind_of_event() -> None:
     assert seen["threadpool"] == 45
     assert seen["dns"] == "127.0.0.1"
     assert seen["signal"] is True
+    assert seen["reader"] == (
+        "pooler._sysio.Watcher" if hotpath.compiled else "gevent.libev.corecext.io"
+    )
+    assert seen["reader_calls"] == [
+        ["first", "x"],
+        ["second", "y"],
+        ["after_error", "w"],
+        ["kept", "q"],
+    ]
+    assert seen["reader_active_after_stop"] is False
+    assert seen["reader_errors"] == [[True, "ValueError"]]
+    assert seen["compiled_callback_ran"] is True
     assert seen["loop_exit"] is True
     assert seen["after_loop_exit"] == "again"
 
