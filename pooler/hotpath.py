@@ -56,8 +56,9 @@ MODULES = (
     "pooler/bans.py",
 )
 # Hand-written C built with them (module name, source): read(2)/write(2) and gevent's loop
-# without releasing the GIL, see pooler/_sysio.c. netio falls back to os.read/os.write and
-# pooler/hub.py to gevent's hub when it is not there.
+# without releasing the GIL, and read watchers libev calls straight into, see
+# pooler/_sysio.c. netio falls back to os.read/os.write and pooler/hub.py to gevent's hub and
+# watchers when it is not there.
 NATIVE = (("pooler._sysio", "pooler/_sysio.c"),)
 # The packages whose __path__ gets the compiled directory first (see their __init__.py).
 PACKAGES = ("pooler", "pooler.protocol", "pooler.pgbouncer", "pooler.cluster", "pooler.auth")
