@@ -123,6 +123,10 @@ class Node:
         del self.pools[key]
         del self._pools_by_fields[key.tenant, key.user, key.database, key.mode]
         pool.close(reason)
+        if pool.resetting:
+            # The janitor no longer sees this pool: a reset that answers closes its server
+            # (the pool is closed); one that hangs is expired here, once, after the limit.
+            gevent.spawn_later(self.settings.server_reset_timeout + 1.0, self._expire_dropped, pool)
         for client in list(self.clients.values()):
             if client.pool is pool:
                 client.fatal("57P01", f"terminating connection: {reason} ({pool.key})")
@@ -298,19 +302,26 @@ class Node:
                 if ticks % 10 == 0 and pool.idle:
                     pool.close_idle(now)
                 if ticks % 10 == 0 and pool.resetting:
-                    limit = self.settings.server_reset_timeout
-                    for server in pool.expire_resets(now, limit):
-                        log.warning(
-                            "server pid=%s of %s did not answer its reset or check query "
-                            "within %g s: closed, its query cancelled (is the database "
-                            "overloaded or unreachable? --server-reset-timeout sets the limit)",
-                            server.pid,
-                            pool.key,
-                            limit,
-                        )
-                        self.cancel_server(server)
+                    self.expire_resets(pool, now)
             if ticks % 10 == 0:
                 self._client_timeouts(now)
+
+    def _expire_dropped(self, pool: Pool) -> None:
+        self.expire_resets(pool, time.monotonic())
+
+    def expire_resets(self, pool: Pool, now: float) -> None:
+        """Close ``pool``'s servers whose reset or check query hangs, and cancel it."""
+        limit = self.settings.server_reset_timeout
+        for server in pool.expire_resets(now, limit):
+            log.warning(
+                "server pid=%s of %s did not answer its reset or check query within %g s: "
+                "closed, its query cancelled (is the database overloaded or unreachable? "
+                "--server-reset-timeout sets the limit)",
+                server.pid,
+                pool.key,
+                limit,
+            )
+            self.cancel_server(server)
 
     def _client_timeouts(self, now: float) -> None:
         idle_tx = self.settings.idle_transaction_timeout

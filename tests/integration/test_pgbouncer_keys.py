@@ -27,7 +27,9 @@ SEQ = "gv_check_seq"
 RESET_TIMEOUT = 1.0  # --server-reset-timeout: a reset query that hangs loses its server
 
 
-def ini_text(pg_port: int, port: int, workdir: Path, **overrides: str) -> str:
+def ini_text(
+    pg_port: int, port: int, workdir: Path, without: tuple[str, ...] = (), **overrides: str
+) -> str:
     upstream = f"host={HOST} port={pg_port}"
     settings = {
         "listen_addr": HOST,
@@ -42,12 +44,16 @@ def ini_text(pg_port: int, port: int, workdir: Path, **overrides: str) -> str:
         "logfile": str(workdir / "gv.log"),
     }
     settings.update(overrides)
+    databases = {
+        "res": f"{upstream} dbname={RES_DB} pool_mode=session reserve_pool=1",
+        "sess": f"{upstream} dbname={KEYS_DB} pool_mode=session",
+        "tx": f"{upstream} dbname={KEYS_DB}",
+    }
     return (
         "[databases]\n"
-        f"res = {upstream} dbname={RES_DB} pool_mode=session reserve_pool=1\n"
-        f"sess = {upstream} dbname={KEYS_DB} pool_mode=session\n"
-        f"tx = {upstream} dbname={KEYS_DB}\n"
-        "\n[pgbouncer]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+        + "".join(f"{name} = {line}\n" for name, line in databases.items() if name not in without)
+        + "\n[pgbouncer]\n"
+        + "".join(f"{key} = {value}\n" for key, value in settings.items())
     )
 
 
@@ -81,10 +87,11 @@ def gv(
         process.stop()
 
 
-def configure(gv: IniPoolerProcess, **overrides: str) -> None:
-    """Rewrite pgbouncer.ini with ``overrides`` and SIGHUP; returns once it was re-read."""
+def configure(gv: IniPoolerProcess, without: tuple[str, ...] = (), **overrides: str) -> None:
+    """Rewrite pgbouncer.ini with ``overrides`` (and the databases ``without`` left out) and
+    SIGHUP; returns once it was re-read."""
     pg_port = gv.ini.read_text().split(" port=", 1)[1].split()[0]
-    gv.ini.write_text(ini_text(int(pg_port), gv.listen_port, gv.workdir, **overrides))
+    gv.ini.write_text(ini_text(int(pg_port), gv.listen_port, gv.workdir, without, **overrides))
     gv.reload()
 
 
@@ -245,6 +252,30 @@ def test_a_server_killed_while_idle_is_never_handed_out(
         conn.close()
 
 
+def start_hung_reset(gv: IniPoolerProcess, pg: PgCluster) -> int:
+    """A session-mode client leaves; its server's reset query (pg_sleep(60)) is running.
+    Returns that backend's pid."""
+    first = connect(gv, "sess")
+    stuck = int(one(first, "select pg_backend_pid()"))
+    first.close()
+    for _ in range(50):
+        rows = pg.execute(
+            "select query from pg_stat_activity where pid = %s", [stuck], dbname=KEYS_DB
+        )
+        if rows and "pg_sleep" in rows[0][0]:
+            return stuck
+        time.sleep(0.05)
+    pytest.fail("the reset query never started")
+
+
+def wait_gone(pg: PgCluster, pid: int, seconds: float) -> None:
+    for _ in range(int(seconds * 10)):
+        if pid not in backends(pg, KEYS_DB):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"backend {pid} still runs the abandoned reset query after {seconds} s")
+
+
 def test_a_reset_query_that_hangs_loses_its_server_not_the_pool_slot(
     gv: IniPoolerProcess, pg: PgCluster
 ) -> None:
@@ -253,18 +284,7 @@ def test_a_reset_query_that_hangs_loses_its_server_not_the_pool_slot(
     gets a new server in seconds instead of waiting for (or never getting) the slot."""
     configure(gv, server_reset_query="select pg_sleep(60)")
     try:
-        first = connect(gv, "sess")
-        stuck = one(first, "select pg_backend_pid()")
-        first.close()  # the reset query starts on its server
-        for _ in range(50):
-            rows = pg.execute(
-                "select query from pg_stat_activity where pid = %s", [stuck], dbname=KEYS_DB
-            )
-            if rows and "pg_sleep" in rows[0][0]:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("the reset query never started")
+        stuck = start_hung_reset(gv, pg)
         started = time.monotonic()
         second = connect(gv, "sess")
         try:
@@ -274,12 +294,7 @@ def test_a_reset_query_that_hangs_loses_its_server_not_the_pool_slot(
         waited = time.monotonic() - started
         assert fresh != stuck
         assert waited < 30, f"the next client waited {waited:.1f} s for the pool slot"
-        for _ in range(100):  # cancelled, then gone: the backend does not sleep on
-            if stuck not in backends(pg, KEYS_DB):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"backend {stuck} still runs the abandoned reset query")
+        wait_gone(pg, stuck, 10)  # cancelled, then gone: the backend does not sleep on
         assert "did not answer its reset or check query" in gv.log_text()
     finally:
         configure(gv)
@@ -291,3 +306,17 @@ def test_a_reset_query_that_hangs_loses_its_server_not_the_pool_slot(
             ):
                 break
             time.sleep(0.1)
+
+
+def test_a_hung_reset_in_a_pool_that_is_dropped_is_still_cancelled(
+    gv: IniPoolerProcess, pg: PgCluster
+) -> None:
+    """The database is removed from pgbouncer.ini while its server's reset hangs: the pool
+    is gone from the janitor's view, and the server is still closed after the timeout."""
+    configure(gv, server_reset_query="select pg_sleep(60)")
+    try:
+        stuck = start_hung_reset(gv, pg)
+        configure(gv, without=("sess",), server_reset_query="select pg_sleep(60)")
+        wait_gone(pg, stuck, RESET_TIMEOUT + 10)
+    finally:
+        configure(gv)
