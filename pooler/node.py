@@ -123,13 +123,13 @@ class Node:
         del self.pools[key]
         del self._pools_by_fields[key.tenant, key.user, key.database, key.mode]
         pool.close(reason)
-        if pool.resetting:
-            # The janitor no longer sees this pool: a reset that answers closes its server
-            # (the pool is closed); one that hangs is expired here, once, after the limit.
-            gevent.spawn_later(self.settings.server_reset_timeout + 1.0, self._expire_dropped, pool)
         for client in list(self.clients.values()):
             if client.pool is pool:
                 client.fatal("57P01", f"terminating connection: {reason} ({pool.key})")
+        if pool.resetting:  # after the clients: leaving, they may have started resets
+            # The janitor no longer sees this pool: a reset that answers closes its server
+            # (the pool is closed); one that hangs is expired here, once, after the limit.
+            gevent.spawn_later(self.settings.server_reset_timeout + 1.0, self._expire_dropped, pool)
 
     def scram_secret(self, user: UserConfig) -> ScramSecret:
         """A SCRAM verifier for a tenant user, made once per password."""
