@@ -483,13 +483,6 @@ watcher_active(Watcher *self, void *closure)
     return PyBool_FromLong(self->io.active);
 }
 
-static PyObject *
-watcher_fd(Watcher *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromLong(self->io.fd);
-}
-
 static PyMethodDef watcher_methods[] = {
     {"start", (PyCFunction)watcher_start, METH_O,
      "start(callback): call callback() whenever the descriptor is readable."},
@@ -499,13 +492,11 @@ static PyMethodDef watcher_methods[] = {
 
 static PyMemberDef watcher_members[] = {
     {"loop", T_OBJECT, offsetof(Watcher, loop_obj), READONLY, "gevent's loop"},
-    {"callback", T_OBJECT, offsetof(Watcher, callback), READONLY, "None while stopped"},
     {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef watcher_getset[] = {
     {"active", (getter)watcher_active, NULL, "started", NULL},
-    {"fd", (getter)watcher_fd, NULL, "the descriptor", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
