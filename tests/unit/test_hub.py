@@ -108,3 +108,13 @@ def test_the_native_loop_refuses_what_it_cannot_run() -> None:
     sysio.bind_libev(corecext.__file__)
     with pytest.raises(ValueError, match="destroyed"):
         sysio.run_loop(0)
+
+    class DestroyedLoop:  # gevent's loop after destroy(): its ptr reads 0
+        ptr = 0
+
+    with pytest.raises(ValueError, match="destroyed"):
+        sysio.Watcher(DestroyedLoop(), 0)
+    with pytest.raises(ValueError, match="negative"):
+        sysio.Watcher(DestroyedLoop(), -1)
+    with pytest.raises(AttributeError):
+        sysio.Watcher(object(), 0)  # not a loop
