@@ -32,11 +32,14 @@ on): tests drive it with any object that has a ``recv`` (tests/unit/test_loginio
 from __future__ import annotations
 
 import _socket
+import importlib
 from typing import Any, Final
 
 from gevent import Greenlet, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
+from greenlet import greenlet as RawGreenlet
 
+from pooler import hub as _hubs
 from pooler.protocol.errors import ProtocolError
 
 #: How many connections one readiness event of a listening socket accepts at most (gevent's
@@ -60,6 +63,27 @@ _getcurrent: Final = getcurrent
 _spawn: Final = Greenlet.spawn
 
 
+def _native() -> Any:
+    """pooler._sysio when the compiled hot path has it, else None."""
+    try:
+        return importlib.import_module("pooler._sysio")
+    except ImportError:
+        return None
+
+
+_SYSIO: Final = _native()
+#: accept(2) answering None for "nothing waiting" (pooler/_sysio.c), or None: then
+#: socket._accept(), which raises BlockingIOError for it.
+_accept: Final[Any] = _SYSIO.accept if _SYSIO is not None else None
+#: read(2)/write(2) with the GIL held (as netio's relay), or None: then the socket's recv and
+#: send, which release the GIL around the call (~450 instructions each, eight per login).
+_read_fd: Final[Any] = _SYSIO.read if _SYSIO is not None else None
+_write_fd: Final[Any] = _SYSIO.write if _SYSIO is not None else None
+#: greenlet's own switch: to the hub without gevent's Hub.switch (a getattr for a
+#: ``switch_out`` hook no login greenlet has).
+_switch_to: Final = RawGreenlet.switch
+
+
 class LoginSocket:
     """A client's socket during the login, with reads buffered (see the module docstring).
 
@@ -67,7 +91,7 @@ class LoginSocket:
     itself (one libev watcher, made at the first wait); over a gevent socket (tests, and
     anything else that hands one in) gevent waits."""
 
-    __slots__ = ("sock", "buf", "answered", "watcher")
+    __slots__ = ("sock", "buf", "answered", "watcher", "reader")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
@@ -76,6 +100,8 @@ class LoginSocket:
         #: yet, so the next read waits for it first instead of failing with EAGAIN.
         self.answered = False
         self.watcher: Any = None
+        #: pooler._sysio's read watcher while pooler/hub.py runs the loop (see _wait).
+        self.reader: Any = None
 
     def _read(self, size: int) -> bytes:
         """One recv() of the socket. After an answer of ours, wait until the socket is
@@ -88,7 +114,10 @@ class LoginSocket:
                 self._wait(_READ)
             while True:
                 try:
-                    data: bytes = sock.recv(size)
+                    if _read_fd is not None:  # fileno(): -1 once closed (EBADF), never stale
+                        data: bytes = _read_fd(sock.fileno(), size)
+                    else:
+                        data = sock.recv(size)
                     return data
                 except BlockingIOError:
                     self._wait(_READ)
@@ -100,9 +129,28 @@ class LoginSocket:
         return data
 
     def _wait(self, events: int) -> None:
-        """Park this greenlet until the plain socket is readable (or writable)."""
-        watcher = self.watcher
+        """Park this greenlet until the plain socket is readable (or writable).
+
+        Reads, while pooler/hub.py runs the loop (runpooler): a pooler._sysio Watcher whose
+        callback is this greenlet's own ``switch``, and a plain switch to the hub; libev's
+        event switches straight back here. gevent's ``hub.wait`` does the same through a
+        Waiter, a watcher started with a callback and an argument tuple, its generic
+        callback and Hub.switch: some 4,000 instructions per wait, four waits per SCRAM
+        login. A kill or the login timer's throw arrives at the switch like at gevent's
+        wait and stops the watcher on its way out; anything else that switched in early
+        finds the socket not yet readable and waits again (_read loops on EAGAIN)."""
         hub = _get_hub()
+        if events == _READ and _hubs._SYSIO is not None:
+            reader = self.reader
+            if reader is None:
+                reader = self.reader = _hubs.reader(hub.loop, self.sock.fileno())
+            reader.start(_getcurrent().switch)
+            try:
+                _switch_to(hub)
+            finally:
+                reader.stop()
+            return
+        watcher = self.watcher
         if watcher is None or watcher.events != events:
             if watcher is not None:
                 watcher.close()
@@ -116,7 +164,10 @@ class LoginSocket:
             sock.sendall(data)
             return
         try:  # nearly always taken whole: login messages are small
-            first: int = sock.send(data)
+            if _write_fd is not None:
+                first: int = _write_fd(sock.fileno(), data)
+            else:
+                first = sock.send(data)
         except BlockingIOError:
             first = 0
         if first == len(data):
@@ -133,6 +184,7 @@ class LoginSocket:
                 self._wait(_WRITE)
 
     def _drop_watcher(self) -> None:
+        self.reader = None  # stopped after every wait
         watcher = self.watcher
         if watcher is not None:
             self.watcher = None
@@ -240,9 +292,16 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
     connection (pooler.listener.LoginServer). False at an accept error other than "nothing
     waiting": the caller handles that (EMFILE...)."""
     family, kind, proto = listener.family, listener.type, listener.proto
+    lfd = listener.fileno() if _accept is not None else -1
     for _ in range(MAX_ACCEPT):
         try:
-            fd, address = listener._accept()
+            if lfd >= 0:  # no exception for the last, failed accept (pooler/_sysio.c)
+                accepted = _accept(lfd)
+                if accepted is None:
+                    return True
+                fd, address = accepted
+            else:
+                fd, address = listener._accept()
         except BlockingIOError:
             return True
         except OSError:

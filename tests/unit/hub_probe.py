@@ -151,6 +151,37 @@ seen["reader_calls"] = [[name, data.decode()] for name, data in calls]
 for sock in (a, b, c, d, f):
     sock.close()
 
+# A login's reads (loginio.LoginSocket over a plain socket): a Watcher whose callback
+# switches straight back to the waiting greenlet. A kill while it waits stops the watcher
+# on the way out (the login timer's throw takes the same way); the next read waits again.
+from pooler.loginio import LoginSocket  # noqa: E402
+
+g, h = socket.socketpair()
+login = LoginSocket(PlainSocket(g.family, g.type, g.proto, g.detach()))
+login.sock.setblocking(False)
+gevent.spawn_later(0.02, h.sendall, b"p\0\0\0\x08abcd")
+first = netio.read_message(login, 8192)
+# gevent's hub (pure Python): gevent's io watcher, kept as LoginSocket.watcher.
+used = login.reader if login.reader is not None else login.watcher
+reader_type = f"{type(used).__module__}.{type(used).__name__}"
+waiting = gevent.spawn(netio.read_message, login, 8192)
+gevent.sleep(0.02)
+active_while_waiting = used.active
+waiting.kill()
+active_after_kill = used.active
+gevent.spawn_later(0.02, h.sendall, b"p\0\0\0\x06xy")
+second = netio.read_message(login, 8192)
+seen["login_reads"] = {
+    "reader": reader_type,
+    "messages": [[kind, body.decode()] for kind, body in (first, second)],
+    "active_while_waiting": active_while_waiting,
+    "killed": type(waiting.value).__name__,
+    "active_after_kill": active_after_kill,
+    "active_after": used.active,
+}
+login.close()
+h.close()
+
 # With nothing left to wait for, the loop returns and the hub raises LoopExit in the
 # waiter, as gevent's does; the hub then serves again.
 try:

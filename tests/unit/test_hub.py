@@ -73,6 +73,14 @@ def test_the_loop_serves_every_kind_of_event() -> None:
     assert seen["reader_active_after_stop"] is False
     assert seen["reader_errors"] == [[True, "ValueError"]]
     assert seen["compiled_callback_ran"] is True
+    assert seen["login_reads"] == {
+        "reader": "pooler._sysio.Watcher" if hotpath.compiled else "gevent.libev.corecext.io",
+        "messages": [[ord("p"), "abcd"], [ord("p"), "xy"]],
+        "active_while_waiting": True,
+        "killed": "GreenletExit",
+        "active_after_kill": False,
+        "active_after": False,
+    }
     assert seen["loop_exit"] is True
     assert seen["after_loop_exit"] == "again"
 

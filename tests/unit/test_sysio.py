@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pooler import hotpath, netio
+from pooler import hotpath, loginio, netio
 
 pytestmark = pytest.mark.unit
 
@@ -52,6 +52,10 @@ def test_the_compiled_hot_path_uses_the_native_pair() -> None:
         assert netio._os_write.__module__ == "pooler._sysio"
     else:
         assert netio._os_read is os.read and netio._os_write is os.write
+    # The login's accept loop: _sysio.accept with it, socket._accept without.
+    assert (loginio._accept is not None) == netio.NATIVE_IO
+    if netio.NATIVE_IO:
+        assert loginio._accept.__module__ == "pooler._sysio"
 
 
 @pytest.mark.parametrize("size", [1, 5, 479, 480, 4096, 65536, 65537, 200_000])
@@ -176,3 +180,79 @@ def test_writing_to_a_closed_peer_is_epipe(io: tuple[Any, Any], pair: Any) -> No
     with pytest.raises(OSError) as caught:
         write(ours.fileno(), b"x")
     assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+# -- accept(fd): socket._accept() without the exception for "nothing waiting" ---------------
+
+ACCEPTS: list[Any] = [pytest.param(None, id="socket")]
+if hotpath.compiled:
+    ACCEPTS.append(pytest.param(_native.accept, id="native"))
+
+
+def _accept_with(accept: Any, listener: socket.socket) -> tuple[int, Any] | None:
+    """accept's answer, or socket._accept()'s with BlockingIOError as None."""
+    if accept is not None:
+        answer: tuple[int, Any] | None = accept(listener.fileno())
+        return answer
+    try:
+        fd, address = listener._accept()  # type: ignore[attr-defined]
+    except BlockingIOError:
+        return None
+    return fd, address
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_accept_answers_what_socket_accept_does(accept: Any, family: int, tmp_path: Any) -> None:
+    """Nothing waiting: None (no exception). A connection: its descriptor (close-on-exec,
+    connected to the client) and the peer address exactly as socket.accept() gives it
+    (IPv4 pair, IPv6 4-tuple, Unix path: '' for a client that did not bind)."""
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_UNIX:
+        where: Any = str(tmp_path / "s")
+    elif family == socket.AF_INET6:
+        where = ("::1", 0)
+    else:
+        where = ("127.0.0.1", 0)
+    try:
+        listener.bind(where)
+    except OSError as exc:  # no IPv6 loopback on this machine
+        listener.close()
+        pytest.skip(f"cannot bind {where}: {exc}")
+    listener.listen(4)
+    listener.setblocking(False)
+    with listener:
+        assert _accept_with(accept, listener) is None
+        client = socket.socket(family, socket.SOCK_STREAM)
+        with client:
+            client.connect(listener.getsockname())
+            answer = _accept_with(accept, listener)
+            assert answer is not None
+            fd, address = answer
+            conn = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            with conn:
+                assert conn.get_inheritable() is False
+                assert address == conn.getpeername() == client.getsockname()
+                assert type(address) is type(client.getsockname())
+                client.sendall(b"ping")
+                assert conn.recv(10) == b"ping"
+            assert _accept_with(accept, listener) is None
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_accept_refuses_what_is_not_a_listening_socket(accept: Any, pair: Any) -> None:
+    """A socket that is not listening: OSError EINVAL from both; the native one also
+    refuses a closed descriptor (EBADF) and a non-integer."""
+    ours, _ = pair
+    with pytest.raises(OSError) as caught:
+        _accept_with(accept, ours)
+    assert caught.value.errno == errno.EINVAL
+    if accept is None:
+        return
+    closed = os.dup(ours.fileno())
+    os.close(closed)
+    with pytest.raises(OSError) as caught:
+        accept(closed)
+    assert caught.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        accept("3")
