@@ -59,6 +59,10 @@ from bench.scenarios import (  # noqa: E402
     text_table,
 )
 
+# Ports below the kernel's ephemeral range, never one twice per run: a port the kernel picks
+# for bind(0) can be given to an outgoing connection before the target listens on it.
+from tests.support.net import free_port  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 PG_BINDIR = Path(os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin"))
@@ -188,12 +192,6 @@ class Processes:
             self.pgbench_pid = None
         while self.children:
             self.stop(self.children[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(ready: Callable[[], bool], child: Child, what: str) -> None:
