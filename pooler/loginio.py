@@ -8,9 +8,13 @@ the whole message: :class:`LoginSocket` wraps the client's socket, reads up to
 :data:`READ_SIZE` bytes at a time and serves ``recv(n)`` from what it holds. The socket is
 the plain non-blocking one the listener accepted (:func:`accept_logins`): LoginSocket waits
 for readiness itself, with a libev watcher, and ``sendall`` waits while the kernel's buffer
-is full. Everything else (setsockopt, family...) goes to the wrapped socket unchanged, so
-the login code, which only calls ``recv`` through ``recv_exact``/``read_message``, does not
-change. A TLS handshake continues on a gevent socket (:meth:`LoginSocket.to_gevent`).
+is full. With the compiled hot path it reads and writes the descriptor as the relay does
+(``pooler._sysio`` read/write, the GIL held), waits for reads on a ``pooler._sysio.Watcher``
+that switches straight back to the login's greenlet, and the accept loop uses
+``pooler._sysio.accept`` (None, not an exception, when nothing is waiting). Everything
+else (setsockopt, family...) goes to the wrapped socket unchanged, so the login code, which
+only calls ``recv`` through ``recv_exact``/``read_message``, does not change. A TLS
+handshake continues on a gevent socket (:meth:`LoginSocket.to_gevent`).
 
 Bytes the client sent ahead (before the server answered) are kept, never lost:
 
