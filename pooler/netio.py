@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import importlib
 import os
 from typing import Any, Final
 
@@ -24,7 +23,7 @@ from gevent.socket import socket as GeventSocket
 from mypy_extensions import i64
 
 from pooler.hub import reader as _reader
-from pooler.loginio import LoginSocket, PlainSocket
+from pooler.loginio import _SYSIO, LoginSocket, PlainSocket
 from pooler.protocol.errors import ProtocolError
 
 #: Bytes asked for per relay read. Each read returns a new ``bytes`` (which the compiled
@@ -48,13 +47,11 @@ SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 
 
 def _syscalls() -> tuple[Any, Any, bool]:
-    """(read, write, native): pooler._sysio's when the compiled hot path has it, else
-    os.read and os.write."""
-    try:
-        native = importlib.import_module("pooler._sysio")
-    except ImportError:
+    """(read, write, native): pooler._sysio's when the compiled hot path has it (loginio
+    found it), else os.read and os.write."""
+    if _SYSIO is None:
         return os.read, os.write, False
-    return native.read, native.write, True
+    return _SYSIO.read, _SYSIO.write, True
 
 
 #: A plain socket is read and written with read(2)/write(2) on its descriptor: the same
