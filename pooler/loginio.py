@@ -296,7 +296,11 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
     connection (pooler.listener.LoginServer). False at an accept error other than "nothing
     waiting": the caller handles that (EMFILE...)."""
     family, kind, proto = listener.family, listener.type, listener.proto
-    lfd = listener.fileno() if _accept is not None else -1
+    # The native accept keeps the GIL: never on a socket in blocking mode (timeout None, the
+    # only mode whose descriptor blocks), which would stop the whole process until a client
+    # came. The listeners are all non-blocking (gevent's, pooler/listener.py's).
+    native = _accept is not None and listener.gettimeout() is not None
+    lfd = listener.fileno() if native else -1
     for _ in range(MAX_ACCEPT):
         try:
             if lfd >= 0:  # no exception for the last, failed accept (pooler/_sysio.c)
