@@ -102,6 +102,7 @@ class Client(netio.Conn):
         "recent_sql",
         "recent_verdicts",
         "recent_next",
+        "recent_hit",
     )
 
     def __init__(
@@ -164,6 +165,9 @@ class Client(netio.Conn):
         self.recent_sql: list[bytes] | None = None
         self.recent_verdicts: list[tuple[str | None, bool]] = _NO_VERDICTS  # read-only
         self.recent_next = 0  # the entry the next new statement replaces, once full
+        # The entry the last Parse matched or was stored in: the next Parse is looked for
+        # in the entry after it first (a client repeating a sequence, see _recent_index).
+        self.recent_hit: i64 = -1
         # Named prepared statements in transaction mode: the rewriter is switched on when
         # the client first names a statement (see framing's "watching"), not before.
         self.ps: PreparedSession | None = None
@@ -393,13 +397,29 @@ class Client(netio.Conn):
         """Where ``body`` is among this client's recent Parse bodies, or -1: comparing
         bytes is cheaper than hashing them for SEEN_BODY (~1,500 instructions per statement,
         a fifth of a TPC-B transaction's, when this kept only the last one). An index, not
-        the verdict: an optional tuple would be a tuple object made per call when compiled."""
+        the verdict: an optional tuple would be a tuple object made per call when compiled.
+
+        The entry after the last one matched is tried first: a client that runs the same
+        sequence of statements again and again (pgbench's TPC-B, an application's request
+        handler) finds each in one comparison. Every entry looked at is another client's
+        object brought into the cache (the relay goes round all its clients between two
+        of one client's statements): scanning from the start cost ~50 cache misses per
+        TPC-B transaction, a seventh of the relay's, in callgrind's cache simulation."""
         recent = self.recent_sql
         if recent is None:
             return -1
         size = len(body)
+        count = len(recent)
+        at: i64 = self.recent_hit + 1
+        if at >= count:
+            at = 0
+        guess = recent[at]
+        if len(guess) == size and guess == body:
+            self.recent_hit = at
+            return at
         for i, prev in enumerate(recent):
             if len(prev) == size and prev == body:
+                self.recent_hit = i
                 return i
         return -1
 
@@ -409,10 +429,12 @@ class Client(netio.Conn):
             recent = self.recent_sql = []
             self.recent_verdicts = []
         if len(recent) < RECENT_PARSES:
+            self.recent_hit = len(recent)
             recent.append(body)
             self.recent_verdicts.append(verdict)
             return
         at = self.recent_next
+        self.recent_hit = at
         recent[at] = body
         self.recent_verdicts[at] = verdict
         self.recent_next = (at + 1) % RECENT_PARSES

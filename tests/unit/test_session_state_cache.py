@@ -69,3 +69,22 @@ def test_every_statement_of_a_chunk_is_judged(sqls: list[bytes], stateful: bool)
     client._note_session_state(data, server)
     assert server.dirty == stateful
     assert client.ex.sql_type == 0 and client.ex.sql_at is None  # each judged once
+
+
+def test_statements_out_of_turn_are_judged_right() -> None:
+    """The entry after the last match is only a guess (Client._recent_index): a client that
+    changes its order, repeats a statement or skips one still gets each judged by its own
+    bytes, stateful ones of the same length among them."""
+    _pool, (client,), _peers, server, _server_peer = relay_objects(1)
+    statements = [b"SELECT %d FROM pgbench_accounts" % i for i in range(5)]
+    statements.append(b"SET search_path TO " + b"a" * (len(statements[0]) - 19))
+    assert len(set(map(len, statements))) == 1
+    # In turn first (every guess right), then orders where the guess is wrong.
+    order = [0, 1, 2, 3, 4, 5] * 2 + [5, 5, 0, 0, 3, 1, 4, 2, 5, 4, 3, 2, 1, 0, 5, 0, 5]
+    for step, index in enumerate(order):
+        sql = statements[index]
+        data = parse(sql)
+        client.ex.record_sql(F_PARSE, 0, len(data) - 1)  # the body: data[5:]
+        server.dirty = False
+        client._note_session_state(data, server)
+        assert server.dirty == (index == 5), (step, sql)
