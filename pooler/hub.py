@@ -51,14 +51,14 @@ class Hub(GeventHub):  # type: ignore[misc]
     """gevent's Hub whose loop runs with the GIL held (see the module docstring)."""
 
     def run(self) -> None:
-        # gevent's Hub.run, with loop.run() replaced by run_loop(loop.ptr).
+        # gevent's Hub.run, with loop.run() replaced by run_loop(loop).
         assert self is getcurrent(), "Do not call Hub.run() directly"
         self.start_periodic_monitoring_thread()
         while True:
             loop = self.loop
             loop.error_handler = self
             try:
-                _SYSIO.run_loop(loop.ptr)
+                _SYSIO.run_loop(loop)
             finally:
                 loop.error_handler = None
             debug = loop.debug() if hasattr(loop, "debug") else []

@@ -81,6 +81,27 @@ signal.raise_signal(signal.SIGUSR1)
 gevent.sleep(0.05)
 seen["signal"] = got == [1]
 
+# A Python-level handler (signal.signal, not gevent's watcher) for a signal that interrupts
+# the poll while the hub has nothing else to do: it runs at the next loop turn (where
+# gevent checks for signals before its callbacks), not when the 1-second sleep ends.
+handled: list[float] = []
+signal.signal(signal.SIGUSR2, lambda signum, frame: handled.append(time.monotonic()))
+main_thread = monkey.get_original("_thread", "get_ident")()  # the OS thread
+
+
+def poke() -> None:
+    real_sleep(0.1)
+    signal.pthread_kill(main_thread, signal.SIGUSR2)
+
+
+raised_at = time.monotonic() + 0.1
+real_start_thread(poke, ())
+gevent.sleep(1.0)
+seen["python_signal_delay"] = round(handled[0] - raised_at, 3) if handled else None
+# Loop turns that found no gevent callback queued and skipped gevent's (compiled only).
+sysio = hub._SYSIO
+seen["idle_turns"] = sysio.idle_turns() if sysio is not None else None
+
 # The relay's read watchers (hub.reader): pooler._sysio.Watcher when this hub runs.
 loop = gevent.get_hub().loop
 a, b = socket.socketpair()

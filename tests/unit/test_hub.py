@@ -61,6 +61,14 @@ def test_the_loop_serves_every_kind_of_event() -> None:
     assert seen["threadpool"] == 45
     assert seen["dns"] == "127.0.0.1"
     assert seen["signal"] is True
+    # A Python signal handler runs while the loop idles (well before the 1 s sleep ends).
+    assert seen["python_signal_delay"] is not None
+    assert seen["python_signal_delay"] < 0.5
+    # Our hub skips gevent's callback run on turns with nothing queued (pooler/_sysio.c).
+    if hotpath.compiled:
+        assert isinstance(seen["idle_turns"], int) and seen["idle_turns"] > 100
+    else:
+        assert seen["idle_turns"] is None
     assert seen["reader"] == (
         "pooler._sysio.Watcher" if hotpath.compiled else "gevent.libev.corecext.io"
     )
@@ -114,11 +122,14 @@ def test_the_native_loop_refuses_what_it_cannot_run() -> None:
     with pytest.raises(ImportError, match="not loaded"):
         sysio.bind_libev(str(ROOT / "no-such-module.so"))
     sysio.bind_libev(corecext.__file__)
-    with pytest.raises(ValueError, match="destroyed"):
-        sysio.run_loop(0)
 
     class DestroyedLoop:  # gevent's loop after destroy(): its ptr reads 0
         ptr = 0
+
+    with pytest.raises(ValueError, match="destroyed"):
+        sysio.run_loop(DestroyedLoop())
+    with pytest.raises(AttributeError):
+        sysio.run_loop(object())  # not a loop
 
     with pytest.raises(ValueError, match="destroyed"):
         sysio.Watcher(DestroyedLoop(), 0)
