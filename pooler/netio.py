@@ -46,12 +46,22 @@ JOIN_LIMIT: Final = 16 * 1024
 SMALL_READ: Final = 512 - 33  # sys.getsizeof(b"") == 33
 
 
+def _os_send_all(fd: int, data: bytes | memoryview) -> int | None:
+    """pooler._sysio.send's answer from os.write (plain Python): None when all of ``data``
+    was written, else how many bytes were, 0 when the socket is full."""
+    try:
+        sent = os.write(fd, data)
+    except BlockingIOError:  # EAGAIN / EWOULDBLOCK
+        return 0
+    return None if sent == len(data) else sent
+
+
 def _syscalls() -> tuple[Any, Any, bool]:
-    """(read, write, native): pooler._sysio's when the compiled hot path has it (loginio
-    found it), else os.read and os.write."""
+    """(read, send, native): pooler._sysio's read and send when the compiled hot path has
+    them (loginio found the module), else os.read and :func:`_os_send_all`."""
     if _SYSIO is None:
-        return os.read, os.write, False
-    return _SYSIO.read, _SYSIO.write, True
+        return os.read, _os_send_all, False
+    return _SYSIO.read, _SYSIO.send, True
 
 
 #: A plain socket is read and written with read(2)/write(2) on its descriptor: the same
@@ -62,7 +72,9 @@ def _syscalls() -> tuple[Any, Any, bool]:
 #: os.read and os.write release and take it again, ~400 instructions a call.
 _SYSCALLS: Final = _syscalls()
 _os_read: Final = _SYSCALLS[0]
-_os_write: Final = _SYSCALLS[1]
+#: send(fd, data): None when the kernel took all of it, else how much (0: full), no int
+#: object made on the usual path (pooler/_sysio.c).
+_os_send: Final = _SYSCALLS[1]
 NATIVE_IO: Final = _SYSCALLS[2]
 #: The two read sizes as Python ints made once: an i64 passed to os.read() is boxed on
 #: every call, and above 256 that is an allocation (twice per transaction). The native
@@ -245,14 +257,20 @@ class Conn:
             return False
         # An int, not Any: compared with the length as C integers, not PyObject_RichCompare.
         sent: int
-        try:  # send_now(), inlined: this is the relay's every send
-            sent = _os_write(self.fd, data) if self.plain else self.sock.send(data)
-        except OSError as exc:
-            if exc.errno not in _AGAIN:
-                raise
-            sent = 0
-        if sent == len(data):
-            return True
+        if self.plain:  # send_now(), inlined: this is the relay's every send
+            left = _os_send(self.fd, data)
+            if left is None:  # all of it: the usual case
+                return True
+            sent = left
+        else:
+            try:
+                sent = self.sock.send(data)
+            except OSError as exc:
+                if exc.errno not in _AGAIN:
+                    raise
+                sent = 0
+            if sent == len(data):
+                return True
         self.outbuf = bytearray(data[sent:])
         self._wait_writable()
         return False

@@ -192,6 +192,34 @@ def test_a_write_the_kernel_does_not_take_is_sent_when_writable() -> None:
         theirs.close()
 
 
+def test_a_write_to_a_full_socket_keeps_all_of_it() -> None:
+    """The kernel takes nothing (EAGAIN, which the native send answers as 0): the whole
+    write is kept, in order after nothing, and sent once the peer reads."""
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    conn = netio.Conn(ours)
+    filler = bytearray()
+    try:
+        while True:  # bounded: a 4 KB buffer fills within a few sends
+            try:
+                filler += b"f" * ours.send(b"f" * 65536)
+            except BlockingIOError:
+                break
+        assert conn.write(b"kept") is False
+        assert conn.outbuf == b"kept" and conn.ww is not None and conn.ww.active
+        received = bytearray()
+        reader = reader_of(theirs, received, len(filler) + 4)
+        deadline = time.monotonic() + 20
+        while conn.outbuf is not None and time.monotonic() < deadline:
+            gevent.sleep(0.001)
+        reader.join(20)
+        assert bytes(received) == bytes(filler) + b"kept"
+    finally:
+        conn.close_socket()
+        theirs.close()
+
+
 @pytest.mark.parametrize(
     "sizes",
     [

@@ -49,9 +49,9 @@ def test_the_compiled_hot_path_uses_the_native_pair() -> None:
         assert netio.NATIVE_IO
     if netio.NATIVE_IO:
         assert netio._os_read.__module__ == "pooler._sysio"
-        assert netio._os_write.__module__ == "pooler._sysio"
+        assert netio._os_send.__module__ == "pooler._sysio"
     else:
-        assert netio._os_read is os.read and netio._os_write is os.write
+        assert netio._os_read is os.read and netio._os_send is netio._os_send_all
     # The login's accept loop: _sysio.accept with it, socket._accept without.
     assert (loginio._accept is not None) == netio.NATIVE_IO
     if netio.NATIVE_IO:
@@ -179,6 +179,64 @@ def test_writing_to_a_closed_peer_is_epipe(io: tuple[Any, Any], pair: Any) -> No
     theirs.close()
     with pytest.raises(OSError) as caught:
         write(ours.fileno(), b"x")
+    assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+# -- send(fd, data): None when all was written, else the count (0: full) ------------------
+
+SENDS: list[Any] = [pytest.param(netio._os_send_all, id="os")]
+if hotpath.compiled:
+    SENDS.append(pytest.param(_native.send, id="native"))
+
+
+@pytest.mark.parametrize("send", SENDS)
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"Q\x00\x00\x00\x0dSELECT 1\x00", id="bytes"),
+        pytest.param(b"D" * 300, id="bytes-over-256"),
+        pytest.param(bytearray(b"Z\x00\x00\x00\x05I"), id="bytearray"),
+        pytest.param(memoryview(b"..T\x00\x00\x00\x06\x00\x00")[2:], id="memoryview-slice"),
+        pytest.param(b"", id="empty"),
+    ],
+)
+def test_send_of_everything_answers_none(send: Any, pair: Any, data: Any) -> None:
+    ours, theirs = pair
+    assert send(ours.fileno(), data) is None
+    if len(data):
+        assert theirs.recv(1000) == bytes(data)
+
+
+@pytest.mark.parametrize("send", SENDS)
+def test_send_to_a_full_socket_counts_then_answers_zero(send: Any, pair: Any) -> None:
+    """A short write is its count; a full socket is 0, not an exception (the relay then
+    keeps the rest and waits until the socket is writable)."""
+    ours, theirs = pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    chunk = os.urandom(1 << 20)
+    sent = send(ours.fileno(), chunk)
+    assert isinstance(sent, int) and 0 < sent < len(chunk)
+    for _ in range(1000):  # bounded: the buffer fills within a few sends
+        answer = send(ours.fileno(), chunk[:65536])
+        if answer == 0:
+            break
+    assert answer == 0
+    theirs.setblocking(False)
+    got = theirs.recv(1 << 20)
+    assert got == chunk[: len(got)]
+
+
+@pytest.mark.parametrize("send", SENDS)
+def test_send_errors_raise_as_write_does(send: Any, pair: Any) -> None:
+    ours, theirs = pair
+    with pytest.raises(OSError) as caught:
+        send(-1, b"x")
+    assert caught.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        send(ours.fileno(), "text")
+    theirs.close()
+    with pytest.raises(OSError) as caught:
+        send(ours.fileno(), b"x")
     assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
 
 
