@@ -1,7 +1,9 @@
-/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held;
- * gevent's libev loop run with the GIL held but for its poll (run_loop, used by pooler/hub.py);
- * and read watchers on that loop that libev calls straight into (Watcher). Each has its
- * section below.
+/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held (and
+ * send, the relay's write that answers None when the kernel took everything); accept(2)
+ * without an exception for "nothing waiting"; gevent's libev loop run with the GIL held but
+ * for its poll, skipping gevent's callback run on turns with nothing queued (run_loop, used
+ * by pooler/hub.py); and read watchers on that loop that libev calls straight into
+ * (Watcher). Each has its section below.
  *
  * The one piece of hand-written C in Greenvisor, built with the compiled hot path
  * (pooler/hotpath.py) and used by pooler/netio.py in place of os.read and os.write when
