@@ -83,7 +83,7 @@ seen["signal"] = got == [1]
 
 # A Python-level handler (signal.signal, not gevent's watcher) for a signal that interrupts
 # the poll while the hub has nothing else to do: it runs at the next loop turn (where
-# gevent checks for signals before its callbacks), not when the 1-second sleep ends.
+# gevent checks for signals before its callbacks), not when the 2-second sleep ends.
 handled: list[float] = []
 signal.signal(signal.SIGUSR2, lambda signum, frame: handled.append(time.monotonic()))
 main_thread = monkey.get_original("_thread", "get_ident")()  # the OS thread
@@ -96,7 +96,7 @@ def poke() -> None:
 
 raised_at = time.monotonic() + 0.1
 real_start_thread(poke, ())
-gevent.sleep(1.0)
+gevent.sleep(2.0)
 seen["python_signal_delay"] = round(handled[0] - raised_at, 3) if handled else None
 # Loop turns that found no gevent callback queued and skipped gevent's (compiled only).
 sysio = hub._SYSIO

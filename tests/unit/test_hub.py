@@ -61,9 +61,10 @@ def test_the_loop_serves_every_kind_of_event() -> None:
     assert seen["threadpool"] == 45
     assert seen["dns"] == "127.0.0.1"
     assert seen["signal"] is True
-    # A Python signal handler runs while the loop idles (well before the 1 s sleep ends).
+    # A Python signal handler runs while the loop idles (~1 ms; 1.9 s late, when the 2 s
+    # sleep ends, if the loop turn does not check for signals; slack for a loaded machine).
     assert seen["python_signal_delay"] is not None
-    assert seen["python_signal_delay"] < 0.5
+    assert seen["python_signal_delay"] < 1.0
     # Our hub skips gevent's callback run on turns with nothing queued (pooler/_sysio.c).
     if hotpath.compiled:
         assert isinstance(seen["idle_turns"], int) and seen["idle_turns"] > 100
