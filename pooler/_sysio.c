@@ -108,31 +108,46 @@ sysio_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return data;
 }
 
-static PyObject *
-sysio_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* write(2) of a bytes or any buffer to fd, with (fd, data) taken from a FASTCALL call
+ * named `name`. Returns what write(2) returned, the size of data in *size; -2 with a Python
+ * error set when the arguments are wrong (then no system call was made). */
+static Py_ssize_t
+write_args(const char *name, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *size)
 {
     int fd;
     Py_ssize_t sent;
     if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "write() takes 2 arguments (fd, data), %zd given", nargs);
-        return NULL;
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (fd, data), %zd given", name,
+                     nargs);
+        return -2;
     }
     if (fd_of(args[0], &fd) < 0) {
-        return NULL;
+        return -2;
     }
     PyObject *data = args[1];
     if (PyBytes_CheckExact(data)) {
-        sent = SYS_WRITE(fd, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data));
+        *size = PyBytes_GET_SIZE(data);
+        return SYS_WRITE(fd, PyBytes_AS_STRING(data), (size_t)*size);
     }
-    else {
-        Py_buffer view;
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            return NULL;
-        }
-        sent = SYS_WRITE(fd, view.buf, (size_t)view.len);
-        int saved = errno;
-        PyBuffer_Release(&view);
-        errno = saved;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        return -2;
+    }
+    *size = view.len;
+    sent = SYS_WRITE(fd, view.buf, (size_t)view.len);
+    int saved = errno;
+    PyBuffer_Release(&view);
+    errno = saved;
+    return sent;
+}
+
+static PyObject *
+sysio_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t size = 0;
+    Py_ssize_t sent = write_args("write", args, nargs, &size);
+    if (sent == -2) {
+        return NULL;
     }
     if (sent < 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -149,30 +164,10 @@ sysio_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 sysio_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int fd;
-    Py_ssize_t sent, size;
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "send() takes 2 arguments (fd, data), %zd given", nargs);
+    Py_ssize_t size = 0;
+    Py_ssize_t sent = write_args("send", args, nargs, &size);
+    if (sent == -2) {
         return NULL;
-    }
-    if (fd_of(args[0], &fd) < 0) {
-        return NULL;
-    }
-    PyObject *data = args[1];
-    if (PyBytes_CheckExact(data)) {
-        size = PyBytes_GET_SIZE(data);
-        sent = SYS_WRITE(fd, PyBytes_AS_STRING(data), (size_t)size);
-    }
-    else {
-        Py_buffer view;
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            return NULL;
-        }
-        size = view.len;
-        sent = SYS_WRITE(fd, view.buf, (size_t)size);
-        int saved = errno;
-        PyBuffer_Release(&view);
-        errno = saved;
     }
     if (sent == size) {
         Py_RETURN_NONE;

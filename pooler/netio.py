@@ -257,18 +257,13 @@ class Conn:
             return False
         # An int, not Any: compared with the length as C integers, not PyObject_RichCompare.
         sent: int
-        if self.plain:  # send_now(), inlined: this is the relay's every send
+        if self.plain:  # the relay's every send: None when the kernel took all of it
             left = _os_send(self.fd, data)
-            if left is None:  # all of it: the usual case
+            if left is None:
                 return True
             sent = left
-        else:
-            try:
-                sent = self.sock.send(data)
-            except OSError as exc:
-                if exc.errno not in _AGAIN:
-                    raise
-                sent = 0
+        else:  # a TLS stream
+            sent = send_now(self.sock, data)
             if sent == len(data):
                 return True
         self.outbuf = bytearray(data[sent:])
