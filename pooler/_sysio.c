@@ -1,5 +1,5 @@
-/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held (and
- * send, the relay's write that answers None when the kernel took everything); accept(2)
+/* pooler._sysio: read(2) and write(2) on a non-blocking descriptor, with the GIL held (the
+ * write as send, which answers None when the kernel took everything); accept(2)
  * without an exception for "nothing waiting"; gevent's libev loop run with the GIL held but
  * for its poll, skipping gevent's callback run on turns with nothing queued (run_loop, used
  * by pooler/hub.py); and read watchers on that loop that libev calls straight into
@@ -13,11 +13,11 @@
  * empty or full socket answers EAGAIN at once. A select transaction makes two reads and
  * two writes; releasing the GIL around them was a sixth of its instructions.
  *
- * Same contract as os.read/os.write: read(fd, size) -> bytes (b"" at end of file),
- * write(fd, data) -> int bytes written (data: bytes or anything with the buffer protocol),
- * OSError with the errno on failure (EAGAIN included; EINTR is raised too, not retried:
- * the caller's watcher fires again). No signal handlers can run inside: the call cannot
- * block, so none are waited for.
+ * read(fd, size) has os.read's contract: bytes (b"" at end of file), OSError with the errno
+ * on failure (EAGAIN included; EINTR is raised too, not retried: the caller's watcher fires
+ * again). send(fd, data) is write(2) answering None when all was written (its section
+ * below). No signal handlers can run inside: the calls cannot block, so none are waited
+ * for.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -108,66 +108,39 @@ sysio_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return data;
 }
 
-/* write(2) of a bytes or any buffer to fd, with (fd, data) taken from a FASTCALL call
- * named `name`. Returns what write(2) returned, the size of data in *size; -2 with a Python
- * error set when the arguments are wrong (then no system call was made). */
-static Py_ssize_t
-write_args(const char *name, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *size)
-{
-    int fd;
-    Py_ssize_t sent;
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (fd, data), %zd given", name,
-                     nargs);
-        return -2;
-    }
-    if (fd_of(args[0], &fd) < 0) {
-        return -2;
-    }
-    PyObject *data = args[1];
-    if (PyBytes_CheckExact(data)) {
-        *size = PyBytes_GET_SIZE(data);
-        return SYS_WRITE(fd, PyBytes_AS_STRING(data), (size_t)*size);
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-        return -2;
-    }
-    *size = view.len;
-    sent = SYS_WRITE(fd, view.buf, (size_t)view.len);
-    int saved = errno;
-    PyBuffer_Release(&view);
-    errno = saved;
-    return sent;
-}
-
-static PyObject *
-sysio_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_ssize_t size = 0;
-    Py_ssize_t sent = write_args("write", args, nargs, &size);
-    if (sent == -2) {
-        return NULL;
-    }
-    if (sent < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromSsize_t(sent);
-}
-
-
-/* send(fd, data): write(2) for the relay, whose every send wants to know one thing: did
- * the kernel take it all? None when it did (no int object: a written count over 256 was an
- * allocation and a free per send, ~14 per TPC-B transaction), else how many bytes it took,
- * 0 when the socket is full (EAGAIN, or EINTR: an answer, not an exception; the caller waits
- * until the socket is writable). Other errors raise OSError as write() does. */
+/* send(fd, data): write(2) for the relay and the login, whose every send wants to know one
+ * thing: did the kernel take it all? None when it did (no int object: a written count over
+ * 256 was an allocation and a free per send, ~14 per TPC-B transaction), else how many bytes
+ * it took, 0 when the socket is full (EAGAIN, or EINTR: an answer, not an exception; the
+ * caller waits until the socket is writable). Other errors raise OSError as os.write does.
+ * data: bytes or anything with the buffer protocol. */
 static PyObject *
 sysio_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_ssize_t size = 0;
-    Py_ssize_t sent = write_args("send", args, nargs, &size);
-    if (sent == -2) {
+    int fd;
+    Py_ssize_t sent, size;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "send() takes 2 arguments (fd, data), %zd given", nargs);
         return NULL;
+    }
+    if (fd_of(args[0], &fd) < 0) {
+        return NULL;
+    }
+    PyObject *data = args[1];
+    if (PyBytes_CheckExact(data)) {
+        size = PyBytes_GET_SIZE(data);
+        sent = SYS_WRITE(fd, PyBytes_AS_STRING(data), (size_t)size);
+    }
+    else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        size = view.len;
+        sent = SYS_WRITE(fd, view.buf, (size_t)size);
+        int saved = errno;
+        PyBuffer_Release(&view);
+        errno = saved;
     }
     if (sent == size) {
         Py_RETURN_NONE;
@@ -750,8 +723,6 @@ sysio_set_error_handler(PyObject *module, PyObject *handler)
 static PyMethodDef sysio_methods[] = {
     {"read", (PyCFunction)(void (*)(void))sysio_read, METH_FASTCALL,
      "read(fd, size) -> bytes: read(2) on a non-blocking descriptor, the GIL held."},
-    {"write", (PyCFunction)(void (*)(void))sysio_write, METH_FASTCALL,
-     "write(fd, data) -> int: write(2) on a non-blocking descriptor, the GIL held."},
     {"send", (PyCFunction)(void (*)(void))sysio_send, METH_FASTCALL,
      "send(fd, data) -> None | int: write(2) with the GIL held; None when all of data was "
      "written, else the bytes written (0: the socket is full)."},

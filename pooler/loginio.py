@@ -9,7 +9,7 @@ the whole message: :class:`LoginSocket` wraps the client's socket, reads up to
 the plain non-blocking one the listener accepted (:func:`accept_logins`): LoginSocket waits
 for readiness itself, with a libev watcher, and ``sendall`` waits while the kernel's buffer
 is full. With the compiled hot path it reads and writes the descriptor as the relay does
-(``pooler._sysio`` read/write, the GIL held), waits for reads on a ``pooler._sysio.Watcher``
+(``pooler._sysio`` read/send, the GIL held), waits for reads on a ``pooler._sysio.Watcher``
 that switches straight back to the login's greenlet, and the accept loop uses
 ``pooler._sysio.accept`` (None, not an exception, when nothing is waiting). Everything
 else (setsockopt, family...) goes to the wrapped socket unchanged, so the login code, which
@@ -79,10 +79,11 @@ _SYSIO: Final = _native()
 #: accept(2) answering None for "nothing waiting" (pooler/_sysio.c), or None: then
 #: socket._accept(), which raises BlockingIOError for it.
 _accept: Final[Any] = _SYSIO.accept if _SYSIO is not None else None
-#: read(2)/write(2) with the GIL held (as netio's relay), or None: then the socket's recv and
-#: send, which release the GIL around the call (~450 instructions each, eight per login).
+#: read(2) and the relay's send (write(2): None when all was written) with the GIL held, as
+#: netio's relay, or None: then the socket's recv and send, which release the GIL around the
+#: call (~450 instructions each, eight per login).
 _read_fd: Final[Any] = _SYSIO.read if _SYSIO is not None else None
-_write_fd: Final[Any] = _SYSIO.write if _SYSIO is not None else None
+_send_fd: Final[Any] = _SYSIO.send if _SYSIO is not None else None
 #: greenlet's own switch: to the hub without gevent's Hub.switch (a getattr for a
 #: ``switch_out`` hook no login greenlet has).
 _switch_to: Final = RawGreenlet.switch
@@ -167,15 +168,19 @@ class LoginSocket:
         if type(sock) is not PlainSocket:
             sock.sendall(data)
             return
-        try:  # nearly always taken whole: login messages are small
-            if _write_fd is not None:
-                first: int = _write_fd(sock.fileno(), data)
-            else:
+        first: int
+        if _send_fd is not None:  # nearly always taken whole: login messages are small
+            left = _send_fd(sock.fileno(), data)
+            if left is None:
+                return
+            first = left
+        else:
+            try:
                 first = sock.send(data)
-        except BlockingIOError:
-            first = 0
-        if first == len(data):
-            return
+            except BlockingIOError:
+                first = 0
+            if first == len(data):
+                return
         view = memoryview(data)[first:]
         self._wait(_WRITE)
         while view:

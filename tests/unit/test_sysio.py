@@ -1,9 +1,10 @@
-"""pooler/_sysio.c against os.read/os.write: the same contract, call for call.
+"""pooler/_sysio.c against os: read against os.read, send against os.write's answers
+(netio._os_send_all), call for call.
 
-netio reads and writes plain sockets with the native pair when the compiled hot path is
-built (it keeps the GIL during the system call) and with os.read/os.write otherwise. Every
-case here runs on both, so the native pair is checked to answer exactly what os would:
-the same bytes, the same counts, the same errors with the same errno.
+netio and the login read and write plain sockets with the native pair when the compiled
+hot path is built (it keeps the GIL during the system call) and with os.read/os.write
+otherwise. Every case here runs on both, so the native pair is checked to answer exactly
+what os would: the same bytes, the same counts, the same errors with the same errno.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from pooler import hotpath, loginio, netio
 
 pytestmark = pytest.mark.unit
 
-IMPLEMENTATIONS: list[Any] = [pytest.param((os.read, os.write), id="os")]
+IMPLEMENTATIONS: list[Any] = [pytest.param((os.read, netio._os_send_all), id="os")]
 if hotpath.compiled:
     _native = importlib.import_module("pooler._sysio")
-    IMPLEMENTATIONS.append(pytest.param((_native.read, _native.write), id="native"))
+    IMPLEMENTATIONS.append(pytest.param((_native.read, _native.send), id="native"))
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
@@ -115,17 +116,17 @@ def test_nothing_to_read_is_eagain(io: tuple[Any, Any], pair: Any) -> None:
 
 
 def test_a_closed_descriptor_is_ebadf(io: tuple[Any, Any]) -> None:
-    read, write = io
+    read, send = io
     with pytest.raises(OSError) as caught:
         read(-1, 10)
     assert caught.value.errno == errno.EBADF
     with pytest.raises(OSError) as caught:
-        write(-1, b"x")
+        send(-1, b"x")
     assert caught.value.errno == errno.EBADF
 
 
 def test_bad_arguments_are_refused(io: tuple[Any, Any], pair: Any) -> None:
-    read, write = io
+    read, send = io
     ours, _ = pair
     with pytest.raises(OSError) as caught:
         read(ours.fileno(), -1)
@@ -133,53 +134,13 @@ def test_bad_arguments_are_refused(io: tuple[Any, Any], pair: Any) -> None:
     with pytest.raises(TypeError):
         read(ours.fileno(), "10")
     with pytest.raises(TypeError):
-        write(ours.fileno(), "text")  # str has no buffer: encode first, as with os.write
+        send(ours.fileno(), "text")  # str has no buffer: encode first, as with os.write
     with pytest.raises(TypeError):
         read(ours.fileno())
+    with pytest.raises(TypeError):
+        send(ours.fileno())
     with pytest.raises(OverflowError):
         read(1 << 40, 10)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(b"Q\x00\x00\x00\x0dSELECT 1\x00", id="bytes"),
-        pytest.param(bytearray(b"Z\x00\x00\x00\x05I"), id="bytearray"),
-        pytest.param(memoryview(b"..T\x00\x00\x00\x06\x00\x00")[2:], id="memoryview-slice"),
-        pytest.param(b"", id="empty"),
-    ],
-)
-def test_write_sends_the_bytes_and_counts_them(io: tuple[Any, Any], pair: Any, data: Any) -> None:
-    _, write = io
-    ours, theirs = pair
-    assert write(ours.fileno(), data) == len(data)
-    if len(data):
-        assert theirs.recv(100) == bytes(data)
-
-
-def test_a_full_socket_takes_part_then_answers_eagain(io: tuple[Any, Any], pair: Any) -> None:
-    _, write = io
-    ours, theirs = pair
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    chunk = os.urandom(1 << 20)
-    sent = write(ours.fileno(), chunk)
-    assert 0 < sent < len(chunk)  # the kernel took part: a short count, no error
-    with pytest.raises(OSError) as caught:
-        while True:  # bounded: the buffer fills within a few writes
-            write(ours.fileno(), chunk[:65536])
-    assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
-    theirs.setblocking(False)
-    got = theirs.recv(1 << 20)
-    assert got == chunk[: len(got)]
-
-
-def test_writing_to_a_closed_peer_is_epipe(io: tuple[Any, Any], pair: Any) -> None:
-    _, write = io
-    ours, theirs = pair
-    theirs.close()
-    with pytest.raises(OSError) as caught:
-        write(ours.fileno(), b"x")
-    assert caught.value.errno in (errno.EPIPE, errno.ECONNRESET)
 
 
 # -- send(fd, data): None when all was written, else the count (0: full) ------------------
