@@ -5,6 +5,13 @@ line. Each Postgres-protocol listener starts a greenlet per login (:class:`Login
 many slow or half-open logins can delay new logins, never the clients already logged in
 (they have no greenlet). Logins are bounded by the open-file limit, each cut by
 client_login_timeout (tests/integration/test_hostile.py opens 10,000 half-open sockets).
+
+TCP listeners set TCP_DEFER_ACCEPT (``--tcp-defer-accept``, PgBouncer's ``tcp_defer_accept``,
+on by default in both): the kernel completes a connection for accept() only once the client
+has sent its first bytes (Postgres clients speak first: an SSLRequest or the startup
+packet), so a login's first read finds them instead of failing and waiting for them, and a
+connection that never sends anything costs the pooler no descriptor, no greenlet and no
+wake-up. After the period the kernel hands it over anyway (then client_login_timeout runs).
 """
 
 from __future__ import annotations
@@ -104,6 +111,25 @@ class LoginServer(StreamServer):
             gevent.killall([g for g in running if not g.dead], block=True, timeout=1)
 
 
+#: PgBouncer's TCP_DEFER_ACCEPT when its tcp_defer_accept is on ("hardcoded to 45 seconds").
+DEFER_ACCEPT_SECONDS = 45
+
+
+def defer_seconds(tcp_defer_accept: int) -> int:
+    """pgbouncer.ini's tcp_defer_accept (a boolean: 0 off) as TCP_DEFER_ACCEPT seconds."""
+    return DEFER_ACCEPT_SECONDS if tcp_defer_accept else 0
+
+
+def defer_accept(sock: Any, seconds: int) -> bool:
+    """Set TCP_DEFER_ACCEPT on a TCP listening socket (0 turns it off). False where there is
+    nothing to set: not TCP (a Unix socket), or a platform without the option (not Linux)."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    sock.setsockopt(socket.IPPROTO_TCP, option, max(0, seconds))
+    return True
+
+
 def protocol_listener(
     name: str,
     host: str,
@@ -111,6 +137,7 @@ def protocol_listener(
     option: str,
     handle: Callable[[Any, Any], object],
     reuse_port: bool = False,
+    defer_seconds: int = DEFER_ACCEPT_SECONDS,
 ) -> Listener:
     address = _address(host, port, reuse_port, option, name)
     # One greenlet per login: gevent records each new greenlet's spawning greenlet, tree
@@ -121,6 +148,7 @@ def protocol_listener(
     server.reuse_addr = 1
     listener = Listener(name, host, port, server, option)
     _bind(listener)
+    defer_accept(server.socket, defer_seconds)
     return listener
 
 

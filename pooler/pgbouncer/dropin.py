@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pooler.config import ConfigSnapshot, TenantConfig, UserConfig
+from pooler.listener import defer_accept, defer_seconds
 from pooler.node import NodeSettings
 from pooler.pgbouncer.authfile import AuthEntry, AuthFile, load_auth_file
 from pooler.pgbouncer.ini import (
@@ -134,6 +135,8 @@ class DropIn:
         self.consoles = 0  # admin console sessions open
         self.console: Any = None  # pooler.admin.AdminConsole, made at the first console login
         self.shutdown_hook: Any = None  # set by serve: callable(wait_for_clients: bool)
+        #: The Postgres listening sockets (set by serve): a reload applies tcp_defer_accept.
+        self.listen_sockets: list[Any] = []
         self._shadowed: set[str] = set()
         node.pgbouncer = self
         node.settings = node_settings(config, node.settings)
@@ -196,6 +199,8 @@ class DropIn:
                 ", ".join(changes.restart_required),
             )
         self.config, self.authfile = config, authfile
+        for sock in self.listen_sockets:  # from the next connection on, as in PgBouncer
+            defer_accept(sock, defer_seconds(config.settings.tcp_defer_accept))
         self.ini_tenants = self._tenants()
         self.node.settings = node_settings(config, self.node.settings)
         self.node.apply_snapshot(self.db_snapshot)

@@ -208,7 +208,13 @@ KEYS: tuple[Key, ...] = (
     _k("syslog", "bool", "0", IGNORED, "Python logging decides"),
     _k("syslog_facility", "str", "daemon", IGNORED, "Python logging decides"),
     _k("syslog_ident", "str", "pgbouncer", IGNORED, "Python logging decides"),
-    _k("tcp_defer_accept", "int", "1", IGNORED, "kernel defaults"),
+    _k(
+        "tcp_defer_accept",
+        "int",
+        "1",
+        SUPPORTED,
+        "TCP_DEFER_ACCEPT on the listeners, 45 s (PgBouncer's) when not 0",
+    ),
     _k("tcp_keepalive", "bool", "1", IGNORED, "SO_KEEPALIVE is always on for servers"),
     _k("tcp_keepcnt", "int", "0", IGNORED, "kernel defaults"),
     _k("tcp_keepidle", "int", "0", IGNORED, "kernel defaults"),
@@ -278,6 +284,7 @@ class PgBouncerSettings:
     stats_period: int
     scram_iterations: int
     tcp_keepalive: bool
+    tcp_defer_accept: int
     pkt_buf: int
     client_tls_sslmode: str
     server_tls_sslmode: str

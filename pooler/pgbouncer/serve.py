@@ -34,7 +34,13 @@ from typing import Any
 import gevent
 
 from pooler.config import MODE_TRANSACTION
-from pooler.listener import ListenError, http_listener, protocol_listener, stop_all
+from pooler.listener import (
+    ListenError,
+    defer_seconds,
+    http_listener,
+    protocol_listener,
+    stop_all,
+)
 from pooler.login import handle_client
 from pooler.node import Node, NodeSettings
 from pooler.pgbouncer import upkeep
@@ -105,6 +111,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
                 settings.listen_port,
                 "listen_port in pgbouncer.ini",
                 partial(handle_client, node=node, mode=MODE_TRANSACTION),
+                defer_seconds=defer_seconds(settings.tcp_defer_accept),
             )
             for host in _addresses(settings.listen_addr)
         ]
@@ -152,6 +159,7 @@ def serve(command: Any, opts: dict[str, Any], base: NodeSettings) -> None:
         gevent.spawn(wait)
 
     dropin.shutdown_hook = on_shutdown
+    dropin.listen_sockets = [listener.server.socket for listener in listeners[:-1]]
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(on_hup))
     start_serving(node, listeners)
     log.info(

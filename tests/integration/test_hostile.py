@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.conftest import PASSWORDS, PoolerFactory
-from tests.support.net import WireClient, free_port, parse_error_fields
+from tests.support.net import WireClient, free_port, parse_error_fields, tcp_state
 from tests.support.pg import PgCluster
 from tests.support.pooler import HOST, PoolerProcess, both_modes, tenant_doc
 
@@ -305,9 +305,11 @@ def test_ten_thousand_half_open_sockets_do_not_block_logins(
     sockets: list[socket.socket] = []
     try:
         for i in range(count):
-            sockets.append(
-                socket.create_connection((hostile_pooler.host, hostile_pooler.transaction_port))
-            )
+            sock = socket.create_connection((hostile_pooler.host, hostile_pooler.transaction_port))
+            # One byte of a startup packet: a connection that sends nothing at all is not
+            # even accepted (TCP_DEFER_ACCEPT, below); this one is, and its login waits.
+            sock.sendall(b"\0")
+            sockets.append(sock)
             if i % 500 == 499:  # never overflow the accept queue (the kernel would drop SYNs)
                 wait_accepted(hostile_pooler.transaction_port)
         wait_accepted(hostile_pooler.transaction_port)
@@ -321,6 +323,24 @@ def test_ten_thousand_half_open_sockets_do_not_block_logins(
     finally:
         for sock in sockets:
             sock.close()
+    still_serving(hostile_pooler)
+
+
+def test_silent_connection_waits_in_the_kernel_until_it_speaks(
+    hostile_pooler: PoolerProcess,
+) -> None:
+    """runpooler sets TCP_DEFER_ACCEPT by default (``--tcp-defer-accept``, as PgBouncer's
+    tcp_defer_accept): a connection that has sent nothing stays in the kernel (SYN_RECV on
+    the listener's side), not in the pooler; its first bytes start the login."""
+    port = hostile_pooler.transaction_port
+    with socket.create_connection((hostile_pooler.host, port), 10) as sock:
+        mine = sock.getsockname()[1]
+        time.sleep(0.3)
+        assert tcp_state(port, mine) == "03", "a silent connection was accepted (no defer)"
+        sock.sendall(startup(LOGIN))
+        kind, body = _read_typed(sock)
+        assert kind == b"R" and struct.unpack_from("!I", body)[0] == 10  # SASL: served
+        assert tcp_state(port, mine) == "01"
     still_serving(hostile_pooler)
 
 

@@ -5,6 +5,7 @@ port, start-up errors. One Greenvisor for the module (real Postgres, real client
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,14 @@ from pooler.auth.scram import make_secret
 from tests.conftest import PASSWORDS
 from tests.integration.test_pgbouncer_parity import console
 from tests.support.certs import TestCA
-from tests.support.net import WireClient, free_port, login_error, parse_error_fields, port_open
+from tests.support.net import (
+    WireClient,
+    free_port,
+    login_error,
+    parse_error_fields,
+    port_open,
+    tcp_state,
+)
 from tests.support.pg import PgCluster
 from tests.support.pgbouncer import IniPoolerProcess
 from tests.support.pooler import REPO_ROOT, both_modes, manage_env, tenant_doc
@@ -240,6 +248,24 @@ def test_each_auth_type_after_a_reload(gv: IniPoolerProcess, pg: PgCluster) -> N
     finally:
         _rewrite(gv, pg)
     assert refused(gv, "app1user", "anything") == "28P01"
+
+
+def test_tcp_defer_accept_after_a_reload(gv: IniPoolerProcess, pg: PgCluster) -> None:
+    """tcp_defer_accept = 0 and a reload: the next silent connection is accepted at once;
+    back to the default (1): held by the kernel until the client speaks."""
+
+    def silent_state() -> str | None:
+        with socket.create_connection((HOST, gv.listen_port), 10) as sock:
+            time.sleep(0.3)
+            return tcp_state(gv.listen_port, sock.getsockname()[1])
+
+    assert silent_state() == "03"  # SYN_RECV: not accepted yet
+    try:
+        _rewrite(gv, pg, tcp_defer_accept="0")
+        assert silent_state() == "01"  # ESTABLISHED: accepted
+    finally:
+        _rewrite(gv, pg)
+    assert silent_state() == "03"
 
 
 def test_auth_query_for_users_missing_from_the_auth_file(

@@ -17,8 +17,10 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from pooler.auth.scram import make_secret
 from pooler.pgbouncer.authfile import MD5, PLAIN, SCRAM, load_auth_file
 from pooler.pgbouncer.ini import load
 from tests.conftest import PASSWORDS
-from tests.support.net import WireClient, free_port, parse_error_fields, wait_port
+from tests.support.net import WireClient, free_port, parse_error_fields, tcp_state, wait_port
 from tests.support.pg import PgCluster
 from tests.support.pgbouncer import IniPoolerProcess
 
@@ -456,6 +458,19 @@ def test_the_two_poolers_read_the_same_files(
     assert (theirs.parent / "userlist.txt").read_text().splitlines()[1:3] == (
         mine.parent / "userlist.txt"
     ).read_text().splitlines()[1:3]
+
+
+def test_both_hold_a_silent_connection_in_the_kernel(
+    pgbouncer: PgBouncerProcess, greenvisor: IniPoolerProcess
+) -> None:
+    """tcp_defer_accept (default 1): neither pooler accepts a connection before the client
+    has sent something; it waits in the kernel (SYN_RECV on the listener's side)."""
+    seen = {}
+    for name, port in (("pgbouncer", pgbouncer.port), ("greenvisor", greenvisor.listen_port)):
+        with socket.create_connection((HOST, port), 10) as sock:
+            time.sleep(0.3)
+            seen[name] = tcp_state(port, sock.getsockname()[1])
+    assert seen == {"pgbouncer": "03", "greenvisor": "03"}
 
 
 def test_client_scenarios_through_greenvisor_match_pgbouncer(

@@ -55,6 +55,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def tcp_state(port: int, peer_port: int) -> str | None:
+    """The /proc/net/tcp state of the listener-side socket of a connection from
+    ``peer_port`` to ``port`` (hex: 01 ESTABLISHED, 03 SYN_RECV), None if there is none."""
+    with open("/proc/net/tcp") as proc:
+        for line in proc.readlines()[1:]:
+            fields = line.split()
+            local = int(fields[1].split(":")[1], 16)
+            remote = int(fields[2].split(":")[1], 16)
+            if local == port and remote == peer_port:
+                return fields[3]
+    return None
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     """True when a TCP connection to ``host:port`` succeeds."""
     try:

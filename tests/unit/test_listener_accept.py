@@ -31,7 +31,9 @@ def _hub_keeps_running(server: Any, port: int, handled: list[float]) -> float:
     """Connect once, then watch the hub for a second; return the longest stall.
 
     A watchdog thread connects again and again after 2 s so that a hub blocked in accept()
-    wakes up and the test fails instead of hanging."""
+    wakes up and the test fails instead of hanging. Each connection sends a byte, as a
+    client's first message would: the protocol listeners accept only then
+    (TCP_DEFER_ACCEPT)."""
     done = threading.Event()
 
     def watchdog() -> None:
@@ -39,7 +41,8 @@ def _hub_keeps_running(server: Any, port: int, handled: list[float]) -> float:
             return
         while not done.is_set():
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as knock:
+                    knock.sendall(b"\0")
             except OSError:
                 pass
             time.sleep(0.2)
@@ -48,6 +51,7 @@ def _hub_keeps_running(server: Any, port: int, handled: list[float]) -> float:
     thread.start()
     try:
         peer = gsocket.create_connection(("127.0.0.1", port))
+        peer.sendall(b"\0")
         ticks = [time.monotonic()]
         while ticks[-1] - ticks[0] < 1.0:
             gevent.sleep(0.05)
@@ -92,6 +96,15 @@ def test_reuse_port_listener_never_blocks_the_hub() -> None:
     assert stall < 1.0, f"the hub stalled {stall:.2f} s after one client connection"
 
 
+def _closed_by_the_server(peer: Any) -> bool:
+    """EOF, or a reset: closed with our first byte unread, the kernel answers with RST."""
+    peer.settimeout(5)
+    try:
+        return bool(peer.recv(1) == b"")
+    except ConnectionResetError:
+        return True
+
+
 def _login_server(handle: Any) -> tuple[Any, int]:
     lst = listener_mod.protocol_listener("transaction", "127.0.0.1", 0, "--port", handle)
     lst.server.start()
@@ -121,6 +134,8 @@ def test_each_login_gets_a_plain_socket_closed_after_it_unless_detached() -> Non
     server, port = _login_server(handle)
     count = loginio.MAX_ACCEPT + 20
     peers = [gsocket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    for peer in peers:
+        peer.sendall(b"\0")  # a client speaks first: accepted only then (TCP_DEFER_ACCEPT)
     try:
         with gevent.Timeout(10):
             while len(seen) < count:
@@ -136,8 +151,7 @@ def test_each_login_gets_a_plain_socket_closed_after_it_unless_detached() -> Non
                 with pytest.raises(BlockingIOError):
                     peer.recv(1)  # still open: the login took it
             else:
-                peer.settimeout(5)
-                assert peer.recv(1) == b""  # closed for us
+                assert _closed_by_the_server(peer)
     finally:
         server.stop()
         for sock in peers + kept:
@@ -155,6 +169,7 @@ def test_stop_cuts_logins_still_in_progress() -> None:
 
     server, port = _login_server(handle)
     peer = gsocket.create_connection(("127.0.0.1", port))
+    peer.sendall(b"\0")
     try:
         assert started.wait(5)
         assert len(server.logins) == 1
@@ -162,7 +177,59 @@ def test_stop_cuts_logins_still_in_progress() -> None:
         server.stop(timeout=0.1)
         assert time.monotonic() - began < 5
         assert not server.logins
-        peer.settimeout(5)
-        assert peer.recv(1) == b""
+        assert _closed_by_the_server(peer)
     finally:
         peer.close()
+
+
+def _silent_then_speaking(defer_seconds: int) -> tuple[int, bool, bool]:
+    """A protocol listener with ``defer_seconds``; one client connects and stays silent for
+    0.3 s, then sends a byte. Returns (TCP_DEFER_ACCEPT as read back, handled while silent,
+    handled after the byte)."""
+    handled: list[float] = []
+
+    def handle(sock: Any, addr: Any) -> None:
+        handled.append(time.monotonic())
+
+    lst = listener_mod.protocol_listener(
+        "transaction", "127.0.0.1", 0, "--port", handle, defer_seconds=defer_seconds
+    )
+    server = lst.server
+    option = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+    server.start()
+    peer = gsocket.create_connection(("127.0.0.1", server.socket.getsockname()[1]))
+    try:
+        gevent.sleep(0.3)
+        while_silent = bool(handled)
+        peer.sendall(b"\0")
+        with gevent.Timeout(5, False):
+            while not handled:
+                gevent.sleep(0.01)
+        return option, while_silent, bool(handled)
+    finally:
+        peer.close()
+        server.stop()
+
+
+def test_a_silent_connection_is_accepted_only_once_it_speaks() -> None:
+    """TCP_DEFER_ACCEPT (PgBouncer's tcp_defer_accept, on by default): the kernel holds a
+    connection until its first bytes, so no login starts (no descriptor, no greenlet) for a
+    client that never sends any, and a login's first read finds its bytes there."""
+    option, while_silent, after = _silent_then_speaking(listener_mod.DEFER_ACCEPT_SECONDS)
+    assert option >= listener_mod.DEFER_ACCEPT_SECONDS  # the kernel rounds up (to 63)
+    assert not while_silent, "a connection that sent nothing was accepted"
+    assert after, "the connection was not accepted after it sent its first byte"
+
+
+def test_defer_accept_off_accepts_at_once() -> None:
+    option, while_silent, after = _silent_then_speaking(0)
+    assert option == 0
+    assert while_silent and after
+
+
+def test_defer_accept_is_for_tcp_only() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
+        assert listener_mod.defer_accept(unix, 45) is False
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp6:
+        assert listener_mod.defer_accept(tcp6, 45) is True
+        assert tcp6.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 45

@@ -417,6 +417,12 @@ def test_keys_greenvisor_does_not_apply_warn_only_when_changed(tmp_path: Path) -
     ]
 
 
+def test_tcp_defer_accept_is_applied(tmp_path: Path) -> None:
+    assert load_text(tmp_path, "[pgbouncer]\n").settings.tcp_defer_accept == 1
+    config = load_text(tmp_path, "[pgbouncer]\ntcp_defer_accept = 0\n")
+    assert config.settings.tcp_defer_accept == 0 and config.warnings == ()
+
+
 def test_peers_section_is_ignored_with_a_warning(tmp_path: Path) -> None:
     config = load_text(tmp_path, "[pgbouncer]\n[peers]\n1 = host=other\n")
     assert len(config.warnings) == 1 and "[peers] is not supported" in config.warnings[0]

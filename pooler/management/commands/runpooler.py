@@ -20,14 +20,21 @@ from pooler import hotpath, hub, metrics, runtime
 from pooler.cluster.options import add_cluster_arguments, join_cluster
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
-from pooler.listener import ListenError, http_listener, protocol_listener, start_all, stop_all
+from pooler.listener import (
+    DEFER_ACCEPT_SECONDS,
+    ListenError,
+    http_listener,
+    protocol_listener,
+    start_all,
+    stop_all,
+)
 from pooler.login import handle_client
 from pooler.node import SHUTDOWN_MESSAGE, Node, NodeSettings
 
 log = logging.getLogger("pooler")
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, what: str = "a port number") -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -35,8 +42,8 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         sys.stderr.write(
-            f"greenvisor: environment variable {name}={value!r} is not a port "
-            "number; unset it or give a number\n"
+            f"greenvisor: environment variable {name}={value!r} is not {what}; "
+            "unset it or give a number\n"
         )
         raise SystemExit(2) from None
 
@@ -81,6 +88,15 @@ class Command(BaseCommand):
             type=int,
             default=_env_int("PORT", 4000),
             help="HTTP port: admin, API, metrics (env PORT, 4000)",
+        )
+        parser.add_argument(
+            "--tcp-defer-accept",
+            type=int,
+            default=_env_int("TCP_DEFER_ACCEPT", DEFER_ACCEPT_SECONDS, "a number of seconds"),
+            metavar="SECONDS",
+            help="TCP_DEFER_ACCEPT on the Postgres listeners: a connection is accepted once "
+            "the client has sent something, or after this long (0 = off; env "
+            f"TCP_DEFER_ACCEPT, {DEFER_ACCEPT_SECONDS} as PgBouncer's tcp_defer_accept)",
         )
         parser.add_argument(
             "--client-auth",
@@ -256,6 +272,7 @@ class Command(BaseCommand):
                     "--proxy-port-transaction",
                     partial(handle_client, node=node, mode=MODE_TRANSACTION),
                     reuse_port,
+                    opts["tcp_defer_accept"],
                 ),
                 protocol_listener(
                     MODE_SESSION,
@@ -264,6 +281,7 @@ class Command(BaseCommand):
                     "--proxy-port-session",
                     partial(handle_client, node=node, mode=MODE_SESSION),
                     reuse_port,
+                    opts["tcp_defer_accept"],
                 ),
                 http_listener(host, opts["http_port"], get_wsgi_application(), reuse_port),
             ]
