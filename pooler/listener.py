@@ -122,11 +122,21 @@ def defer_seconds(tcp_defer_accept: int) -> int:
 
 def defer_accept(sock: Any, seconds: int) -> bool:
     """Set TCP_DEFER_ACCEPT on a TCP listening socket (0 turns it off). False where there is
-    nothing to set: not TCP (a Unix socket), or a platform without the option (not Linux)."""
+    nothing to set: not TCP (a Unix socket), a platform without the option (not Linux), or
+    a kernel that refuses it (logged: logins work as before, accepted at the handshake)."""
     option = getattr(socket, "TCP_DEFER_ACCEPT", None)
     if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
-    sock.setsockopt(socket.IPPROTO_TCP, option, max(0, seconds))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+    except OSError as exc:
+        log.warning(
+            "greenvisor: cannot set TCP_DEFER_ACCEPT=%d on a listener (%s); connections are "
+            "accepted at the handshake instead (set --tcp-defer-accept 0 to silence this)",
+            seconds,
+            exc.strerror or exc,
+        )
+        return False
     return True
 
 

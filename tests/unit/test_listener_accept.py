@@ -227,9 +227,39 @@ def test_defer_accept_off_accepts_at_once() -> None:
     assert while_silent and after
 
 
-def test_defer_accept_is_for_tcp_only() -> None:
+def test_defer_accept_is_for_tcp_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(listener_mod.log, "warning", lambda msg, *args: warnings.append(msg % args))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix:
         assert listener_mod.defer_accept(unix, 45) is False
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as tcp6:
         assert listener_mod.defer_accept(tcp6, 45) is True
         assert tcp6.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) >= 45
+    refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    refused.close()  # setsockopt fails (EBADF): a warning, and the start goes on
+    assert listener_mod.defer_accept(refused, 45) is False
+    assert len(warnings) == 1 and "cannot set TCP_DEFER_ACCEPT=45" in warnings[0]
+
+
+def test_tcp_defer_accept_option_takes_whole_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management.base import CommandError
+
+    from pooler.management.commands.runpooler import Command
+
+    def parsed(*argv: str) -> int:
+        value: int = (
+            Command().create_parser("manage.py", "runpooler").parse_args(argv).tcp_defer_accept
+        )
+        return value
+
+    monkeypatch.delenv("TCP_DEFER_ACCEPT", raising=False)
+    assert parsed() == listener_mod.DEFER_ACCEPT_SECONDS
+    assert parsed("--tcp-defer-accept", "0") == 0
+    for bad in ("-1", "4.5", "soon"):
+        with pytest.raises(CommandError, match="whole number of seconds"):
+            parsed("--tcp-defer-accept", bad)
+    monkeypatch.setenv("TCP_DEFER_ACCEPT", "7")
+    assert parsed() == 7
+    monkeypatch.setenv("TCP_DEFER_ACCEPT", "-3")
+    with pytest.raises(CommandError, match="env TCP_DEFER_ACCEPT"):
+        parsed()

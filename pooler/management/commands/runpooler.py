@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import resource
@@ -34,7 +35,7 @@ from pooler.node import SHUTDOWN_MESSAGE, Node, NodeSettings
 log = logging.getLogger("pooler")
 
 
-def _env_int(name: str, default: int, what: str = "a port number") -> int:
+def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -42,10 +43,23 @@ def _env_int(name: str, default: int, what: str = "a port number") -> int:
         return int(value)
     except ValueError:
         sys.stderr.write(
-            f"greenvisor: environment variable {name}={value!r} is not {what}; "
-            "unset it or give a number\n"
+            f"greenvisor: environment variable {name}={value!r} is not a port "
+            "number; unset it or give a number\n"
         )
         raise SystemExit(2) from None
+
+
+def _seconds(text: str) -> int:
+    """A whole number of seconds, 0 or more (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a whole number of seconds, 0 for off (env TCP_DEFER_ACCEPT too)"
+        )
+    return value
 
 
 def _db_call(func: Any) -> Any:
@@ -91,8 +105,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--tcp-defer-accept",
-            type=int,
-            default=_env_int("TCP_DEFER_ACCEPT", DEFER_ACCEPT_SECONDS, "a number of seconds"),
+            type=_seconds,
+            # A string: argparse checks it with _seconds like a value given on the command line.
+            default=os.environ.get("TCP_DEFER_ACCEPT") or str(DEFER_ACCEPT_SECONDS),
             metavar="SECONDS",
             help="TCP_DEFER_ACCEPT on the Postgres listeners: a connection is accepted once "
             "the client has sent something, or after this long (0 = off; env "
