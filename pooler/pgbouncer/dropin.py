@@ -199,7 +199,7 @@ class DropIn:
                 ", ".join(changes.restart_required),
             )
         self.config, self.authfile = config, authfile
-        for sock in self.listen_sockets:  # from the next connection on, as in PgBouncer
+        for sock in self.listen_sockets:  # applies from the next connection on
             defer_accept(sock, defer_seconds(config.settings.tcp_defer_accept))
         self.ini_tenants = self._tenants()
         self.node.settings = node_settings(config, self.node.settings)
