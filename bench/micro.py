@@ -47,6 +47,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/micro.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pooler import hotpath  # noqa: E402
 from pooler.protocol import builders, parsers  # noqa: E402
 from pooler.protocol.framing import Exchange  # noqa: E402
 from pooler.protocol.prepared import (  # noqa: E402
@@ -396,7 +397,7 @@ def relay_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
     fe, be = select_extended()
     fe_p, be_p = named_streams(b"P_1", with_parse=True)
     fe_c, be_c = named_streams(b"P_1", with_parse=False)
-    return {
+    cases = {
         "relay.handoff": (relay.handoff_case(fe, be), fe + be),
         "relay.prepared_handoff": (
             relay.handoff_case(fe_c, be_c, first=(fe_p, be_p)),
@@ -405,6 +406,12 @@ def relay_cases() -> dict[str, tuple[Callable[[], object], bytes]]:
         "relay.linked": (relay.linked_case(fe, be, msg(b"Z", b"T")), fe + be),
         "relay.idle_pool": (relay.idle_pool_case(fe, be), fe + be),
     }
+    if hotpath.compiled:
+        cases["relay.linked_native"] = (
+            relay.linked_case(fe, be, msg(b"Z", b"T"), native=True),
+            fe + be,
+        )
+    return cases
 
 
 def all_cases() -> dict[str, tuple[Callable[[], object], bytes]]:

@@ -16,6 +16,8 @@ the transaction-mode defaults (prepared-statement watching on, session-state pol
   rewritten to the server's name for it.
 * ``relay.linked``: a client that keeps its server (a transaction block, or session mode):
   request forwarded, reply forwarded, nothing else. One call = one round trip.
+  ``relay.linked_native``: the same with the server's event run as runpooler runs it, by
+  pooler/_sysio.c's watcher, whose C relay forwards such a reply (compiled build only).
 * ``relay.idle_pool``: one client on a quiet pool (pgbench -c 1, the latency target): the
   server is checked out of the idle list, linked, released and parked idle again on every
   transaction. One call = one transaction.
@@ -108,10 +110,31 @@ def handoff_case(
     return run
 
 
-def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], None]:
+def native_watcher(server: ServerConn) -> Callable[[], object]:
+    """Give ``server`` (not reading yet) pooler._sysio's read watcher, as under runpooler's
+    hub, and return what one readiness event on it does (Watcher.fire: the C relay of
+    pooler/_sysio.c when the event is its case, else the callback)."""
+    from gevent import get_hub
+
+    from pooler import hub
+
+    sysio, why = hub._native()
+    if sysio is None:
+        raise RuntimeError(f"no native watcher: {why}")
+    if server.reading is not None:
+        raise RuntimeError("the server is already reading: its watcher cannot be swapped")
+    server.rw = sysio.Watcher(get_hub().loop, server.fd)
+    return server.rw.fire  # type: ignore[no-any-return]
+
+
+def linked_case(
+    request: bytes, reply: bytes, in_block: bytes, native: bool = False
+) -> Callable[[], None]:
     """``relay.linked`` (see the module docstring): replies end in ReadyForQuery 'T', so the
-    server stays with the client."""
+    server stays with the client. ``native``: the server's event as pooler/_sysio.c's watcher
+    runs it (``relay.linked_native``: its C relay), not the compiled Python callback."""
     pool, (a,), (peer_a,), server, server_peer = relay_objects(1)
+    event = native_watcher(server) if native else a._on_server_readable
     tail = reply.rindex(b"Z\x00\x00\x00\x05")
     reply_in_block = reply[:tail] + in_block
 
@@ -120,7 +143,7 @@ def linked_case(request: bytes, reply: bytes, in_block: bytes) -> Callable[[], N
         a._on_client_readable()
         server_peer.recv(_BUF)
         server_peer.sendall(reply_in_block)
-        a._on_server_readable()
+        event()
         if a.server is not server:
             raise AssertionError("the server left a client inside a transaction block")
         peer_a.recv(_BUF)

@@ -2,8 +2,10 @@
  * write as send, which answers None when the kernel took everything); accept(2)
  * without an exception for "nothing waiting"; gevent's libev loop run with the GIL held but
  * for its poll, skipping gevent's callback run on turns with nothing queued (run_loop, used
- * by pooler/hub.py); and read watchers on that loop that libev calls straight into
- * (Watcher). Each has its section below.
+ * by pooler/hub.py); read watchers on that loop that libev calls straight into
+ * (Watcher); and, on a server's watcher, the relay of a reply that keeps its transaction
+ * open (relay_server, compiled against mypyc's structs of the relay's classes). Each has
+ * its section below.
  *
  * The one piece of hand-written C in Greenvisor, built with the compiled hot path
  * (pooler/hotpath.py) and used by pooler/netio.py in place of os.read and os.write when
@@ -500,6 +502,415 @@ watcher_report(Watcher *self)
     }
 }
 
+/* --- the relay's common case, server to client, in C ---------------------------------------
+ *
+ * Six of a TPC-B transaction's seven server events are a reply that keeps the transaction
+ * open: read it, scan its headers (framing.Exchange.backend), send it to the client, count
+ * it. In compiled Python that is a call into ServerConn._on_readable, then
+ * Client._on_server_readable, Conn.recv, a bytes object, Exchange.backend, Conn.write and
+ * their checks: about a microsecond of pooler CPU per event, which TPC-B pays in tps
+ * (docs/BENCHMARKS.md, session 18: ~0.2% per microsecond per transaction). relay_server()
+ * does that case here, on the compiled objects' own fields: mypyc's generated header
+ * (GV_MYPYC_HEADER, given by pooler/hotpath.py's build) declares their C structs, so this
+ * file and the compiled modules of the same build share one layout.
+ *
+ * It takes only the plainest case and leaves everything else to the Python code, unchanged:
+ * before reading anything, unless a plain server socket with nothing carried is linked to a
+ * plain Client (exactly that class) with nothing queued to send, no SET in flight, no
+ * prepared-statement rewriting and no idle-in-transaction timer; after reading, when the
+ * scan meets a ParameterStatus or an ErrorResponse (both need Python's bookkeeping), a
+ * malformed header or one kind too many to pack, or when the read ends the transaction (the
+ * release, the hand-off to a waiting client, the statistics): then the bytes read are
+ * handed to Client._on_server_readable(data), which does what it does with what it reads
+ * itself. The scan works on copies of the Exchange's fields and stores them only once the
+ * bytes are known to stay on this path, so a hand-over never sees half a scan. End of file,
+ * a failed read and a write the kernel does not take whole go the Python way too.
+ *
+ * relay_types(ServerConn, Client, Exchange) switches it on (pooler/client.py, at import,
+ * in the compiled build only); relay_counts() answers (events relayed here, events handed
+ * over) for the tests. */
+
+#ifdef GV_MYPYC_HEADER
+/* mypyc's runtime headers define static helpers and constants this file does not use. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wunused-variable"
+#include GV_MYPYC_HEADER
+#pragma GCC diagnostic pop
+#define GV_RELAY 1
+
+typedef pooler___server___ServerConnObject RelayServer;
+typedef pooler___client___ClientObject RelayClient;
+typedef pooler___protocol___framing___ExchangeObject RelayExchange;
+
+static PyTypeObject *relay_server_type;
+static PyTypeObject *relay_client_type;
+static PyTypeObject *relay_exchange_type;
+static PyObject *relay_name_readable; /* "_on_server_readable" */
+static PyObject *relay_name_lost;     /* "_server_lost" */
+static PyObject *relay_name_write;    /* "write" */
+static PyObject *relay_name_stop;     /* "stop_reading" */
+static unsigned long long relay_fast;
+static unsigned long long relay_handed;
+
+/* framing.py's constants */
+#define R_HEADER 5
+#define R_PACKED 7
+#define R_MAX_MESSAGE_LENGTH 0x3FFFFFFF
+#define R_TX_IDLE 'I'
+
+static int
+relay_fd(PyObject *obj)
+{
+    if (obj == NULL || !PyLong_CheckExact(obj)) {
+        return -1;
+    }
+    long fd = PyLong_AsLong(obj);
+    if (fd < 0 || fd > INT_MAX) {
+        PyErr_Clear();
+        return -1;
+    }
+    return (int)fd;
+}
+
+/* client._server_lost(str(the OSError for errno)): what _on_server_readable does when a read
+ * or a write fails. */
+static PyObject *
+relay_lost(PyObject *client, int err)
+{
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *why = value != NULL ? PyObject_Str(value) : NULL;
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (why == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_lost, why);
+    Py_DECREF(why);
+    return res;
+}
+
+/* Client._on_server_readable(data): the Python relay, with the bytes already read. */
+static PyObject *
+relay_hand_over(PyObject *client, Py_ssize_t n)
+{
+    relay_handed++;
+    PyObject *data = PyBytes_FromStringAndSize(stage, n);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_readable, data);
+    Py_DECREF(data);
+    return res;
+}
+
+/* The rest of a reply the kernel did not take whole: Client.write keeps it (its outbuf) and
+ * watches for the socket to drain; the server is not read until then. A write that fails
+ * loses the server, as in _on_server_readable. */
+static PyObject *
+relay_keep(PyObject *client, PyObject *server, const char *rest, Py_ssize_t size)
+{
+    PyObject *data = PyBytes_FromStringAndSize(rest, size);
+    if (data == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_write, data);
+    Py_DECREF(data);
+    if (res == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_OSError)) {
+            return NULL;
+        }
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *why = value != NULL ? PyObject_Str(value) : NULL;
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (why == NULL) {
+            return NULL;
+        }
+        res = PyObject_CallMethodOneArg(client, relay_name_lost, why);
+        Py_DECREF(why);
+        return res;
+    }
+    int drained = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    if (drained < 0) {
+        return NULL;
+    }
+    if (drained) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallMethodNoArgs(server, relay_name_stop);
+}
+
+/* The event of a watcher whose callback is ``callback``. 0: not the case handled here (the
+ * caller calls the callback; nothing was read). 1: handled, *res the result (None, or NULL
+ * with an exception set). */
+static int
+relay_server(PyObject *callback, PyObject **res)
+{
+    if (relay_server_type == NULL || !PyCFunction_CheckExact(callback)) {
+        return 0;
+    }
+    PyObject *server_obj = PyCFunction_GET_SELF(callback);
+    if (server_obj == NULL || Py_TYPE(server_obj) != relay_server_type) {
+        return 0;
+    }
+    RelayServer *server = (RelayServer *)server_obj;
+    PyObject *client_obj = server->_client;
+    if (server->_read_cb != callback || client_obj == NULL ||
+        Py_TYPE(client_obj) != relay_client_type) {
+        return 0; /* idle in the pool, resetting, or another kind of client */
+    }
+    RelayClient *client = (RelayClient *)client_obj;
+    PyObject *ex_obj = client->_ex;
+    PyObject *carry = server->_carry;
+    if (client->_server != server_obj || client->_syncing != Py_None || client->_ps != Py_None ||
+        client->_watch_idle_tx || !client->_plain || client->_closed ||
+        client->_outbuf != Py_None || (client->_bytes_out & CPY_INT_TAG) ||
+        client->_bytes_out > ((CPyTagged)1 << 60) || !server->_plain || server->_closed ||
+        carry == NULL || !PyBytes_CheckExact(carry) || PyBytes_GET_SIZE(carry) != 0 ||
+        ex_obj == NULL || Py_TYPE(ex_obj) != relay_exchange_type) {
+        return 0;
+    }
+    int sfd = relay_fd(server->_fd);
+    int cfd = relay_fd(client->_fd);
+    if (sfd < 0 || cfd < 0) {
+        return 0;
+    }
+    RelayExchange *ex = (RelayExchange *)ex_obj;
+
+    Py_ssize_t n = SYS_READ(sfd, stage, STAGE_SIZE);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            *res = Py_NewRef(Py_None); /* nothing yet: Conn.recv's None */
+        }
+        else if (n < 0) {
+            *res = relay_lost(client_obj, errno);
+        }
+        else {
+            *res = relay_hand_over(client_obj, 0); /* end of file */
+        }
+        return 1;
+    }
+
+    /* Exchange.backend on copies of its fields. */
+    const unsigned char *buf = (const unsigned char *)stage;
+    int64_t pos = ex->_be_remaining;
+    int64_t expected = ex->_expected;
+    int64_t tx_status = ex->_tx_status;
+    int64_t ready_count = ex->_ready_count;
+    int64_t kn = ex->_be_n;
+    int64_t pack = ex->_be_pack;
+    int watch = ex->_watch;
+    int fe_at_rest = !ex->_extended && ex->_fe_remaining == 0;
+    int rest_reset = 0; /* the exchange came to rest: fe_n = 0 */
+    int64_t be_remaining, end;
+    if (pos >= n) {
+        be_remaining = pos - n;
+        end = n;
+    }
+    else {
+        int64_t last = n - R_HEADER;
+        int64_t length = 0;
+        while (pos <= last) {
+            int64_t type = buf[pos];
+            length = (int64_t)buf[pos + 1] << 24 | (int64_t)buf[pos + 2] << 16 |
+                     (int64_t)buf[pos + 3] << 8 | (int64_t)buf[pos + 4];
+            if (length < 4) {
+                goto hand_over; /* Python raises the ProtocolError */
+            }
+            if (type == 'D' || type == 'd') {
+                /* the bulk of a result: nothing to note */
+            }
+            else if (type == 'Z') {
+                if (pos == last) {
+                    break; /* the status byte has not arrived yet */
+                }
+                if (length != 5) {
+                    goto hand_over;
+                }
+                tx_status = buf[pos + 5];
+                ready_count++;
+                if (expected > 0) {
+                    expected--;
+                }
+                if (watch) {
+                    if (expected == 0 && fe_at_rest) {
+                        kn = 0;
+                        rest_reset = 1;
+                    }
+                    else if (kn < R_PACKED) {
+                        pack = kn == 0 ? type : pack | type << (kn << 3);
+                        kn++;
+                    }
+                    else {
+                        goto hand_over;
+                    }
+                }
+            }
+            else if (type == 'S' || type == 'E') {
+                goto hand_over; /* a status to note, or an error that may be FATAL */
+            }
+            else if (watch) {
+                if (kn >= R_PACKED) {
+                    goto hand_over;
+                }
+                pack = kn == 0 ? type : pack | type << (kn << 3);
+                kn++;
+            }
+            pos += length + 1;
+        }
+        if (pos > n) {
+            if (length > R_MAX_MESSAGE_LENGTH) {
+                goto hand_over;
+            }
+            be_remaining = pos - n;
+            end = n;
+        }
+        else {
+            be_remaining = 0;
+            end = pos;
+        }
+    }
+    if (end == n && tx_status == R_TX_IDLE && expected == 0 && fe_at_rest && be_remaining == 0) {
+        goto hand_over; /* releasable: the transaction is over */
+    }
+
+    /* Stays here: store the scan, then what Client._on_server_readable does. */
+    ex->_be_remaining = be_remaining;
+    ex->_expected = expected;
+    ex->_tx_status = tx_status;
+    ex->_ready_count = ready_count;
+    ex->_be_n = kn;
+    ex->_be_pack = pack;
+    if (rest_reset) {
+        ex->_fe_n = 0;
+    }
+    if (end < n) { /* an incomplete header, or a ReadyForQuery without its status byte */
+        PyObject *tail = PyBytes_FromStringAndSize(stage + end, n - end);
+        if (tail == NULL) {
+            *res = NULL;
+            return 1;
+        }
+        Py_SETREF(server->_carry, tail);
+    }
+    relay_fast++;
+    Py_ssize_t sent = end > 0 ? SYS_WRITE(cfd, stage, (size_t)end) : 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            *res = relay_lost(client_obj, errno);
+            return 1;
+        }
+        sent = 0;
+    }
+    client->_bytes_out += (CPyTagged)end << 1;
+    if (sent == end) {
+        *res = Py_NewRef(Py_None);
+        return 1;
+    }
+    *res = relay_keep(client_obj, server_obj, stage + sent, end - sent);
+    return 1;
+
+hand_over:
+    *res = relay_hand_over(client_obj, n);
+    return 1;
+}
+
+static int
+relay_check_type(PyObject *obj, Py_ssize_t size, const char *what)
+{
+    if (!PyType_Check(obj) || ((PyTypeObject *)obj)->tp_basicsize != size) {
+        PyErr_Format(PyExc_TypeError,
+                     "relay_types(): %s is not the compiled class of this build "
+                     "(rebuild with `python manage.py hotpath build`)",
+                     what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+sysio_relay_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "relay_types(ServerConn, Client, Exchange)");
+        return NULL;
+    }
+    if (relay_check_type(args[0], sizeof(RelayServer), "ServerConn") < 0 ||
+        relay_check_type(args[1], sizeof(RelayClient), "Client") < 0 ||
+        relay_check_type(args[2], sizeof(RelayExchange), "Exchange") < 0) {
+        return NULL;
+    }
+    if (relay_name_readable == NULL) {
+        relay_name_readable = PyUnicode_InternFromString("_on_server_readable");
+        relay_name_lost = PyUnicode_InternFromString("_server_lost");
+        relay_name_write = PyUnicode_InternFromString("write");
+        relay_name_stop = PyUnicode_InternFromString("stop_reading");
+        if (relay_name_readable == NULL || relay_name_lost == NULL || relay_name_write == NULL ||
+            relay_name_stop == NULL) {
+            return NULL;
+        }
+    }
+    Py_XSETREF(relay_server_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(relay_client_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(relay_exchange_type, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+#else /* built without the compiled modules' header: every event goes to its callback */
+
+static int
+relay_server(PyObject *callback, PyObject **res)
+{
+    (void)callback;
+    (void)res;
+    return 0;
+}
+
+#endif
+
+static PyObject *
+sysio_relay_counts(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+#ifdef GV_RELAY
+    return Py_BuildValue("(KK)", relay_fast, relay_handed);
+#else
+    return Py_BuildValue("(KK)", 0ULL, 0ULL);
+#endif
+}
+
+/* The callback's call for one event: the relay's common case in C when it is that
+ * (relay_server), else the callback. */
+static PyObject *
+watcher_call(PyObject *callback)
+{
+    PyObject *res;
+    if (relay_server(callback, &res)) {
+        return res;
+    }
+    if (PyCFunction_CheckExact(callback) &&
+        PyCFunction_GET_FLAGS(callback) == (METH_FASTCALL | METH_KEYWORDS)) {
+        /* A bound method of a compiled class (mypyc): its C entry point, called as
+         * vectorcall would, minus the dispatch and result checks around it. */
+        _PyCFunctionFastWithKeywords meth =
+            (_PyCFunctionFastWithKeywords)(void (*)(void))PyCFunction_GET_FUNCTION(callback);
+        res = meth(PyCFunction_GET_SELF(callback), NULL, 0, NULL);
+        assert(res != NULL || PyErr_Occurred());
+        return res;
+    }
+    return PyObject_CallNoArgs(callback);
+}
+
 static void
 watcher_cb(struct ev_loop *loop, struct gv_io *io, int revents)
 {
@@ -516,19 +927,7 @@ watcher_cb(struct ev_loop *loop, struct gv_io *io, int revents)
         /* The callback may stop this watcher or drop the last reference to it. */
         Py_INCREF(callback);
         Py_INCREF(self);
-        PyObject *res;
-        if (PyCFunction_CheckExact(callback) &&
-            PyCFunction_GET_FLAGS(callback) == (METH_FASTCALL | METH_KEYWORDS)) {
-            /* A bound method of a compiled class (mypyc): its C entry point, called as
-             * vectorcall would, minus the dispatch and result checks around it. */
-            _PyCFunctionFastWithKeywords meth =
-                (_PyCFunctionFastWithKeywords)(void (*)(void))PyCFunction_GET_FUNCTION(callback);
-            res = meth(PyCFunction_GET_SELF(callback), NULL, 0, NULL);
-            assert(res != NULL || PyErr_Occurred());
-        }
-        else {
-            res = PyObject_CallNoArgs(callback);
-        }
+        PyObject *res = watcher_call(callback);
         if (res == NULL) {
             watcher_report(self);
         }
@@ -541,6 +940,23 @@ watcher_cb(struct ev_loop *loop, struct gv_io *io, int revents)
     if (ensure) {
         PyGILState_Release(gil);
     }
+}
+
+/* fire(): what one readiness event does, called by hand (the tests, bench.relay). */
+static PyObject *
+watcher_fire(Watcher *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *callback = self->callback;
+    if (callback == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(callback);
+    Py_INCREF(self);
+    PyObject *res = watcher_call(callback);
+    Py_DECREF(callback);
+    Py_DECREF(self);
+    return res;
 }
 
 static PyObject *
@@ -682,6 +1098,8 @@ static PyMethodDef watcher_methods[] = {
     {"start", (PyCFunction)watcher_start, METH_O,
      "start(callback): call callback() whenever the descriptor is readable."},
     {"stop", (PyCFunction)watcher_stop, METH_NOARGS, "stop(): no more calls; drop the callback."},
+    {"fire", (PyCFunction)watcher_fire, METH_NOARGS,
+     "fire(): what a readiness event does (the relay's C case, else the callback), by hand."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -735,6 +1153,13 @@ static PyMethodDef sysio_methods[] = {
      "run_loop(loop): ev_run() on gevent's loop with the GIL held but for its poll."},
     {"idle_turns", (PyCFunction)sysio_idle_turns, METH_NOARGS,
      "idle_turns() -> int: loop turns run_loop found no gevent callbacks queued in."},
+#ifdef GV_RELAY
+    {"relay_types", (PyCFunction)(void (*)(void))sysio_relay_types, METH_FASTCALL,
+     "relay_types(ServerConn, Client, Exchange): relay their common case in C (this build's "
+     "compiled classes only)."},
+#endif
+    {"relay_counts", (PyCFunction)sysio_relay_counts, METH_NOARGS,
+     "relay_counts() -> (relayed in C, handed to Python after reading)."},
     {"set_error_handler", (PyCFunction)sysio_set_error_handler, METH_O,
      "set_error_handler(f): f(watcher, type, value, tb) for a Watcher callback's exception."},
     {NULL, NULL, 0, NULL},

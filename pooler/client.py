@@ -16,6 +16,7 @@ Policy (modes, timeouts) comes from the pool and the node; framing from protocol
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -595,7 +596,10 @@ class Client(netio.Conn):
 
     # -- server -> client -----------------------------------------------------------------
 
-    def _on_server_readable(self) -> None:
+    def _on_server_readable(self, data: bytes | None = None) -> None:
+        """The server's bytes: read here, or ``data`` when pooler/_sysio.c's relay read them
+        and left the rest to this code (a reply that ends the transaction, a
+        ParameterStatus, an error, end of file: see relay_server there)."""
         server = self.server
         if server is None:
             return
@@ -603,9 +607,10 @@ class Client(netio.Conn):
             if self.syncing is not None:
                 self._on_sync_reply(server)
                 return
-            data = server.recv()
             if data is None:
-                return
+                data = server.recv()
+                if data is None:
+                    return
             n = len(data)
             if n == 0:
                 self._server_lost("the server closed the connection")
@@ -774,3 +779,24 @@ def _fix_lengths(data: bytearray, start: int) -> bytearray:
         pos = end
     out += data[pos:]
     return out
+
+
+def _relay_in_c() -> str:
+    """Let pooler/_sysio.c relay the common case of a server's reply (its relay_server) in
+    the compiled build, where these classes are C structs of the layout it was compiled
+    with; ``GREENVISOR_C_RELAY=0`` keeps every reply on the compiled Python path (for an
+    A/B comparison). Returns what was decided, for the start-up log."""
+    from pooler import loginio
+    from pooler.server import ServerConn
+
+    sysio = loginio._SYSIO
+    if sysio is None or not hasattr(sysio, "relay_types"):
+        return "in Python (no compiled relay)"
+    if os.environ.get("GREENVISOR_C_RELAY", "1") == "0":
+        return "in compiled Python (GREENVISOR_C_RELAY=0)"
+    sysio.relay_types(ServerConn, Client, Exchange)
+    return "in C while a transaction stays open (pooler/_sysio.c's read watchers)"
+
+
+#: How server replies are relayed (logged at start-up).
+RELAY_STATUS: Final = _relay_in_c()

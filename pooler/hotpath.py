@@ -129,7 +129,7 @@ def package_path(path: list[str], package: str) -> list[str]:
 def build(progress: Callable[[str], object] = print) -> None:
     """Compile :data:`MODULES` and :data:`NATIVE` into ``build/compiled`` (about a minute on 2
     cores)."""
-    from mypyc.build import mypycify  # the build needs mypy and a C compiler, not the run
+    from mypyc.build import include_dir, mypycify  # the build needs mypy and a C compiler
     from setuptools import Extension, setup
 
     started = time.monotonic()
@@ -143,8 +143,18 @@ def build(progress: Callable[[str], object] = print) -> None:
     try:
         clean()
         extensions = mypycify(list(MODULES), opt_level="3", target_dir=str(work / "c"))
+        # The C relay (pooler/_sysio.c) reads and writes the compiled classes' fields: it is
+        # compiled against the header mypyc just wrote for them, so the layouts agree.
+        header = _native_header(work / "c")
         extensions += [
-            Extension(name, [source], extra_compile_args=["-O3"]) for name, source in NATIVE
+            Extension(
+                name,
+                [source],
+                include_dirs=[include_dir(), str(work / "c")],
+                define_macros=[("GV_MYPYC_HEADER", f'"{header}"')],
+                extra_compile_args=["-O3"],
+            )
+            for name, source in NATIVE
         ]
         progress(f"  C sources written to {work / 'c'}; compiling them (gcc) ...")
         setup(
@@ -167,6 +177,19 @@ def build(progress: Callable[[str], object] = print) -> None:
         json.dumps({"python": sys.implementation.cache_tag, "sources": sources}, indent=1)
     )
     progress(f"  compiled in {time.monotonic() - started:.0f} s into {BUILD}")
+
+
+def _native_header(directory: Path) -> str:
+    """The name of the header mypyc wrote with the compiled classes' C structs."""
+    found = sorted(
+        p.name for p in directory.glob("__native_*.h") if not p.name.startswith("__native_internal")
+    )
+    if len(found) != 1:
+        raise RuntimeError(
+            f"expected one __native_*.h from mypyc in {directory}, found {found or 'none'}: "
+            "run `python manage.py hotpath clean` and build again"
+        )
+    return found[0]
 
 
 def clean() -> None:

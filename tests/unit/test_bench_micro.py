@@ -34,3 +34,21 @@ def test_bytecode_count_sees_the_scanners() -> None:
     names = " ".join(by_function)
     assert "framing.py" in names and ":frontend" in names and ":backend" in names
     assert abs(sum(by_function.values()) - total) <= len(by_function)
+
+
+def test_the_native_linked_case_exists_exactly_when_compiled() -> None:
+    """relay.linked_native times pooler/_sysio.c's relay: the compiled build has it (and its
+    replies go through C, relay_counts), plain Python has no such watcher."""
+    from pooler import hotpath
+
+    cases = micro.relay_cases()
+    assert ("relay.linked_native" in cases) == hotpath.compiled
+    if hotpath.compiled:
+        import importlib
+
+        sysio = importlib.import_module("pooler._sysio")
+        fn, _stream = cases["relay.linked_native"]
+        before = sysio.relay_counts()[0]
+        for _ in range(3):
+            fn()
+        assert sysio.relay_counts()[0] - before == 3

@@ -17,6 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 from gevent.event import Event
 
+from pooler import client as client_module
 from pooler import hotpath, hub, metrics, runtime
 from pooler.cluster.options import add_cluster_arguments, join_cluster
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
@@ -313,7 +314,12 @@ class Command(BaseCommand):
             len(node.registry.snapshot.tenants),
             node.registry.snapshot.version,
         )
-        log.info("greenvisor: hot path %s; event loop: %s", hotpath.status, hub.status)
+        log.info(
+            "greenvisor: hot path %s; event loop: %s; server replies: %s",
+            hotpath.status,
+            hub.status,
+            client_module.RELAY_STATUS,
+        )
         housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
 
         stop.wait()

@@ -1,0 +1,396 @@
+"""pooler/_sysio.c's relay of a server's reply (relay_server) against the Python relay it
+stands in for (Client._on_server_readable), event for event.
+
+With the compiled hot path, a read watcher's event on a server linked to a client is
+relayed in C when the reply keeps the transaction open, and handed to the Python code
+otherwise (a reply that ends the transaction, a ParameterStatus, an error, end of file, a
+write the kernel does not take whole). Every case here runs the same conversation twice
+over real Client/ServerConn/Pool objects and socket pairs (bench.relay): once as gevent's
+watcher would call it (ServerConn._on_readable), once as pooler/_sysio.c's watcher does
+(Watcher.fire(), the same code as a readiness event), and requires the same bytes on every
+socket and the same state after each event; in the native run it also checks which path
+took the event (relay_counts). Without the compiled build only the Python run exists, and
+its own expectations are checked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from bench.relay import native_watcher, relay_objects
+from pooler import client as client_module
+from pooler import hotpath
+
+pytestmark = pytest.mark.unit
+
+MODES = ["python"] + (["native"] if hotpath.compiled else [])
+
+
+def message(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def query(sql: bytes) -> bytes:
+    return message(b"Q", sql + b"\0")
+
+
+def ready(status: bytes) -> bytes:
+    return message(b"Z", status)
+
+
+def done(tag: bytes) -> bytes:
+    return message(b"C", tag + b"\0")
+
+
+def extended(sql: bytes) -> bytes:
+    """pgbench -M extended's unnamed Parse/Bind/Describe/Execute/Sync."""
+    return (
+        message(b"P", b"\0" + sql + b"\0\0\0")
+        + message(b"B", b"\0\0\0\0\0\0\0\0")
+        + message(b"D", b"P\0")
+        + message(b"E", b"\0\0\0\0\0")
+        + message(b"S")
+    )
+
+
+ROW = message(b"D", b"\x00\x01\x00\x00\x00\x011")
+IN_BLOCK = done(b"SELECT 1") + ready(b"T")
+
+
+def drain(sock: socket.socket) -> bytes:
+    if sock.fileno() == -1:
+        return b""  # closed by the test
+    sock.setblocking(False)
+    out = b""
+    try:
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            out += chunk
+    except BlockingIOError:
+        pass
+    except ConnectionResetError:
+        pass
+    return out
+
+
+class Rig:
+    """Client a linked to the pool's one server inside a transaction block (BEGIN done);
+    client b logged in beside it. ``event()`` is one readiness event on the server."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.server_got = b""
+        pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
+        if mode == "native":
+            native_watcher(server)  # as under runpooler's hub: pooler._sysio's watcher
+        self.pool, self.a, self.b, self.server = pool, a, b, server
+        self.peer_a, self.peer_b, self.server_peer = peer_a, peer_b, server_peer
+        self.client_says(a, peer_a, query(b"begin"))
+        self.server_says(done(b"BEGIN") + ready(b"T"))
+        assert a.server is server and a.ex.tx_status == ord("T")
+        self.a_got = drain(peer_a)
+
+    def client_says(self, client: Any, peer: socket.socket, data: bytes) -> None:
+        peer.sendall(data)
+        client._on_client_readable()
+        self.server_got += drain(self.server_peer)
+
+    def event(self) -> None:
+        if self.mode == "native":
+            self.server.rw.fire()
+        else:
+            self.server._on_readable()  # what gevent's watcher calls
+
+    def server_says(self, data: bytes) -> None:
+        self.server_peer.sendall(data)
+        self.event()
+
+    def state(self) -> dict[str, Any]:
+        a, ex, server = self.a, self.a.ex, self.server
+        self.a_got += drain(self.peer_a)
+        self.server_got += drain(self.server_peer)
+        return {
+            "a_got": self.a_got,
+            "server_got": self.server_got,
+            "linked": a.server is server,
+            "b_linked": self.b.server is server,
+            "expected": ex.expected,
+            "tx_status": chr(ex.tx_status),
+            "ready_count": ex.ready_count,
+            "be_remaining": ex.be_remaining,
+            "kinds": ex.kinds(),
+            "fe_n": ex.fe_n,
+            "bytes_out": a.bytes_out,
+            "transactions": a.transactions,
+            "carry": server.carry,
+            "kept": bytes(a.outbuf) if a.outbuf is not None else None,
+            "server_reading": server.reading is not None,
+            "a_closed": a.closed,
+            "server_closed": server.closed,
+            "idle": len(self.pool.idle),
+            "settings": dict(a.settings),
+            "server_params": dict(server.params),
+        }
+
+
+def counts() -> tuple[int, int]:
+    """pooler._sysio's (events relayed in C, events handed to Python), ever."""
+    if not hotpath.compiled:
+        return (0, 0)
+    fast, handed = importlib.import_module("pooler._sysio").relay_counts()
+    return (fast, handed)
+
+
+def both(conversation: Any) -> list[dict[str, Any]]:
+    """Run ``conversation(rig)`` (a list of states, one per step) in every mode; the native
+    run must see exactly what the Python run saw. Returns the Python run's states."""
+    runs = {}
+    for mode in MODES:
+        runs[mode] = conversation(Rig(mode))
+    for mode, states in runs.items():
+        for step, (got, want) in enumerate(zip(states, runs["python"], strict=True)):
+            assert got == want, f"{mode} differs from python at step {step}"
+    return runs["python"]
+
+
+def native_counts(conversation: Any) -> tuple[int, int]:
+    """(events relayed in C, events handed to Python) by the native run of ``conversation``."""
+    if not hotpath.compiled:
+        return (0, 0)
+    before = counts()
+    conversation(Rig("native"))
+    after = counts()
+    return (after[0] - before[0], after[1] - before[1])
+
+
+def test_a_reply_inside_a_transaction_block_is_relayed_in_c() -> None:
+    reply = ROW + IN_BLOCK
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select 1"))
+        rig.server_says(reply)
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["a_got"].endswith(reply) and state["linked"]
+    assert state["tx_status"] == "T" and state["carry"] == b"" and state["kept"] is None
+    assert state["bytes_out"] == len(done(b"BEGIN") + ready(b"T")) + len(reply)
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (2, 0)  # BEGIN's reply and this one
+
+
+def test_the_reply_that_ends_the_transaction_goes_to_python_and_hands_the_server_on() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.b, rig.peer_b, query(b"select 2"))  # b waits for the server
+        assert rig.b.server is None and list(rig.pool.waiters) == [rig.b]
+        rig.client_says(rig.a, rig.peer_a, query(b"commit"))
+        rig.server_says(done(b"COMMIT") + ready(b"I"))
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["a_got"].endswith(done(b"COMMIT") + ready(b"I"))
+    assert not state["linked"] and state["b_linked"] and state["transactions"] == 1
+    assert state["server_got"].endswith(query(b"commit") + query(b"select 2"))
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)  # BEGIN's reply in C, COMMIT's in Python
+
+
+def test_a_parameter_status_is_noted_by_python() -> None:
+    status = message(b"S", b"application_name\0renamed\0")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"set application_name = renamed"))
+        rig.server_says(done(b"SET") + status + ready(b"T"))
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["settings"]["application_name"] == "renamed"
+    assert state["server_params"]["application_name"] == "renamed"
+    assert state["a_got"].endswith(done(b"SET") + status + ready(b"T"))
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)
+
+
+def test_an_error_inside_a_block_is_relayed_by_python() -> None:
+    error = message(b"E", b"SERROR\0VERROR\0C42P01\0Mno such table\0\0")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select * from nowhere"))
+        rig.server_says(error + ready(b"E"))
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["tx_status"] == "E" and state["linked"]
+    assert state["a_got"].endswith(error + ready(b"E"))
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)
+
+
+def test_a_header_split_across_reads_is_carried() -> None:
+    reply = ROW + IN_BLOCK
+    z_at = len(reply) - 6  # where ReadyForQuery starts
+    cut = z_at + 3  # three bytes of its header arrive first
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select 1"))
+        rig.server_says(reply[:cut])
+        first = rig.state()
+        rig.server_says(reply[cut:])
+        return [first, rig.state()]
+
+    first, second = both(talk)
+    assert first["carry"] == reply[z_at:cut] and first["a_got"].endswith(reply[:z_at])
+    assert second["carry"] == b"" and second["a_got"].endswith(reply)
+    assert second["ready_count"] == first["ready_count"] + 1
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        # The second read starts with carried bytes: the Python relay joins them.
+        assert native_counts(talk) == (2, 0)
+
+
+def test_a_row_bigger_than_a_read_streams_through() -> None:
+    big = message(b"D", b"\x00\x01" + struct.pack("!I", 300_000) + b"x" * 300_000)
+    reply = big + IN_BLOCK
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select big"))
+        rig.server_peer.setblocking(False)
+        sent = 0
+        got = b""
+        for _ in range(400):  # bounded: a few dozen events carry it
+            if sent < len(reply):
+                try:
+                    sent += rig.server_peer.send(reply[sent : sent + 100_000])
+                except BlockingIOError:
+                    pass
+            rig.event()
+            got += drain(rig.peer_a)
+            if got.endswith(IN_BLOCK):
+                break
+        rig.a_got += got
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["a_got"].endswith(reply) and state["be_remaining"] == 0
+    assert state["linked"] and state["tx_status"] == "T"
+
+
+def test_a_client_that_does_not_read_stops_the_server_until_it_drains() -> None:
+    row = message(b"D", b"\x00\x01" + struct.pack("!I", 60_000) + b"y" * 60_000)
+    reply = row * 40 + IN_BLOCK  # 2.4 MB: more than the socket pair holds
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select lots"))
+        rig.server_peer.setblocking(False)
+        sent = 0
+        for _ in range(400):
+            try:
+                sent += rig.server_peer.send(reply[sent : sent + 200_000])
+            except BlockingIOError:
+                pass
+            rig.event()
+            if rig.server.reading is None:
+                break
+        stopped = rig.state()  # the client's socket is full: bytes kept, the server unread
+        got = stopped["a_got"]
+        for _ in range(400):
+            got += drain(rig.peer_a)
+            if rig.a.outbuf is not None:
+                rig.a._on_writable()  # what the client's write watcher calls
+            if sent < len(reply):
+                try:
+                    sent += rig.server_peer.send(reply[sent : sent + 200_000])
+                except BlockingIOError:
+                    pass
+            if rig.server.reading is not None:
+                rig.event()
+            if got.endswith(IN_BLOCK):
+                break
+        rig.a_got = got
+        stopped["a_got"] = len(stopped["a_got"])  # how much got through varies: compared below
+        return [stopped, rig.state()]
+
+    runs = {mode: talk(Rig(mode)) for mode in MODES}
+    for stopped, final in runs.values():
+        assert stopped["kept"] and not stopped["server_reading"]
+        assert final["a_got"].endswith(reply) and final["server_reading"]
+        assert final["kept"] is None and final["linked"]
+    finals = [final for _, final in runs.values()]
+    assert all(final == finals[0] for final in finals)
+
+
+def test_the_server_hanging_up_loses_it_with_an_error_for_the_client() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select pg_terminate_backend(pg_backend_pid())"))
+        rig.server_peer.close()
+        rig.event()
+        state = rig.state()
+        state.pop("server_got")
+        return [state]
+
+    (state,) = both(talk)
+    assert state["a_closed"] and state["server_closed"] and not state["linked"]
+    assert b"08006" in state["a_got"] and b"the server closed the connection" in state["a_got"]
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)  # end of file: Python says why
+
+
+def test_a_client_that_went_away_loses_the_server_mid_transaction() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"select 1"))
+        rig.peer_a.close()
+        rig.server_says(ROW + IN_BLOCK)
+        state = rig.state()
+        state.pop("a_got")
+        return [state]
+
+    (state,) = both(talk)
+    # A server inside a transaction block cannot serve anyone else: closed, never reused.
+    assert state["a_closed"] and state["server_closed"] and state["idle"] == 0
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (2, 0)  # the write failed in C: no hand-over
+
+
+def test_extended_replies_keep_their_kinds_and_too_many_go_to_python() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, extended(b"select 1"))
+        rig.server_says(message(b"1") + message(b"2"))  # the rest still to come
+        partial = rig.state()
+        rig.server_says(message(b"T", b"\0\0") + ROW + IN_BLOCK)
+        at_rest = rig.state()
+        # Two statements without a Sync between: eight replies before any ReadyForQuery.
+        two = extended(b"select 1")[:-5] + extended(b"select 2")
+        rig.client_says(rig.a, rig.peer_a, two)
+        eight = (message(b"1") + message(b"2") + message(b"n") + done(b"SELECT 1")) * 2
+        rig.server_says(eight)
+        many = rig.state()
+        rig.server_says(ready(b"T"))
+        return [partial, at_rest, many, rig.state()]
+
+    partial, at_rest, many, final = both(talk)
+    assert partial["kinds"][1] == b"12" and partial["expected"] == 1
+    assert at_rest["kinds"] == (b"", b"") and at_rest["expected"] == 0
+    assert many["kinds"][1] == b"12nC12nC"
+    assert final["kinds"] == (b"", b"") and final["linked"]
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (4, 1)  # BEGIN, "12", the rest; eight kinds: Python
+
+
+def test_the_start_up_log_says_which_relay_runs() -> None:
+    status = client_module.RELAY_STATUS
+    if not hotpath.compiled:
+        assert status == "in Python (no compiled relay)"
+        return
+    assert status.startswith("in C") or "GREENVISOR_C_RELAY=0" in status
+    from pooler.client import Client
+    from pooler.protocol.framing import Exchange
+
+    sysio = importlib.import_module("pooler._sysio")
+    with pytest.raises(TypeError, match="not the compiled class of this build"):
+        sysio.relay_types(object, Client, Exchange)
