@@ -110,10 +110,11 @@ def handoff_case(
     return run
 
 
-def native_watcher(server: ServerConn) -> Callable[[], object]:
-    """Give ``server`` (not reading yet) pooler._sysio's read watcher, as under runpooler's
-    hub, and return what one readiness event on it does (Watcher.fire: the C relay of
-    pooler/_sysio.c when the event is its case, else the callback)."""
+def native_watcher(conn: Any) -> Callable[[], object]:
+    """Give ``conn`` (a ServerConn or Client) pooler._sysio's read watcher, as under
+    runpooler's hub, still running the callback it ran; return what one readiness event on
+    it does (Watcher.fire: the C relay of pooler/_sysio.c when the event is its case, else
+    the callback)."""
     from gevent import get_hub
 
     from pooler import hub
@@ -121,10 +122,12 @@ def native_watcher(server: ServerConn) -> Callable[[], object]:
     sysio, why = hub._native()
     if sysio is None:
         raise RuntimeError(f"no native watcher: {why}")
-    if server.reading is not None:
-        raise RuntimeError("the server is already reading: its watcher cannot be swapped")
-    server.rw = sysio.Watcher(get_hub().loop, server.fd)
-    return server.rw.fire  # type: ignore[no-any-return]
+    callback = conn.reading
+    conn.stop_reading()
+    conn.rw = sysio.Watcher(get_hub().loop, conn.fd)
+    if callback is not None:
+        conn.start_reading(callback)
+    return conn.rw.fire  # type: ignore[no-any-return]
 
 
 def linked_case(

@@ -547,6 +547,7 @@ static PyTypeObject *relay_server_type;
 static PyTypeObject *relay_client_type;
 static PyTypeObject *relay_exchange_type;
 static PyObject *relay_name_readable; /* "_on_server_readable" */
+static PyObject *relay_name_client_readable; /* "_on_client_readable" */
 static PyObject *relay_name_lost;     /* "_server_lost" */
 static PyObject *relay_name_write;    /* "write" */
 static PyObject *relay_name_stop;     /* "stop_reading" */
@@ -558,6 +559,7 @@ static unsigned long long relay_handed;
 #define R_PACKED 7
 #define R_MAX_MESSAGE_LENGTH 0x3FFFFFFF
 #define R_TX_IDLE 'I'
+#define R_PARSE_KEPT 4096 /* client.py's PARSE_KEPT */
 
 static int
 relay_fd(PyObject *obj)
@@ -573,53 +575,55 @@ relay_fd(PyObject *obj)
     return (int)fd;
 }
 
-/* client._server_lost(str(the OSError for errno)): what _on_server_readable does when a read
- * or a write fails. */
+/* owner._server_lost(prefix + str(the OSError for errno)): what the relay's Python does when
+ * a read or a write fails. */
 static PyObject *
-relay_lost(PyObject *client, int err)
+relay_lost(PyObject *owner, int err, const char *prefix)
 {
     errno = err;
     PyErr_SetFromErrno(PyExc_OSError);
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *why = value != NULL ? PyObject_Str(value) : NULL;
+    PyObject *why = value != NULL ? PyUnicode_FromFormat("%s%S", prefix, value) : NULL;
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
     if (why == NULL) {
         return NULL;
     }
-    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_lost, why);
+    PyObject *res = PyObject_CallMethodOneArg(owner, relay_name_lost, why);
     Py_DECREF(why);
     return res;
 }
 
-/* Client._on_server_readable(data): the Python relay, with the bytes already read. */
+/* client.<name>(data): the Python relay (Client._on_server_readable or
+ * _on_client_readable), with the n bytes already read into stage. */
 static PyObject *
-relay_hand_over(PyObject *client, Py_ssize_t n)
+relay_hand_over(PyObject *client, PyObject *name, Py_ssize_t n)
 {
     relay_handed++;
     PyObject *data = PyBytes_FromStringAndSize(stage, n);
     if (data == NULL) {
         return NULL;
     }
-    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_readable, data);
+    PyObject *res = PyObject_CallMethodOneArg(client, name, data);
     Py_DECREF(data);
     return res;
 }
 
-/* The rest of a reply the kernel did not take whole: Client.write keeps it (its outbuf) and
- * watches for the socket to drain; the server is not read until then. A write that fails
- * loses the server, as in _on_server_readable. */
+/* The rest of what the kernel did not take whole: writer's Conn.write keeps it (its
+ * outbuf) and watches for the socket to drain; reader is not read until then. A write that
+ * fails loses the server, as in the Python relay (owner._server_lost, *lost set). */
 static PyObject *
-relay_keep(PyObject *client, PyObject *server, const char *rest, Py_ssize_t size)
+relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest,
+           Py_ssize_t size, const char *prefix, int *lost)
 {
     PyObject *data = PyBytes_FromStringAndSize(rest, size);
     if (data == NULL) {
         return NULL;
     }
-    PyObject *res = PyObject_CallMethodOneArg(client, relay_name_write, data);
+    PyObject *res = PyObject_CallMethodOneArg(writer, relay_name_write, data);
     Py_DECREF(data);
     if (res == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_OSError)) {
@@ -628,14 +632,15 @@ relay_keep(PyObject *client, PyObject *server, const char *rest, Py_ssize_t size
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
-        PyObject *why = value != NULL ? PyObject_Str(value) : NULL;
+        PyObject *why = value != NULL ? PyUnicode_FromFormat("%s%S", prefix, value) : NULL;
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
         if (why == NULL) {
             return NULL;
         }
-        res = PyObject_CallMethodOneArg(client, relay_name_lost, why);
+        *lost = 1;
+        res = PyObject_CallMethodOneArg(owner, relay_name_lost, why);
         Py_DECREF(why);
         return res;
     }
@@ -647,22 +652,15 @@ relay_keep(PyObject *client, PyObject *server, const char *rest, Py_ssize_t size
     if (drained) {
         Py_RETURN_NONE;
     }
-    return PyObject_CallMethodNoArgs(server, relay_name_stop);
+    return PyObject_CallMethodNoArgs(reader, relay_name_stop);
 }
 
 /* The event of a watcher whose callback is ``callback``. 0: not the case handled here (the
  * caller calls the callback; nothing was read). 1: handled, *res the result (None, or NULL
  * with an exception set). */
 static int
-relay_server(PyObject *callback, PyObject **res)
+relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
 {
-    if (relay_server_type == NULL || !PyCFunction_CheckExact(callback)) {
-        return 0;
-    }
-    PyObject *server_obj = PyCFunction_GET_SELF(callback);
-    if (server_obj == NULL || Py_TYPE(server_obj) != relay_server_type) {
-        return 0;
-    }
     RelayServer *server = (RelayServer *)server_obj;
     PyObject *client_obj = server->_client;
     if (server->_read_cb != callback || client_obj == NULL ||
@@ -693,10 +691,10 @@ relay_server(PyObject *callback, PyObject **res)
             *res = Py_NewRef(Py_None); /* nothing yet: Conn.recv's None */
         }
         else if (n < 0) {
-            *res = relay_lost(client_obj, errno);
+            *res = relay_lost(client_obj, errno, "");
         }
         else {
-            *res = relay_hand_over(client_obj, 0); /* end of file */
+            *res = relay_hand_over(client_obj, relay_name_readable, 0); /* end of file */
         }
         return 1;
     }
@@ -806,7 +804,7 @@ relay_server(PyObject *callback, PyObject **res)
     Py_ssize_t sent = end > 0 ? SYS_WRITE(cfd, stage, (size_t)end) : 0;
     if (sent < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            *res = relay_lost(client_obj, errno);
+            *res = relay_lost(client_obj, errno, "");
             return 1;
         }
         sent = 0;
@@ -816,11 +814,266 @@ relay_server(PyObject *callback, PyObject **res)
         *res = Py_NewRef(Py_None);
         return 1;
     }
-    *res = relay_keep(client_obj, server_obj, stage + sent, end - sent);
+    int lost = 0;
+    *res = relay_keep(client_obj, client_obj, server_obj, stage + sent, end - sent, "", &lost);
     return 1;
 
 hand_over:
-    *res = relay_hand_over(client_obj, n);
+    *res = relay_hand_over(client_obj, relay_name_readable, n);
+    return 1;
+}
+
+/* The event of a client's watcher whose callback is ``callback``: as relay_server. */
+static int
+relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
+{
+    RelayClient *client = (RelayClient *)client_obj;
+    PyObject *server_obj = client->_server;
+    if (client->_client_cb != callback || server_obj == NULL ||
+        Py_TYPE(server_obj) != relay_server_type) {
+        return 0; /* no server: the pool's checkout, in Python */
+    }
+    RelayServer *server = (RelayServer *)server_obj;
+    PyObject *ex_obj = client->_ex;
+    PyObject *carry = client->_carry;
+    if (server->_client != client_obj || client->_pending != Py_None ||
+        client->_held != Py_None || client->_syncing != Py_None || client->_ps != Py_None ||
+        client->_refuse_state || client->_busy_since == 0.0 || !client->_plain ||
+        client->_closed || (client->_bytes_in & CPY_INT_TAG) ||
+        client->_bytes_in > ((CPyTagged)1 << 60) || !server->_plain || server->_closed ||
+        server->_outbuf != Py_None || carry == NULL || !PyBytes_CheckExact(carry) ||
+        PyBytes_GET_SIZE(carry) != 0 || ex_obj == NULL ||
+        Py_TYPE(ex_obj) != relay_exchange_type) {
+        return 0;
+    }
+    RelayExchange *ex = (RelayExchange *)ex_obj;
+    if (ex->_sql_type != 0 || ex->_sql_at != Py_None) {
+        return 0;
+    }
+    int cfd = relay_fd(client->_fd);
+    int sfd = relay_fd(server->_fd);
+    if (sfd < 0 || cfd < 0) {
+        return 0;
+    }
+
+    Py_ssize_t n = SYS_READ(cfd, stage, STAGE_SIZE);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            *res = Py_NewRef(Py_None);
+            return 1;
+        }
+        /* End of file, or a failed read (the client is gone either way): Python hangs up. */
+        *res = relay_hand_over(client_obj, relay_name_client_readable, 0);
+        return 1;
+    }
+
+    /* Exchange.frontend on copies of its fields. */
+    const unsigned char *buf = (const unsigned char *)stage;
+    int64_t pos = ex->_fe_remaining;
+    int64_t expected = ex->_expected;
+    int64_t syncs = ex->_syncs_since_exec;
+    int extended = ex->_extended;
+    int64_t kn = ex->_fe_n;
+    int64_t pack = ex->_fe_pack;
+    int watch = ex->_watch;
+    int inspect = ex->_inspect;
+    int64_t sql_type = 0, sql_start = 0, sql_end = 0;
+    int64_t fe_remaining, end;
+    int scanned = pos < n;
+    if (!scanned) {
+        fe_remaining = pos - n;
+        end = n;
+    }
+    else {
+        int64_t last = n - R_HEADER;
+        int64_t length = 0;
+        while (pos <= last) {
+            int64_t type = buf[pos];
+            length = (int64_t)buf[pos + 1] << 24 | (int64_t)buf[pos + 2] << 16 |
+                     (int64_t)buf[pos + 3] << 8 | (int64_t)buf[pos + 4];
+            if (length < 4) {
+                goto hand_over;
+            }
+            switch (type) {
+            case 'P':
+            case 'B':
+            case 'D':
+            case 'E':
+            case 'C':
+            case 'H':
+                if (watch && type != 'E' && type != 'H') { /* names_statement() */
+                    int64_t body = pos + R_HEADER;
+                    int named;
+                    if (n - body < 2) {
+                        named = 1;
+                    }
+                    else if (type == 'P') {
+                        named = buf[body] != 0;
+                    }
+                    else if (type == 'B') {
+                        named = buf[body] != 0 || buf[body + 1] != 0;
+                    }
+                    else {
+                        named = buf[body] == 'S' && buf[body + 1] != 0;
+                    }
+                    if (named) {
+                        goto hand_over; /* the rewriter takes over, in Python */
+                    }
+                }
+                extended = 1;
+                if (type == 'E') {
+                    syncs = 0;
+                }
+                else if (type == 'P' && inspect && pos + length < n) {
+                    if (sql_type != 0) {
+                        goto hand_over; /* a second statement to judge */
+                    }
+                    sql_type = type;
+                    sql_start = pos + R_HEADER;
+                    sql_end = pos + 1 + length;
+                }
+                break;
+            case 'S':
+                expected++;
+                syncs++;
+                extended = 0;
+                break;
+            case 'Q':
+                goto hand_over; /* the simple protocol's statements are judged by Python */
+            case 'd':
+                break;
+            case 'c':
+            case 'f':
+                expected -= syncs;
+                syncs = 0;
+                break;
+            case 'F':
+                expected++;
+                break;
+            default:
+                goto hand_over; /* Terminate, or a type Python refuses */
+            }
+            if (watch && type != 'd') {
+                if (kn >= R_PACKED) {
+                    goto hand_over;
+                }
+                pack = kn == 0 ? type : pack | type << (kn << 3);
+                kn++;
+            }
+            pos += length + 1;
+        }
+        if (pos > n) {
+            if (length > R_MAX_MESSAGE_LENGTH) {
+                goto hand_over;
+            }
+            fe_remaining = pos - n;
+            end = n;
+        }
+        else {
+            fe_remaining = 0;
+            end = pos;
+        }
+    }
+
+    /* The session-state check (Client._judge_statement): only verdicts already known to
+     * be clean, for the client's last Parse or the one its sequence goes on with. */
+    PyObject *recent_body = NULL; /* the recent statement matched, borrowed */
+    int64_t recent_at = -1;
+    if (sql_type != 0) {
+        const char *body = stage + sql_start;
+        Py_ssize_t size = (Py_ssize_t)(sql_end - sql_start);
+        PyObject *last_body = client->_parse_last;
+        if (last_body != NULL && PyBytes_CheckExact(last_body) &&
+            PyBytes_GET_SIZE(last_body) == size &&
+            memcmp(PyBytes_AS_STRING(last_body), body, (size_t)size) == 0) {
+            if (client->_parse_verdict.f0 != Py_None || client->_parse_verdict.f1) {
+                goto hand_over; /* it leaves session state: Python marks the server */
+            }
+        }
+        else {
+            PyObject *recent = client->_recent_sql;
+            PyObject *verdicts = client->_recent_verdicts;
+            if (size > R_PARSE_KEPT || recent == NULL || !PyList_CheckExact(recent) ||
+                verdicts == NULL || !PyList_CheckExact(verdicts)) {
+                goto hand_over;
+            }
+            Py_ssize_t count = PyList_GET_SIZE(recent);
+            int64_t at = client->_recent_hit + 1;
+            if (at >= count) {
+                at = 0;
+            }
+            if (count == 0 || PyList_GET_SIZE(verdicts) != count) {
+                goto hand_over;
+            }
+            PyObject *guess = PyList_GET_ITEM(recent, at);
+            if (!PyBytes_CheckExact(guess) || PyBytes_GET_SIZE(guess) != size ||
+                memcmp(PyBytes_AS_STRING(guess), body, (size_t)size) != 0) {
+                goto hand_over; /* not the next in its sequence: Python looks further */
+            }
+            PyObject *verdict = PyList_GET_ITEM(verdicts, at);
+            if (!PyTuple_CheckExact(verdict) || PyTuple_GET_SIZE(verdict) != 2 ||
+                PyTuple_GET_ITEM(verdict, 0) != Py_None || PyTuple_GET_ITEM(verdict, 1) != Py_False) {
+                goto hand_over;
+            }
+            recent_body = guess;
+            recent_at = at;
+        }
+    }
+
+    /* Stays here: store the scan, then what Client._on_client_readable does. */
+    if (scanned) {
+        ex->_terminate_at = -1;
+        ex->_named_at = -1;
+        ex->_fe_n = kn;
+        ex->_fe_pack = pack;
+        ex->_expected = expected;
+        ex->_syncs_since_exec = syncs;
+        ex->_extended = (char)extended;
+    }
+    ex->_fe_remaining = fe_remaining;
+    client->_bytes_in += (CPyTagged)n << 1;
+    relay_fast++;
+    PyObject *tail = NULL; /* an incomplete header, kept for the next read */
+    if (end < n && (tail = PyBytes_FromStringAndSize(stage + end, n - end)) == NULL) {
+        *res = NULL;
+        return 1;
+    }
+    Py_ssize_t sent = end > 0 ? SYS_WRITE(sfd, stage, (size_t)end) : 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            Py_XDECREF(tail);
+            *res = relay_lost(client_obj, errno, "writing to the server failed: ");
+            return 1;
+        }
+        sent = 0;
+    }
+    if (sent < end) { /* kept by the server's Conn.write; the client not read meanwhile */
+        int lost = 0;
+        PyObject *kept = relay_keep(client_obj, server_obj, client_obj, stage + sent,
+                                    end - sent, "writing to the server failed: ", &lost);
+        if (kept == NULL || lost) {
+            Py_XDECREF(tail);
+            *res = kept;
+            return 1;
+        }
+        Py_DECREF(kept);
+    }
+    if (recent_body != NULL) {
+        client->_recent_hit = recent_at;
+        Py_INCREF(recent_body);
+        Py_SETREF(client->_parse_last, recent_body);
+        Py_INCREF(Py_None);
+        Py_SETREF(client->_parse_verdict.f0, Py_None);
+        client->_parse_verdict.f1 = 0;
+    }
+    if (tail != NULL) {
+        Py_SETREF(client->_carry, tail);
+    }
+    *res = Py_NewRef(Py_None);
+    return 1;
+
+hand_over:
+    *res = relay_hand_over(client_obj, relay_name_client_readable, n);
     return 1;
 }
 
@@ -851,10 +1104,12 @@ sysio_relay_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (relay_name_readable == NULL) {
         relay_name_readable = PyUnicode_InternFromString("_on_server_readable");
+        relay_name_client_readable = PyUnicode_InternFromString("_on_client_readable");
         relay_name_lost = PyUnicode_InternFromString("_server_lost");
         relay_name_write = PyUnicode_InternFromString("write");
         relay_name_stop = PyUnicode_InternFromString("stop_reading");
-        if (relay_name_readable == NULL || relay_name_lost == NULL || relay_name_write == NULL ||
+        if (relay_name_readable == NULL || relay_name_client_readable == NULL ||
+            relay_name_lost == NULL || relay_name_write == NULL ||
             relay_name_stop == NULL) {
             return NULL;
         }
@@ -865,10 +1120,30 @@ sysio_relay_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* 1 when the event was the relay's common case, handled in C (*res: its result). */
+static int
+relay_event(PyObject *callback, PyObject **res)
+{
+    if (relay_server_type == NULL || !PyCFunction_CheckExact(callback)) {
+        return 0;
+    }
+    PyObject *owner = PyCFunction_GET_SELF(callback);
+    if (owner == NULL) {
+        return 0;
+    }
+    if (Py_TYPE(owner) == relay_server_type) {
+        return relay_server(owner, callback, res);
+    }
+    if (Py_TYPE(owner) == relay_client_type) {
+        return relay_client(owner, callback, res);
+    }
+    return 0;
+}
+
 #else /* built without the compiled modules' header: every event goes to its callback */
 
 static int
-relay_server(PyObject *callback, PyObject **res)
+relay_event(PyObject *callback, PyObject **res)
 {
     (void)callback;
     (void)res;
@@ -895,7 +1170,7 @@ static PyObject *
 watcher_call(PyObject *callback)
 {
     PyObject *res;
-    if (relay_server(callback, &res)) {
+    if (relay_event(callback, &res)) {
         return res;
     }
     if (PyCFunction_CheckExact(callback) &&

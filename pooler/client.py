@@ -231,12 +231,16 @@ class Client(netio.Conn):
 
     # -- client -> server -----------------------------------------------------------------
 
-    def _on_client_readable(self) -> None:
+    def _on_client_readable(self, data: bytes | None = None) -> None:
+        """The client's bytes: read here, or ``data`` when pooler/_sysio.c's relay read them
+        and left the rest to this code (a request that needs the pool, a statement not
+        judged before, a named statement, Terminate, end of file: see relay_client there)."""
         try:
             carried = len(self.carry)  # already counted when it arrived
-            data = self.recv()
             if data is None:
-                return
+                data = self.recv()
+                if data is None:
+                    return
             n = len(data)
             if n == 0:
                 self.disconnect()

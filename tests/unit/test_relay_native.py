@@ -1,16 +1,17 @@
-"""pooler/_sysio.c's relay of a server's reply (relay_server) against the Python relay it
-stands in for (Client._on_server_readable), event for event.
+"""pooler/_sysio.c's relay (relay_server, relay_client) against the Python relay it stands
+in for (Client._on_server_readable, Client._on_client_readable), event for event.
 
 With the compiled hot path, a read watcher's event on a server linked to a client is
 relayed in C when the reply keeps the transaction open, and handed to the Python code
-otherwise (a reply that ends the transaction, a ParameterStatus, an error, end of file, a
-write the kernel does not take whole). Every case here runs the same conversation twice
-over real Client/ServerConn/Pool objects and socket pairs (bench.relay): once as gevent's
-watcher would call it (ServerConn._on_readable), once as pooler/_sysio.c's watcher does
-(Watcher.fire(), the same code as a readiness event), and requires the same bytes on every
-socket and the same state after each event; in the native run it also checks which path
-took the event (relay_counts). Without the compiled build only the Python run exists, and
-its own expectations are checked.
+otherwise (a reply that ends the transaction, a ParameterStatus, an error, end of file);
+a client's request while it holds its server likewise, unless it needs the Python code
+(a statement not judged clean before, a named statement, Terminate, end of file). Every
+case here runs the same conversation twice over real Client/ServerConn/Pool objects and
+socket pairs (bench.relay): once as gevent's watchers would call it (the callbacks), once
+as pooler/_sysio.c's watchers do (Watcher.fire(), the same code as a readiness event),
+and requires the same bytes on every socket and the same state after each step; in the
+native run it also checks which path took each event (relay_counts). Without the
+compiled build only the Python run exists, and its own expectations are checked.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ class Rig:
         self.mode = mode
         self.server_got = b""
         pool, (a, b), (peer_a, peer_b), server, server_peer = relay_objects(2)
-        if mode == "native":
-            native_watcher(server)  # as under runpooler's hub: pooler._sysio's watcher
+        if mode == "native":  # as under runpooler's hub: pooler._sysio's watchers
+            for conn in (server, a, b):
+                native_watcher(conn)
         self.pool, self.a, self.b, self.server = pool, a, b, server
         self.peer_a, self.peer_b, self.server_peer = peer_a, peer_b, server_peer
         self.client_says(a, peer_a, query(b"begin"))
@@ -99,8 +101,14 @@ class Rig:
 
     def client_says(self, client: Any, peer: socket.socket, data: bytes) -> None:
         peer.sendall(data)
-        client._on_client_readable()
+        self.client_event(client)
         self.server_got += drain(self.server_peer)
+
+    def client_event(self, client: Any) -> None:
+        if self.mode == "native":
+            client.rw.fire()
+        else:
+            client._on_client_readable()  # what gevent's watcher calls
 
     def event(self) -> None:
         if self.mode == "native":
@@ -137,6 +145,19 @@ class Rig:
             "idle": len(self.pool.idle),
             "settings": dict(a.settings),
             "server_params": dict(server.params),
+            "bytes_in": a.bytes_in,
+            "syncs": ex.syncs_since_exec,
+            "extended": ex.extended,
+            "fe_remaining": ex.fe_remaining,
+            "a_carry": a.carry,
+            "a_reading": a.reading is not None,
+            "kept_for_server": bytes(server.outbuf) if server.outbuf is not None else None,
+            "parse_last": a.parse_last,
+            "parse_verdict": a.parse_verdict,
+            "recent_sql": list(a.recent_sql or []),
+            "recent_hit": a.recent_hit,
+            "dirty": server.dirty,
+            "rewriting": a.ps is not None,
         }
 
 
@@ -183,7 +204,9 @@ def test_a_reply_inside_a_transaction_block_is_relayed_in_c() -> None:
     assert state["tx_status"] == "T" and state["carry"] == b"" and state["kept"] is None
     assert state["bytes_out"] == len(done(b"BEGIN") + ready(b"T")) + len(reply)
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (2, 0)  # BEGIN's reply and this one
+        # In C: BEGIN's reply and this one. To Python: the simple-protocol query (BEGIN,
+        # with no server yet, goes to the pool's checkout through the callback, uncounted).
+        assert native_counts(talk) == (2, 1)
 
 
 def test_the_reply_that_ends_the_transaction_goes_to_python_and_hands_the_server_on() -> None:
@@ -199,7 +222,9 @@ def test_the_reply_that_ends_the_transaction_goes_to_python_and_hands_the_server
     assert not state["linked"] and state["b_linked"] and state["transactions"] == 1
     assert state["server_got"].endswith(query(b"commit") + query(b"select 2"))
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (1, 1)  # BEGIN's reply in C, COMMIT's in Python
+        # BEGIN's reply in C; COMMIT and COMMIT's reply in Python (BEGIN, and b, waiting,
+        # have no server: read by the callback, uncounted).
+        assert native_counts(talk) == (1, 2)
 
 
 def test_a_parameter_status_is_noted_by_python() -> None:
@@ -215,7 +240,7 @@ def test_a_parameter_status_is_noted_by_python() -> None:
     assert state["server_params"]["application_name"] == "renamed"
     assert state["a_got"].endswith(done(b"SET") + status + ready(b"T"))
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (1, 1)
+        assert native_counts(talk) == (1, 2)  # the query and the status reply: Python
 
 
 def test_an_error_inside_a_block_is_relayed_by_python() -> None:
@@ -230,7 +255,7 @@ def test_an_error_inside_a_block_is_relayed_by_python() -> None:
     assert state["tx_status"] == "E" and state["linked"]
     assert state["a_got"].endswith(error + ready(b"E"))
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (1, 1)
+        assert native_counts(talk) == (1, 2)  # the query and the error: Python
 
 
 def test_a_header_split_across_reads_is_carried() -> None:
@@ -250,8 +275,9 @@ def test_a_header_split_across_reads_is_carried() -> None:
     assert second["carry"] == b"" and second["a_got"].endswith(reply)
     assert second["ready_count"] == first["ready_count"] + 1
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        # The second read starts with carried bytes: the Python relay joins them.
-        assert native_counts(talk) == (2, 0)
+        # The second read starts with carried bytes: the Python relay joins them (not
+        # counted: nothing was read in C). The two queries: Python.
+        assert native_counts(talk) == (2, 1)
 
 
 def test_a_row_bigger_than_a_read_streams_through() -> None:
@@ -338,7 +364,7 @@ def test_the_server_hanging_up_loses_it_with_an_error_for_the_client() -> None:
     assert state["a_closed"] and state["server_closed"] and not state["linked"]
     assert b"08006" in state["a_got"] and b"the server closed the connection" in state["a_got"]
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (1, 1)  # end of file: Python says why
+        assert native_counts(talk) == (1, 2)  # end of file: Python says why
 
 
 def test_a_client_that_went_away_loses_the_server_mid_transaction() -> None:
@@ -354,7 +380,7 @@ def test_a_client_that_went_away_loses_the_server_mid_transaction() -> None:
     # A server inside a transaction block cannot serve anyone else: closed, never reused.
     assert state["a_closed"] and state["server_closed"] and state["idle"] == 0
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (2, 0)  # the write failed in C: no hand-over
+        assert native_counts(talk) == (2, 1)  # the write failed in C: no hand-over
 
 
 def test_extended_replies_keep_their_kinds_and_too_many_go_to_python() -> None:
@@ -379,7 +405,9 @@ def test_extended_replies_keep_their_kinds_and_too_many_go_to_python() -> None:
     assert many["kinds"][1] == b"12nC12nC"
     assert final["kinds"] == (b"", b"") and final["linked"]
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        assert native_counts(talk) == (4, 1)  # BEGIN, "12", the rest; eight kinds: Python
+        # In C: BEGIN's reply, "12", the rest, the last ReadyForQuery. To Python: the first
+        # Parse of "select 1", two statements in one read, eight kinds.
+        assert native_counts(talk) == (4, 3)
 
 
 def test_the_start_up_log_says_which_relay_runs() -> None:
@@ -394,3 +422,180 @@ def test_the_start_up_log_says_which_relay_runs() -> None:
     sysio = importlib.import_module("pooler._sysio")
     with pytest.raises(TypeError, match="not the compiled class of this build"):
         sysio.relay_types(object, Client, Exchange)
+
+
+# --- client to server -----------------------------------------------------------------------
+
+
+def reply_to_extended() -> bytes:
+    return message(b"1") + message(b"2") + message(b"T", b"\0\0") + ROW + IN_BLOCK
+
+
+def test_statements_judged_before_go_to_the_server_in_c() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        states = []
+        for sql in (b"select 1", b"select 1", b"select 2", b"select 1", b"select 2"):
+            rig.client_says(rig.a, rig.peer_a, extended(sql))
+            states.append(rig.state())
+            rig.server_says(reply_to_extended())
+        return states
+
+    states = both(talk)
+    assert [s["server_got"].count(b"select ") for s in states] == [1, 2, 3, 4, 5]
+    assert [s["parse_last"] for s in states] == [
+        b"\0select 1\0\0\0",
+        b"\0select 1\0\0\0",
+        b"\0select 2\0\0\0",
+        b"\0select 1\0\0\0",
+        b"\0select 2\0\0\0",
+    ]
+    assert states[-1]["recent_hit"] == 1 and not states[-1]["dirty"]
+    assert all(s["expected"] == 1 and s["linked"] for s in states)
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        # Requests: each statement's first Parse is judged by Python, its repeats (the last
+        # one, or the next of its sequence) in C (BEGIN, with no server yet, goes to the
+        # pool through the callback, uncounted). Replies: all six in C.
+        assert native_counts(talk) == (6 + 3, 2)
+
+
+def test_a_statement_that_leaves_session_state_is_always_judged_by_python() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        states = []
+        for _ in range(2):
+            rig.client_says(rig.a, rig.peer_a, extended(b"set search_path = elsewhere"))
+            states.append(rig.state())
+            rig.server_says(reply_to_extended())
+        return states
+
+    first, second = both(talk)
+    assert first["dirty"] and second["dirty"]  # reset before the server serves anyone else
+    assert second["parse_verdict"][0] is not None
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (3, 2)
+
+
+def test_a_named_statement_starts_the_rewriter_in_python() -> None:
+    named = message(b"P", b"s1\0select 1\0\0\0") + message(b"S")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, named)
+        return [rig.state()]
+
+    (state,) = both(talk)
+    assert state["rewriting"] and state["linked"]
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)  # BEGIN's reply in C
+
+
+def test_a_request_split_in_its_header_is_carried() -> None:
+    request = extended(b"select 1")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, request)  # judged once, by Python
+        rig.server_says(reply_to_extended())
+        rig.client_says(rig.a, rig.peer_a, request[:-3])  # Sync's header cut after 2 bytes
+        first = rig.state()
+        rig.client_says(rig.a, rig.peer_a, request[-3:])
+        return [first, rig.state()]
+
+    first, second = both(talk)
+    assert first["a_carry"] == request[-5:-3] and first["expected"] == 0
+    assert second["a_carry"] == b"" and second["expected"] == 1
+    assert second["server_got"].endswith(request + request)
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        # The split request's first part in C; its rest, after a carry, by Python's read.
+        assert native_counts(talk) == (3, 1)
+
+
+def test_a_client_leaving_mid_transaction_has_its_server_rolled_back() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.peer_a.close()
+        rig.client_event(rig.a)
+        state = rig.state()
+        state.pop("a_got")
+        return [state]
+
+    (state,) = both(talk)
+    # Inside a transaction block: rolled back before anyone else gets it.
+    assert (
+        state["a_closed"]
+        and not state["linked"]
+        and state["server_got"].endswith(query(b"ROLLBACK"))
+    )
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)  # end of file: handed to Python
+
+
+def test_a_server_gone_when_the_client_writes_is_lost_with_a_reason() -> None:
+    request = extended(b"select 1")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, request)
+        rig.server_says(reply_to_extended())
+        rig.server_peer.close()
+        rig.client_says(rig.a, rig.peer_a, request)  # judged before: relayed in C
+        state = rig.state()
+        state.pop("server_got")
+        return [state]
+
+    (state,) = both(talk)
+    assert state["a_closed"] and state["server_closed"]
+    assert b"writing to the server failed: [Errno 32] Broken pipe" in state["a_got"]
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (3, 1)  # the failed write in C
+
+
+def test_terminate_mid_transaction_is_python_s() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, message(b"X"))
+        return [rig.state()]
+
+    (state,) = both(talk)
+    # Not forwarded: the server is rolled back for the next client.
+    assert state["a_closed"] and state["server_got"].endswith(query(b"ROLLBACK"))
+    if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
+        assert native_counts(talk) == (1, 1)
+
+
+def test_a_server_that_does_not_read_stops_the_client_until_it_drains() -> None:
+    bind = message(b"B", b"\0\0\0\0\0\x01" + struct.pack("!I", 60_000) + b"z" * 60_000 + b"\0\0")
+    request = (bind + message(b"E", b"\0\0\0\0\0")) * 40 + message(b"S")  # 2.4 MB
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.peer_a.setblocking(False)
+        sent = 0
+        for _ in range(400):
+            try:
+                sent += rig.peer_a.send(request[sent : sent + 200_000])
+            except BlockingIOError:
+                pass
+            rig.client_event(rig.a)
+            if rig.a.reading is None:
+                break
+        stopped = rig.state()
+        got = stopped["server_got"]
+        for _ in range(400):
+            got += drain(rig.server_peer)
+            if rig.server.outbuf is not None:
+                rig.server._on_writable()  # what the server's write watcher calls
+            if sent < len(request):
+                try:
+                    sent += rig.peer_a.send(request[sent : sent + 200_000])
+                except BlockingIOError:
+                    pass
+            if rig.a.reading is not None:
+                rig.client_event(rig.a)
+            if got.endswith(request):
+                break
+        rig.server_got = got
+        stopped["server_got"] = len(stopped["server_got"])  # varies: compared below
+        stopped["bytes_in"] = 0
+        return [stopped, rig.state()]
+
+    runs = {mode: talk(Rig(mode)) for mode in MODES}
+    for stopped, final in runs.values():
+        assert stopped["kept_for_server"] and not stopped["a_reading"]
+        assert final["server_got"].endswith(request) and final["a_reading"]
+        assert final["kept_for_server"] is None and final["expected"] == 1
+    finals = [final for _, final in runs.values()]
+    assert all(final == finals[0] for final in finals)
