@@ -504,27 +504,29 @@ watcher_report(Watcher *self)
 
 /* --- the relay's common case, server to client, in C ---------------------------------------
  *
- * Six of a TPC-B transaction's seven server events are a reply that keeps the transaction
- * open: read it, scan its headers (framing.Exchange.backend), send it to the client, count
- * it. In compiled Python that is a call into ServerConn._on_readable, then
- * Client._on_server_readable, Conn.recv, a bytes object, Exchange.backend, Conn.write and
- * their checks: about a microsecond of pooler CPU per event, which TPC-B pays in tps
- * (docs/BENCHMARKS.md, session 18: ~0.2% per microsecond per transaction). relay_server()
- * does that case here, on the compiled objects' own fields: mypyc's generated header
- * (GV_MYPYC_HEADER, given by pooler/hotpath.py's build) declares their C structs, so this
- * file and the compiled modules of the same build share one layout.
+ * A server's reply: read it, scan its headers (framing.Exchange.backend), send it to the
+ * client, count it; when it ends the transaction, give the server back. In compiled Python
+ * that is a call into ServerConn._on_readable, then Client._on_server_readable, Conn.recv,
+ * a bytes object, Exchange.backend, Conn.write and their checks: about a microsecond of
+ * pooler CPU per event, which TPC-B pays in tps (docs/BENCHMARKS.md, session 18: ~0.2% per
+ * microsecond per transaction). relay_server() does it here, on the compiled objects' own
+ * fields: mypyc's generated header (GV_MYPYC_HEADER, given by pooler/hotpath.py's build)
+ * declares their C structs, so this file and the compiled modules of the same build share
+ * one layout. The end of a transaction (the statistics, the release, the hand-off to a
+ * waiting client: the pool's work) stays in Python: Client._transaction_done, called after
+ * the reply went out.
  *
  * It takes only the plainest case and leaves everything else to the Python code, unchanged:
  * before reading anything, unless a plain server socket with nothing carried is linked to a
  * plain Client (exactly that class) with nothing queued to send, no SET in flight, no
  * prepared-statement rewriting and no idle-in-transaction timer; after reading, when the
  * scan meets a ParameterStatus or an ErrorResponse (both need Python's bookkeeping), a
- * malformed header or one kind too many to pack, or when the read ends the transaction (the
- * release, the hand-off to a waiting client, the statistics): then the bytes read are
- * handed to Client._on_server_readable(data), which does what it does with what it reads
- * itself. The scan works on copies of the Exchange's fields and stores them only once the
- * bytes are known to stay on this path, so a hand-over never sees half a scan. End of file,
- * a failed read and a write the kernel does not take whole go the Python way too.
+ * malformed header or one kind too many to pack: then the bytes read are handed to
+ * Client._on_server_readable(data), which does what it does with what it reads itself. The
+ * scan works on copies of the Exchange's fields and stores them only once the bytes are
+ * known to stay on this path, so a hand-over never sees half a scan. End of file and a
+ * failed read go the Python way too; the rest of a write the kernel does not take whole is
+ * kept by Conn.write.
  *
  * relay_types(ServerConn, Client, Exchange) switches it on (pooler/client.py, at import,
  * in the compiled build only); relay_counts() answers (events relayed here, events handed
@@ -548,6 +550,7 @@ static PyTypeObject *relay_client_type;
 static PyTypeObject *relay_exchange_type;
 static PyObject *relay_name_readable; /* "_on_server_readable" */
 static PyObject *relay_name_client_readable; /* "_on_client_readable" */
+static PyObject *relay_name_done;            /* "_transaction_done" */
 static PyObject *relay_name_lost;     /* "_server_lost" */
 static PyObject *relay_name_write;    /* "write" */
 static PyObject *relay_name_stop;     /* "stop_reading" */
@@ -613,11 +616,12 @@ relay_hand_over(PyObject *client, PyObject *name, Py_ssize_t n)
 }
 
 /* The rest of what the kernel did not take whole: writer's Conn.write keeps it (its
- * outbuf) and watches for the socket to drain; reader is not read until then. A write that
- * fails loses the server, as in the Python relay (owner._server_lost, *lost set). */
+ * outbuf) and watches for the socket to drain; reader (unless NULL) is not read until then,
+ * *drained cleared. A write that fails loses the server, as in the Python relay
+ * (owner._server_lost, *lost set). */
 static PyObject *
 relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest,
-           Py_ssize_t size, const char *prefix, int *lost)
+           Py_ssize_t size, const char *prefix, int *lost, int *drained)
 {
     PyObject *data = PyBytes_FromStringAndSize(rest, size);
     if (data == NULL) {
@@ -644,12 +648,16 @@ relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest
         Py_DECREF(why);
         return res;
     }
-    int drained = PyObject_IsTrue(res);
+    int all = PyObject_IsTrue(res);
     Py_DECREF(res);
-    if (drained < 0) {
+    if (all < 0) {
         return NULL;
     }
-    if (drained) {
+    if (all) {
+        Py_RETURN_NONE;
+    }
+    *drained = 0;
+    if (reader == NULL) {
         Py_RETURN_NONE;
     }
     return PyObject_CallMethodNoArgs(reader, relay_name_stop);
@@ -778,9 +786,10 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
             end = pos;
         }
     }
-    if (end == n && tx_status == R_TX_IDLE && expected == 0 && fe_at_rest && be_remaining == 0) {
-        goto hand_over; /* releasable: the transaction is over */
-    }
+    /* Releasable: the transaction is over. Forwarded here all the same; then
+     * Client._transaction_done counts it and gives the server back (the pool's work). */
+    int done = end == n && tx_status == R_TX_IDLE && expected == 0 && fe_at_rest &&
+               be_remaining == 0;
 
     /* Stays here: store the scan, then what Client._on_server_readable does. */
     ex->_be_remaining = be_remaining;
@@ -809,13 +818,26 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
         }
         sent = 0;
     }
+    int drained = 1;
+    if (sent < end) {
+        /* The server is not read until the client drains, unless it goes back to the pool
+         * (Client._transaction_done decides). */
+        int lost = 0;
+        PyObject *kept = relay_keep(client_obj, client_obj, done ? NULL : server_obj,
+                                    stage + sent, end - sent, "", &lost, &drained);
+        if (kept == NULL || lost) {
+            *res = kept;
+            return 1;
+        }
+        Py_DECREF(kept);
+    }
     client->_bytes_out += (CPyTagged)end << 1;
-    if (sent == end) {
+    if (!done) {
         *res = Py_NewRef(Py_None);
         return 1;
     }
-    int lost = 0;
-    *res = relay_keep(client_obj, client_obj, server_obj, stage + sent, end - sent, "", &lost);
+    *res = PyObject_CallMethodObjArgs(client_obj, relay_name_done, server_obj,
+                                      drained ? Py_True : Py_False, NULL);
     return 1;
 
 hand_over:
@@ -1048,9 +1070,10 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         sent = 0;
     }
     if (sent < end) { /* kept by the server's Conn.write; the client not read meanwhile */
-        int lost = 0;
+        int lost = 0, drained = 1;
         PyObject *kept = relay_keep(client_obj, server_obj, client_obj, stage + sent,
-                                    end - sent, "writing to the server failed: ", &lost);
+                                    end - sent, "writing to the server failed: ", &lost,
+                                    &drained);
         if (kept == NULL || lost) {
             Py_XDECREF(tail);
             *res = kept;
@@ -1105,10 +1128,12 @@ sysio_relay_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (relay_name_readable == NULL) {
         relay_name_readable = PyUnicode_InternFromString("_on_server_readable");
         relay_name_client_readable = PyUnicode_InternFromString("_on_client_readable");
+        relay_name_done = PyUnicode_InternFromString("_transaction_done");
         relay_name_lost = PyUnicode_InternFromString("_server_lost");
         relay_name_write = PyUnicode_InternFromString("write");
         relay_name_stop = PyUnicode_InternFromString("stop_reading");
         if (relay_name_readable == NULL || relay_name_client_readable == NULL ||
+            relay_name_done == NULL ||
             relay_name_lost == NULL || relay_name_write == NULL ||
             relay_name_stop == NULL) {
             return NULL;

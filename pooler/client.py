@@ -602,8 +602,8 @@ class Client(netio.Conn):
 
     def _on_server_readable(self, data: bytes | None = None) -> None:
         """The server's bytes: read here, or ``data`` when pooler/_sysio.c's relay read them
-        and left the rest to this code (a reply that ends the transaction, a
-        ParameterStatus, an error, end of file: see relay_server there)."""
+        and left the rest to this code (a ParameterStatus, an error, end of file: see
+        relay_server there)."""
         server = self.server
         if server is None:
             return
@@ -637,20 +637,9 @@ class Client(netio.Conn):
                 ex.statuses = None
             self.bytes_out += end
             if end == n and ex.releasable():
-                self.transactions += 1
-                now = _monotonic()
-                self.idle_since = now
-                if self.busy_since:
-                    self.pool.stats.xact_time.observe(now - self.busy_since)
-                    self.busy_since = 0.0
-                if not self.session_mode:
-                    self._release(now)
-                if self.closing:
-                    self.fatal("57P01", SHUTDOWN_MESSAGE)
-                    return
-                if not self.session_mode:
-                    return
-            elif self.watch_idle_tx and end == n and ex.at_rest():
+                self._transaction_done(server, drained)
+                return
+            if self.watch_idle_tx and end == n and ex.at_rest():
                 self.tx_idle_since = _monotonic()
             if not drained:
                 server.stop_reading()
@@ -658,6 +647,24 @@ class Client(netio.Conn):
             self._server_lost(exc.message)
         except OSError as err:
             self._server_lost(str(err))
+
+    def _transaction_done(self, server: ServerConn, drained: bool) -> None:
+        """The reply that ends a transaction went to the client (``drained``: all of it, else
+        the rest waits in outbuf): count it, and in transaction mode give the server back.
+        Also called by pooler/_sysio.c's relay_server, which forwards such a reply itself."""
+        self.transactions += 1
+        now = _monotonic()
+        self.idle_since = now
+        if self.busy_since:
+            self.pool.stats.xact_time.observe(now - self.busy_since)
+            self.busy_since = 0.0
+        if not self.session_mode:
+            self._release(now)
+        if self.closing:
+            self.fatal("57P01", SHUTDOWN_MESSAGE)
+            return
+        if self.session_mode and not drained:
+            server.stop_reading()
 
     def _release(self, now: float = 0.0) -> None:
         """Give the server back (``now``: the clock, if the caller just read it)."""

@@ -2,16 +2,16 @@
 in for (Client._on_server_readable, Client._on_client_readable), event for event.
 
 With the compiled hot path, a read watcher's event on a server linked to a client is
-relayed in C when the reply keeps the transaction open, and handed to the Python code
-otherwise (a reply that ends the transaction, a ParameterStatus, an error, end of file);
-a client's request while it holds its server likewise, unless it needs the Python code
-(a statement not judged clean before, a named statement, Terminate, end of file). Every
-case here runs the same conversation twice over real Client/ServerConn/Pool objects and
-socket pairs (bench.relay): once as gevent's watchers would call it (the callbacks), once
-as pooler/_sysio.c's watchers do (Watcher.fire(), the same code as a readiness event),
-and requires the same bytes on every socket and the same state after each step; in the
-native run it also checks which path took each event (relay_counts). Without the
-compiled build only the Python run exists, and its own expectations are checked.
+relayed in C (a reply that ends the transaction then goes to Client._transaction_done, the
+pool's work), and handed to the Python code when it needs it (a ParameterStatus, an error,
+end of file); a client's request while it holds its server likewise (unless it is a
+statement not judged clean before, a named statement, Terminate, end of file). Every case
+here runs the same conversation twice over real Client/ServerConn/Pool objects and socket
+pairs (bench.relay): once as gevent's watchers would call it (the callbacks), once as
+pooler/_sysio.c's watchers do (Watcher.fire(), the same code as a readiness event), and
+requires the same bytes on every socket and the same state after each step; in the native
+run it also checks which path took each event (relay_counts). Without the compiled build
+only the Python run exists, and its own expectations are checked.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def test_a_reply_inside_a_transaction_block_is_relayed_in_c() -> None:
         assert native_counts(talk) == (2, 1)
 
 
-def test_the_reply_that_ends_the_transaction_goes_to_python_and_hands_the_server_on() -> None:
+def test_the_reply_that_ends_the_transaction_hands_the_server_on() -> None:
     def talk(rig: Rig) -> list[dict[str, Any]]:
         rig.client_says(rig.b, rig.peer_b, query(b"select 2"))  # b waits for the server
         assert rig.b.server is None and list(rig.pool.waiters) == [rig.b]
@@ -222,9 +222,81 @@ def test_the_reply_that_ends_the_transaction_goes_to_python_and_hands_the_server
     assert not state["linked"] and state["b_linked"] and state["transactions"] == 1
     assert state["server_got"].endswith(query(b"commit") + query(b"select 2"))
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
-        # BEGIN's reply in C; COMMIT and COMMIT's reply in Python (BEGIN, and b, waiting,
-        # have no server: read by the callback, uncounted).
-        assert native_counts(talk) == (1, 2)
+        # BEGIN's reply and COMMIT's in C (then Client._transaction_done); COMMIT itself, a
+        # simple-protocol query, in Python (BEGIN, and b, waiting, have no server: read by
+        # the callback, uncounted).
+        assert native_counts(talk) == (2, 1)
+
+
+def test_the_last_reply_goes_back_to_the_pool_even_when_the_client_is_slow() -> None:
+    """The client's socket is full when the reply that ends its transaction arrives: the
+    reply waits in the client's outbuf, and the server goes back to the pool at once."""
+    commit = done(b"COMMIT") + ready(b"I")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"commit"))
+        filler = b"N" * 65536  # stands for earlier replies the client has not read yet
+        sent = 0
+        for _ in range(1000):
+            try:
+                sent += rig.a.sock.send(filler)
+            except BlockingIOError:
+                break
+        rig.server_says(commit)
+        state = rig.state()
+        state["a_got"] = state["a_got"][-len(commit) :]
+        return [state, {"filler": sent > 0}]
+
+    state, filled = both(talk)
+    assert filled["filler"] and state["kept"] == commit and not state["linked"]
+    assert state["idle"] == 1 and state["transactions"] == 1
+
+
+def test_in_session_mode_a_slow_client_stops_its_server_at_the_transaction_s_end() -> None:
+    """Session mode keeps the server after the transaction: if the client's socket did not
+    take the last reply whole, the server is not read until it drains."""
+    commit = done(b"COMMIT") + ready(b"I")
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.a.session_mode = True  # as a session-mode pool's client
+        rig.client_says(rig.a, rig.peer_a, query(b"commit"))
+        for _ in range(1000):
+            try:
+                rig.a.sock.send(b"N" * 65536)  # earlier replies the client has not read
+            except BlockingIOError:
+                break
+        rig.server_says(commit)
+        stopped = rig.state()
+        stopped["a_got"] = b""
+        for _ in range(100):
+            drain(rig.peer_a)
+            rig.a._on_writable()  # what the client's write watcher calls
+            if rig.a.outbuf is None:
+                break
+        final = rig.state()
+        final["a_got"] = final["a_got"][-len(commit) :]
+        return [stopped, final]
+
+    stopped, final = both(talk)
+    assert stopped["linked"] and stopped["kept"] == commit and not stopped["server_reading"]
+    assert final["linked"] and final["kept"] is None and final["server_reading"]
+    assert final["a_got"] == commit and final["transactions"] == 1
+
+
+def test_a_client_told_to_go_gets_its_last_reply_first() -> None:
+    """Shutting down (Node.begin_shutdown sets closing): the transaction's last reply goes
+    out, then 57P01."""
+
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        rig.client_says(rig.a, rig.peer_a, query(b"commit"))
+        rig.a.closing = True
+        rig.server_says(done(b"COMMIT") + ready(b"I"))
+        return [rig.state()]
+
+    (state,) = both(talk)
+    got = state["a_got"]
+    assert got.index(ready(b"I")) < got.index(b"57P01") and state["a_closed"]
+    assert state["idle"] == 1
 
 
 def test_a_parameter_status_is_noted_by_python() -> None:
