@@ -806,8 +806,8 @@ def _relay_in_c() -> str:
     if os.environ.get("GREENVISOR_C_RELAY", "1") == "0":
         return "in compiled Python (GREENVISOR_C_RELAY=0)"
     sysio.relay_types(ServerConn, Client, Exchange)
-    return "in C while a transaction stays open (pooler/_sysio.c's read watchers)"
+    return "in C for the common case (pooler/_sysio.c's read watchers)"
 
 
-#: How server replies are relayed (logged at start-up).
+#: Where the relay's common case runs (logged at start-up).
 RELAY_STATUS: Final = _relay_in_c()

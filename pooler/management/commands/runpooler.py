@@ -315,7 +315,7 @@ class Command(BaseCommand):
             node.registry.snapshot.version,
         )
         log.info(
-            "greenvisor: hot path %s; event loop: %s; server replies: %s",
+            "greenvisor: hot path %s; event loop: %s; relay: %s",
             hotpath.status,
             hub.status,
             client_module.RELAY_STATUS,
