@@ -578,13 +578,32 @@ relay_fd(PyObject *obj)
     return (int)fd;
 }
 
-/* owner._server_lost(prefix + str(the OSError for errno)): what the relay's Python does when
- * a read or a write fails. */
-static PyObject *
-relay_lost(PyObject *owner, int err, const char *prefix)
+/* The length field of the message header at buf[pos]. */
+static inline int64_t
+relay_length(const unsigned char *buf, int64_t pos)
 {
-    errno = err;
-    PyErr_SetFromErrno(PyExc_OSError);
+    return (int64_t)buf[pos + 1] << 24 | (int64_t)buf[pos + 2] << 16 |
+           (int64_t)buf[pos + 3] << 8 | (int64_t)buf[pos + 4];
+}
+
+/* framing._pack's usual case: keep the kind-th message type in a byte of *pack while
+ * they fit. 0 when they do not (the list takes the rest: Python's work). */
+static inline int
+relay_pack(int64_t *pack, int64_t *kn, int64_t type)
+{
+    if (*kn >= R_PACKED) {
+        return 0;
+    }
+    *pack = *kn == 0 ? type : *pack | type << (*kn << 3);
+    (*kn)++;
+    return 1;
+}
+
+/* owner._server_lost(prefix + str(the exception being raised)): what the relay's Python
+ * does when a read or a write fails with an OSError. */
+static PyObject *
+relay_lose(PyObject *owner, const char *prefix)
+{
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -598,6 +617,15 @@ relay_lost(PyObject *owner, int err, const char *prefix)
     PyObject *res = PyObject_CallMethodOneArg(owner, relay_name_lost, why);
     Py_DECREF(why);
     return res;
+}
+
+/* relay_lose() for a system call that failed with err. */
+static PyObject *
+relay_lost(PyObject *owner, int err, const char *prefix)
+{
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return relay_lose(owner, prefix);
 }
 
 /* client.<name>(data): the Python relay (Client._on_server_readable or
@@ -633,20 +661,8 @@ relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest
         if (!PyErr_ExceptionMatches(PyExc_OSError)) {
             return NULL;
         }
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        PyObject *why = value != NULL ? PyUnicode_FromFormat("%s%S", prefix, value) : NULL;
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        if (why == NULL) {
-            return NULL;
-        }
         *lost = 1;
-        res = PyObject_CallMethodOneArg(owner, relay_name_lost, why);
-        Py_DECREF(why);
-        return res;
+        return relay_lose(owner, prefix);
     }
     int all = PyObject_IsTrue(res);
     Py_DECREF(res);
@@ -728,8 +744,7 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
         int64_t length = 0;
         while (pos <= last) {
             int64_t type = buf[pos];
-            length = (int64_t)buf[pos + 1] << 24 | (int64_t)buf[pos + 2] << 16 |
-                     (int64_t)buf[pos + 3] << 8 | (int64_t)buf[pos + 4];
+            length = relay_length(buf, pos);
             if (length < 4) {
                 goto hand_over; /* Python raises the ProtocolError */
             }
@@ -753,11 +768,7 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
                         kn = 0;
                         rest_reset = 1;
                     }
-                    else if (kn < R_PACKED) {
-                        pack = kn == 0 ? type : pack | type << (kn << 3);
-                        kn++;
-                    }
-                    else {
+                    else if (!relay_pack(&pack, &kn, type)) {
                         goto hand_over;
                     }
                 }
@@ -765,12 +776,8 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
             else if (type == 'S' || type == 'E') {
                 goto hand_over; /* a status to note, or an error that may be FATAL */
             }
-            else if (watch) {
-                if (kn >= R_PACKED) {
-                    goto hand_over;
-                }
-                pack = kn == 0 ? type : pack | type << (kn << 3);
-                kn++;
+            else if (watch && !relay_pack(&pack, &kn, type)) {
+                goto hand_over;
             }
             pos += length + 1;
         }
@@ -911,8 +918,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         int64_t length = 0;
         while (pos <= last) {
             int64_t type = buf[pos];
-            length = (int64_t)buf[pos + 1] << 24 | (int64_t)buf[pos + 2] << 16 |
-                     (int64_t)buf[pos + 3] << 8 | (int64_t)buf[pos + 4];
+            length = relay_length(buf, pos);
             if (length < 4) {
                 goto hand_over;
             }
@@ -975,12 +981,8 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
             default:
                 goto hand_over; /* Terminate, or a type Python refuses */
             }
-            if (watch && type != 'd') {
-                if (kn >= R_PACKED) {
-                    goto hand_over;
-                }
-                pack = kn == 0 ? type : pack | type << (kn << 3);
-                kn++;
+            if (watch && type != 'd' && !relay_pack(&pack, &kn, type)) {
+                goto hand_over;
             }
             pos += length + 1;
         }
