@@ -793,10 +793,10 @@ def _fix_lengths(data: bytearray, start: int) -> bytearray:
 
 
 def _relay_in_c() -> str:
-    """Let pooler/_sysio.c relay the common case of a server's reply (its relay_server) in
-    the compiled build, where these classes are C structs of the layout it was compiled
-    with; ``GREENVISOR_C_RELAY=0`` keeps every reply on the compiled Python path (for an
-    A/B comparison). Returns what was decided, for the start-up log."""
+    """Let pooler/_sysio.c relay the common case of both directions (its relay_server and
+    relay_client) in the compiled build, where these classes are C structs of the layout it
+    was compiled with; ``GREENVISOR_C_RELAY=0`` keeps every event on the compiled Python
+    path (for an A/B comparison). Returns what was decided, for the start-up log."""
     from pooler import loginio
     from pooler.server import ServerConn
 
