@@ -1001,7 +1001,8 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
 
     /* The session-state check (Client._judge_statement): only verdicts already known to
      * be clean, for the client's last Parse or the one its sequence goes on with. */
-    PyObject *recent_body = NULL; /* the recent statement matched, borrowed */
+    PyObject *recent_body = NULL; /* the recent statement matched (a reference of ours:
+                                   * Python runs before it is stored, see relay_keep) */
     int64_t recent_at = -1;
     if (sql_type != 0) {
         const char *body = stage + sql_start;
@@ -1039,7 +1040,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
                 PyTuple_GET_ITEM(verdict, 0) != Py_None || PyTuple_GET_ITEM(verdict, 1) != Py_False) {
                 goto hand_over;
             }
-            recent_body = guess;
+            recent_body = Py_NewRef(guess);
             recent_at = at;
         }
     }
@@ -1059,6 +1060,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
     relay_fast++;
     PyObject *tail = NULL; /* an incomplete header, kept for the next read */
     if (end < n && (tail = PyBytes_FromStringAndSize(stage + end, n - end)) == NULL) {
+        Py_XDECREF(recent_body);
         *res = NULL;
         return 1;
     }
@@ -1066,6 +1068,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
     if (sent < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             Py_XDECREF(tail);
+            Py_XDECREF(recent_body);
             *res = relay_lost(client_obj, errno, "writing to the server failed: ");
             return 1;
         }
@@ -1078,6 +1081,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
                                     &drained);
         if (kept == NULL || lost) {
             Py_XDECREF(tail);
+            Py_XDECREF(recent_body);
             *res = kept;
             return 1;
         }
@@ -1085,7 +1089,6 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
     }
     if (recent_body != NULL) {
         client->_recent_hit = recent_at;
-        Py_INCREF(recent_body);
         Py_SETREF(client->_parse_last, recent_body);
         Py_INCREF(Py_None);
         Py_SETREF(client->_parse_verdict.f0, Py_None);
