@@ -7,8 +7,9 @@ releases it only while the loop waits in ``epoll_wait``, and runs gevent's queue
 (``loop.run_callback``) only on the loop turns that have some: gevent's own prepare watcher
 runs them on every turn, ~870 instructions a turn for an empty queue (signals are still
 checked every turn, as gevent does). Everything else is gevent's hub.
-:func:`reader` gives netio's relay sockets ``pooler._sysio.Watcher`` read watchers, which
-libev calls straight into (no gevent callback machinery per event) while this hub runs.
+:func:`pooler.loginio.read_watcher` gives the relay's connections and the logins
+``pooler._sysio.Watcher`` read watchers, which libev calls straight into (no gevent callback
+machinery per event) while this hub runs.
 
 :func:`install` makes it the hub of every thread that has none yet; ``runpooler`` calls it
 (manage.py) before anything makes a hub. Without the compiled hot path (``pooler._sysio``
@@ -95,12 +96,3 @@ def _callback_error(watcher: Any, type_: Any, value: Any, tb: Any) -> None:
     """A Watcher callback raised: the hub's handle_error, as for gevent's own watchers (it
     prints the traceback; SystemExit and KeyboardInterrupt go to the main greenlet)."""
     gevent.get_hub().handle_error(watcher, type_, value, tb)
-
-
-def reader(loop: Any, fd: int) -> Any:
-    """A read watcher for ``fd`` with ``start(callback)``/``stop()``: pooler._sysio's
-    Watcher, which libev calls straight into, when :class:`Hub` runs the loops; else
-    gevent's ``loop.io``."""
-    if _SYSIO is not None:
-        return _SYSIO.Watcher(loop, fd)
-    return loop.io(fd, 1)

@@ -89,6 +89,20 @@ _send_fd: Final[Any] = _SYSIO.send if _SYSIO is not None else None
 _switch_to: Final = RawGreenlet.switch
 
 
+def read_watcher(loop: Any, fd: int) -> Any:
+    """A read watcher for ``fd`` with ``start(callback)``/``stop()``: pooler._sysio's
+    Watcher, which libev calls straight into, when pooler/hub.py's Hub runs the loop; else
+    gevent's ``loop.io``. For the relay's connections and the logins' waits.
+
+    Compiled here rather than in pooler/hub.py (interpreted, as gevent's Hub subclass):
+    the first interpreted frame a greenlet runs maps it a new 16 KB frame stack (an mmap,
+    a page fault, and an munmap when the greenlet ends), one per login."""
+    sysio = _hubs._SYSIO
+    if sysio is not None:
+        return sysio.Watcher(loop, fd)
+    return loop.io(fd, 1)
+
+
 class LoginSocket:
     """A client's socket during the login, with reads buffered (see the module docstring).
 
@@ -148,7 +162,7 @@ class LoginSocket:
         if events == _READ and _hubs._SYSIO is not None:
             reader = self.reader
             if reader is None:
-                reader = self.reader = _hubs.reader(hub.loop, self.sock.fileno())
+                reader = self.reader = read_watcher(hub.loop, self.sock.fileno())
             reader.start(_getcurrent().switch)
             try:
                 _switch_to(hub)

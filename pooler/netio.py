@@ -22,8 +22,8 @@ from gevent import get_hub
 from gevent.socket import socket as GeventSocket
 from mypy_extensions import i64
 
-from pooler.hub import reader as _reader
 from pooler.loginio import _SYSIO, LoginSocket, PlainSocket
+from pooler.loginio import read_watcher as _reader
 from pooler.protocol.errors import ProtocolError
 
 #: Bytes asked for per relay read. Each read returns a new ``bytes`` (which the compiled

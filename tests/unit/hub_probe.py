@@ -102,11 +102,14 @@ seen["python_signal_delay"] = round(handled[0] - raised_at, 3) if handled else N
 sysio = hub._SYSIO
 seen["idle_turns"] = sysio.idle_turns() if sysio is not None else None
 
-# The relay's read watchers (hub.reader): pooler._sysio.Watcher when this hub runs.
+# The relay's read watchers (pooler.loginio.read_watcher): pooler._sysio.Watcher when this hub
+# runs.
+from pooler.loginio import read_watcher  # noqa: E402
+
 loop = gevent.get_hub().loop
 a, b = socket.socketpair()
 a.setblocking(False)
-watcher = hub.reader(loop, a.fileno())
+watcher = read_watcher(loop, a.fileno())
 seen["reader"] = f"{type(watcher).__module__}.{type(watcher).__name__}"
 calls: list[tuple[str, bytes]] = []
 watcher.start(lambda: calls.append(("first", a.recv(10))))
@@ -145,7 +148,7 @@ c.setblocking(False)
 
 
 def unreferenced() -> None:
-    kept = hub.reader(loop, c.fileno())
+    kept = read_watcher(loop, c.fileno())
 
     def callback() -> None:
         calls.append(("kept", c.recv(10)))
