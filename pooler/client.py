@@ -238,7 +238,12 @@ class Client(netio.Conn):
         try:
             carried = len(self.carry)  # already counted when it arrived
             if data is None:
-                data = self.recv()
+                try:
+                    data = self.recv()
+                except OSError:
+                    # Reset by the client (ECONNRESET, or TLS failing): it left, as at end
+                    # of file; its server is not at fault (see the except OSError below).
+                    data = b""
                 if data is None:
                     return
             n = len(data)

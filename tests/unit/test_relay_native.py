@@ -598,6 +598,28 @@ def test_a_client_leaving_mid_transaction_has_its_server_rolled_back() -> None:
         assert native_counts(talk) == (1, 1)  # end of file: handed to Python
 
 
+def test_a_client_that_resets_its_connection_is_a_client_that_left() -> None:
+    def talk(rig: Rig) -> list[dict[str, Any]]:
+        # A Unix socket closed with unread bytes makes its peer's next read fail with
+        # ECONNRESET, as a TCP client's RST does.
+        rig.a.sock.send(b"unread")
+        rig.peer_a.close()
+        rig.client_event(rig.a)
+        state = rig.state()
+        state.pop("a_got")
+        return [state]
+
+    (state,) = both(talk)
+    # The client's read failed, not the server: its server is rolled back and kept (it
+    # was lost, with "writing to the server failed: ... reset by peer", before).
+    assert (
+        state["a_closed"]
+        and not state["linked"]
+        and not state["server_closed"]
+        and state["server_got"].endswith(query(b"ROLLBACK"))
+    )
+
+
 def test_a_server_gone_when_the_client_writes_is_lost_with_a_reason() -> None:
     request = extended(b"select 1")
 
