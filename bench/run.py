@@ -952,6 +952,19 @@ def _hot_path() -> str:
     return hotpath.decide()[1]
 
 
+def hot_path_warning(machine: dict[str, Any]) -> str | None:
+    """A warning when the Greenvisor of a run was not the compiled hot path (a stale or
+    missing build falls back to plain Python silently, ~20x the instructions per
+    transaction): its figures say nothing about the compiled relay."""
+    hot_path = str(machine.get("greenvisor hot path", ""))
+    if not hot_path.startswith("pure Python"):
+        return None
+    return (
+        f"WARNING: Greenvisor ran {hot_path}; these are not the compiled relay's figures: "
+        "run `python manage.py hotpath build` (make compile) and bench again"
+    )
+
+
 def machine_info() -> dict[str, Any]:
     mem_kb = _proc_value("/proc/meminfo", "MemTotal").split()[0]
     return {
@@ -1036,6 +1049,9 @@ def report(result: dict[str, Any], markdown: bool) -> None:
     print()
     print("Issue 4 targets (Greenvisor, medians of this run):")
     print(targets_text(checks))
+    warning = hot_path_warning(result.get("machine", {}))
+    if warning:
+        print(warning)
     if markdown:
         print()
         print(markdown_machine(result["machine"]))
@@ -1115,6 +1131,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile_limit()
     result = new_result(settings)
     print(f"about {estimate_minutes(settings):.0f} min; temporary files in {tempfile.gettempdir()}")
+    warning = hot_path_warning(result["machine"]) if GREENVISOR in settings.targets else None
+    if warning:
+        print(warning, flush=True)
     status = 0
     try:
         with interrupts_as_keyboardinterrupt():

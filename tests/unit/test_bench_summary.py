@@ -74,3 +74,17 @@ def test_a_failed_rep_is_not_paired() -> None:
     g = next(r for r in rows if r["target"] == "greenvisor")
     b = next(r for r in rows if r["target"] == "pgbouncer")
     assert scenarios.paired_ratio(g, b) is None
+
+
+def test_a_run_of_the_plain_python_relay_is_flagged() -> None:
+    from bench.run import hot_path_warning
+    from pooler import hotpath
+
+    stale = {"greenvisor hot path": "pure Python (pooler/client.py changed since the hot ..."}
+    warning = hot_path_warning(stale)
+    assert warning is not None and "hotpath build" in warning and "pure Python" in warning
+    assert hot_path_warning({"greenvisor hot path": "compiled with mypyc (19 modules)"}) is None
+    assert hot_path_warning({}) is None  # a result saved before the field existed
+    # The phrase it looks for is the one hotpath.decide() writes for every fallback.
+    use, why = hotpath.decide()
+    assert use or why.startswith("pure Python")
