@@ -42,6 +42,7 @@ import psycopg2  # noqa: E402
 
 from bench.scenarios import (  # noqa: E402
     ALL_TARGETS,
+    DEFAULT_DURATION,
     DIRECT,
     GREENVISOR,
     NOT_APPLICABLE,
@@ -748,7 +749,7 @@ class Settings:
     scenarios: list[Scenario]
     targets: list[str]
     reps: int | None  # None: each scenario's own (Scenario.reps)
-    duration: int
+    duration: int | None  # None: each scenario's own (Scenario.duration, else 7 s)
     warmup: int
     scale: int
     idle_clients: int = 15000
@@ -757,6 +758,11 @@ class Settings:
 
     def reps_of(self, scenario: Scenario) -> int:
         return scenario.reps if self.reps is None else self.reps
+
+    def duration_of(self, scenario: Scenario) -> int:
+        if self.duration is not None:
+            return self.duration
+        return scenario.duration if scenario.duration is not None else DEFAULT_DURATION
 
     def targets_of(self, scenario: Scenario) -> list[str]:
         """The targets ``scenario`` runs on: its own, or (--all-targets) every one it can."""
@@ -827,7 +833,12 @@ def run_scenario(
             order = targets[rep % len(targets) :] + targets[: rep % len(targets)]
             for name in order:
                 result = measure(
-                    procs, cluster, scenario, endpoints[name], poolers, settings.duration
+                    procs,
+                    cluster,
+                    scenario,
+                    endpoints[name],
+                    poolers,
+                    settings.duration_of(scenario),
                 )
                 result["rep"] = rep + 1
                 result.update(idle.get(name, {}))
@@ -903,7 +914,7 @@ def _clean_up(base: Path, keep: bool, failed: bool) -> None:
 def _settings_json(settings: Settings) -> dict[str, Any]:
     return {
         "reps": settings.reps,  # None: per scenario, below
-        "duration_s": settings.duration,
+        "duration_s": settings.duration,  # None: per scenario, below
         "warmup_s": settings.warmup,
         "scale": settings.scale,
         "idle_clients": settings.idle_clients,
@@ -916,6 +927,7 @@ def _settings_json(settings: Settings) -> dict[str, Any]:
                 "pgbench_args": list(s.pgbench_args),
                 "pool_size": s.pool_size,
                 "reps": settings.reps_of(s),
+                "duration_s": settings.duration_of(s),
                 "targets": settings.targets_of(s),
                 "latency_log": s.latency_log,
                 "idle_clients": s.idle_clients,
@@ -1002,7 +1014,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="measured runs per target (default: 5 for tpcb and storm, 3 for the others)",
     )
-    p.add_argument("--duration", type=int, default=7, help="pgbench -T seconds per run (7)")
+    p.add_argument(
+        "--duration",
+        type=int,
+        default=None,
+        help="pgbench -T seconds per run (default: 3 for latency, 7 for the others)",
+    )
     p.add_argument("--warmup", type=int, default=2, help="unmeasured seconds per target, 0 = off")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s scale (10)")
     p.add_argument(
@@ -1032,8 +1049,10 @@ def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
     reps, duration, warmup, idle = args.reps, args.duration, args.warmup, args.idle_clients
     if args.quick:
         reps, duration, warmup, idle = 1, 4, 1, min(idle, 2000)
-    if (reps is not None and reps < 1) or duration < 1 or warmup < 0 or idle < 1:
-        raise BenchError("--reps, --duration and --idle-clients must be >= 1, --warmup >= 0")
+    if (reps is not None and reps < 1) or (duration is not None and duration < 1):
+        raise BenchError("--reps and --duration must be >= 1")
+    if warmup < 0 or idle < 1:
+        raise BenchError("--idle-clients must be >= 1, --warmup >= 0")
     return Settings(
         scenarios, targets, reps, duration, warmup, args.scale, idle, args.all_targets, argv
     )
@@ -1093,7 +1112,8 @@ def estimate_minutes(settings: Settings) -> float:
         targets = settings.targets_of(scenario)
         per_run = 1 + (1 if scenario.vacuum else 0)  # measured: ~0-1 s here, more when loaded
         seconds += 8 + len(targets) * (settings.warmup + per_run)
-        seconds += len(targets) * settings.reps_of(scenario) * (settings.duration + per_run)
+        runs = len(targets) * settings.reps_of(scenario)
+        seconds += runs * (settings.duration_of(scenario) + per_run)
         if scenario.idle_clients:
             seconds += len(targets) * (5 + settings.idle_clients / 1000)
     return seconds / 60

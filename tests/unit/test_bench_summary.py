@@ -88,3 +88,30 @@ def test_a_run_of_the_plain_python_relay_is_flagged() -> None:
     # The phrase it looks for is the one hotpath.decide() writes for every fallback.
     use, why = hotpath.decide()
     assert use or why.startswith("pure Python")
+
+
+def test_latency_runs_seven_short_reps_unless_told_otherwise() -> None:
+    from bench.run import BenchError, estimate_minutes, parse_args, settings_from
+
+    def settings(*argv: str) -> Any:
+        return settings_from(parse_args(list(argv)), list(argv))
+
+    latency = scenarios.scenario_by_name("latency")
+    tpcb = scenarios.scenario_by_name("tpcb")
+    default = settings()
+    assert (default.reps_of(latency), default.duration_of(latency)) == (7, 3)
+    assert (default.reps_of(tpcb), default.duration_of(tpcb)) == (5, 7)
+    # A number given on the command line applies to every scenario.
+    told = settings("--duration", "10", "--reps", "2")
+    assert told.duration_of(latency) == told.duration_of(tpcb) == 10
+    assert told.reps_of(latency) == told.reps_of(tpcb) == 2
+    quick = settings("--quick")
+    assert quick.duration_of(latency) == quick.duration_of(tpcb) == 4
+    # The estimate follows each scenario's own reps x duration: latency's 7 x 3 s per target.
+    only_latency = settings("--scenarios", "latency", "--warmup", "0")
+    longer = settings("--scenarios", "latency", "--warmup", "0", "--duration", "7")
+    assert estimate_minutes(longer) - estimate_minutes(only_latency) == pytest.approx(
+        2 * 7 * (7 - 3) / 60
+    )
+    with pytest.raises(BenchError, match="--duration must be >= 1"):
+        settings("--duration", "0")
