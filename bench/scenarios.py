@@ -453,6 +453,7 @@ def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "what": target.what,
                 "value": None if value is None else round(value, 3),
                 "goal": f"{'>=' if target.higher_is_better else '<='} {target.goal:g}{target.unit}",
+                "goal_value": target.goal,
                 "unit": target.unit,
                 "status": status,
                 "note": note,
@@ -493,7 +494,11 @@ TARGET_COLUMNS = ("#", "target", "Greenvisor", "goal", "result", "for comparison
 
 def target_cells(check: dict[str, Any]) -> list[str]:
     value = check["value"]
-    shown = "-" if value is None else f"{value:.2f}{check['unit']}"
+    goal = check.get("goal_value")
+    # A third digit where two would print the goal itself: 0.996x is a MISS of ">= 1x",
+    # which "1.00x MISS" did not explain.
+    digits = 3 if value is not None and goal is not None and f"{value:.2f}" == f"{goal:.2f}" else 2
+    shown = "-" if value is None else f"{value:.{digits}f}{check['unit']}"
     return [check["target"], check["what"], shown, check["goal"], check["status"], check["note"]]
 
 

@@ -115,3 +115,24 @@ def test_latency_runs_seven_short_reps_unless_told_otherwise() -> None:
     )
     with pytest.raises(BenchError, match="--duration must be >= 1"):
         settings("--duration", "0")
+
+
+def test_a_ratio_that_rounds_to_its_goal_shows_a_third_digit() -> None:
+    def shown(value: float, goal: float) -> str:
+        check = {
+            "target": "1",
+            "what": "w",
+            "value": value,
+            "goal": f">= {goal:g}x",
+            "goal_value": goal,
+            "unit": "x",
+            "status": "",
+            "note": "",
+        }
+        return scenarios.target_cells(check)[2]
+
+    assert shown(0.996, 1.0) == "0.996x"  # printed "1.00x" beside MISS before
+    assert shown(1.004, 1.0) == "1.004x"
+    assert shown(0.97, 1.0) == "0.97x"
+    assert shown(1.2, 1.2) == "1.200x"
+    assert shown(0.66, 0.55) == "0.66x"
