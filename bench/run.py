@@ -1012,7 +1012,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--reps",
         type=int,
         default=None,
-        help="measured runs per target (default: 5 for tpcb and storm, 3 for the others)",
+        help="measured runs per target (default: 5 for tpcb and storm, 7 for latency, 3 others)",
     )
     p.add_argument(
         "--duration",
