@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +89,10 @@ def _address(host: str, port: int, reuse_port: bool, option: str, name: str) -> 
 
 class LoginServer(StreamServer):
     """The Postgres-protocol listener: a gevent StreamServer whose accept loop is
-    :func:`pooler.loginio.accept_logins` (compiled with the login). One greenlet per login,
-    kept in :attr:`logins` while it runs, instead of gevent's greenlet pool (a semaphore,
-    links and a dozen interpreted calls per connection). gevent's own loop still handles
+    :func:`pooler.loginio.accept_logins` (compiled with the login). One plain greenlet per
+    login, switched to from the accept loop and kept in :attr:`logins` while it runs,
+    instead of gevent's greenlet pool (a semaphore, links and a dozen interpreted calls per
+    connection). gevent's own loop still handles
     accept errors (it backs off while the process is out of file descriptors), and
     :meth:`stop` does what it did with a pool: logins in progress get ``timeout`` seconds,
     then are cut."""
@@ -107,8 +109,18 @@ class LoginServer(StreamServer):
         super().stop(timeout)
         running = list(self.logins)
         if running:
-            gevent.joinall(running, timeout=self.stop_timeout if timeout is None else timeout)
-            gevent.killall([g for g in running if not g.dead], block=True, timeout=1)
+            _wait_until_dead(running, self.stop_timeout if timeout is None else timeout)
+            for login in running:
+                gevent.kill(login)  # a plain greenlet (accept_logins): GreenletExit from the loop
+            _wait_until_dead(running, 1.0)
+
+
+def _wait_until_dead(greenlets: list[Any], seconds: float) -> None:
+    """Wait up to ``seconds`` for ``greenlets`` to end: gevent.joinall for plain greenlets,
+    which have no links to wait on (a poll every 10 ms; stop() only)."""
+    deadline = time.monotonic() + seconds
+    while any(not g.dead for g in greenlets) and time.monotonic() < deadline:
+        gevent.sleep(0.01)
 
 
 #: PgBouncer's TCP_DEFER_ACCEPT when its tcp_defer_accept is on ("hardcoded to 45 seconds").

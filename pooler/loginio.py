@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import _socket
 import importlib
+import sys
 from typing import Any, Final
 
 from gevent import Greenlet, get_hub, getcurrent
@@ -312,9 +313,17 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
     descriptor back from it was ~270 interpreted bytecodes per login), remembered in
     ``logins`` while it runs and closed after it unless the login took the descriptor.
     What gevent's StreamServer does with a greenlet pool and a dozen interpreted calls per
-    connection (pooler.listener.LoginServer). False at an accept error other than "nothing
-    waiting": the caller handles that (EMFILE...)."""
+    connection (pooler.listener.LoginServer); the greenlet is a plain one, not gevent's
+    Greenlet (its __init__, spawn and the loop turn that starts it were ~10k of a SCRAM
+    login's 225k instructions), so wait for it and kill it as pooler.listener does. False
+    at an accept error other than "nothing waiting": the caller handles that (EMFILE...)."""
     family, kind, proto = listener.family, listener.type, listener.proto
+    # Run from the hub (the listener's readiness callback), each login starts at once in a
+    # plain greenlet whose parent is the hub: its first wait switches back here and the loop
+    # goes on accepting. Elsewhere (a caller in its own greenlet would not be switched back
+    # to), gevent's spawn, which starts it from the loop.
+    hub = _get_hub()
+    direct = _getcurrent() is hub
     # The native accept keeps the GIL: never on a socket in blocking mode (timeout None, the
     # only mode whose descriptor blocks), which would stop the whole process until a client
     # came. The listeners are all non-blocking (gevent's, pooler/listener.py's).
@@ -335,16 +344,25 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
             return False
         sock = PlainSocket(family, kind, proto, fd)
         sock.setblocking(False)
-        _spawn(_login_then_close, handle, sock, address, logins)
+        if direct:
+            _switch_to(RawGreenlet(_login_then_close, hub), handle, sock, address, logins)
+        else:
+            _spawn(_login_then_close, handle, sock, address, logins)
     return True
 
 
 def _login_then_close(handle: Any, sock: Any, address: Any, logins: set[Any]) -> None:
+    """One login's greenlet: ``handle`` it, then close the socket unless the login took it.
+    An error ``handle`` lets out is the hub's to report, as gevent's Greenlet reports one,
+    and goes no further: in a plain greenlet it would reach the hub where it last switched
+    here (the accept loop, a watcher's callback)."""
     me = _getcurrent()
     logins.add(me)
     kept = False
     try:
         kept = bool(handle(sock, address))  # True: the socket itself went to the relay
+    except Exception:
+        _get_hub().handle_error(me, *sys.exc_info())
     finally:
         logins.discard(me)
         if not kept and sock.fileno() != -1:  # not taken by a successful login: ours

@@ -18,6 +18,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import greenlet
 import pytest
 from gevent import socket as gsocket
 
@@ -180,6 +181,100 @@ def test_stop_cuts_logins_still_in_progress() -> None:
         assert _closed_by_the_server(peer)
     finally:
         peer.close()
+
+
+def test_a_login_that_raises_is_reported_and_the_listener_serves_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each login runs in a plain greenlet that the accept loop switches to at once: an
+    error its handler lets out goes to the hub's handle_error (as gevent's Greenlet reported
+    it), its socket is closed, and neither the accept loop nor the next logins notice."""
+    reported: list[Any] = []
+    hub = gevent.get_hub()
+    monkeypatch.setattr(hub, "handle_error", lambda ctx, t, v, tb: reported.append((ctx, v)))
+    kinds: set[type] = set()
+    handled: list[int] = []
+
+    def handle(sock: Any, addr: Any) -> bool:
+        me = gevent.getcurrent()
+        kinds.add(type(me))
+        assert me.parent is hub
+        handled.append(addr[1])
+        nth = len(handled)
+        if nth == 1:  # before its first wait: in the accept loop's batch
+            raise RuntimeError("a bug in one login")
+        gevent.sleep(0)  # the first wait: back to the accept loop
+        if nth == 2:
+            raise RuntimeError("a bug after a wait")
+        return False
+
+    server, port = _login_server(handle)
+    peers = [gsocket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    for peer in peers:
+        peer.sendall(b"\0")
+    try:
+        with gevent.Timeout(10):
+            while len(handled) < 3:
+                gevent.sleep(0.01)
+        # Reported as the login's own (the greenlet as context), not as an error of the
+        # listener's watcher or of a loop callback it escaped into.
+        assert [str(v) for _, v in reported] == ["a bug in one login", "a bug after a wait"]
+        assert all(type(ctx) is greenlet.greenlet for ctx, _ in reported)
+        assert not server.logins
+        for peer in peers:
+            assert _closed_by_the_server(peer)
+        # A login whose first wait comes later: the loop still serves it.
+        late = gsocket.create_connection(("127.0.0.1", port))
+        late.sendall(b"\0")
+        with gevent.Timeout(10):
+            while len(handled) < 4:
+                gevent.sleep(0.01)
+        assert _closed_by_the_server(late)
+        late.close()
+        assert kinds == {greenlet.greenlet}  # plain, switched to from the accept loop
+    finally:
+        server.stop()
+        for peer in peers:
+            peer.close()
+
+
+def test_a_login_accepted_outside_the_hub_is_spawned() -> None:
+    """accept_logins called from a greenlet of its own (not the hub's readiness callback)
+    spawns each login instead of switching to it: that greenlet would not be switched back
+    to when the login first waits."""
+    from pooler import loginio
+
+    done: list[int] = []
+    kinds: set[type] = set()
+
+    def handle(sock: Any, addr: Any) -> bool:
+        kinds.add(type(gevent.getcurrent()))
+        gevent.sleep(0.01)
+        done.append(addr[1])
+        return False
+
+    lsock = listener_mod.protocol_listener("transaction", "127.0.0.1", 0, "--port", handle)
+    listening = lsock.server.socket
+    port = listening.getsockname()[1]
+
+    peer = gsocket.create_connection(("127.0.0.1", port))
+    peer.sendall(b"\0")
+    logins: set[Any] = set()
+    try:
+        with gevent.Timeout(10):
+            accepted = False
+            while not accepted:
+                gevent.sleep(0.01)
+                before = len(logins) + len(done)
+                assert gevent.spawn(loginio.accept_logins, listening, handle, logins).get()
+                accepted = len(logins) + len(done) > before
+            while not done:
+                gevent.sleep(0.01)
+        assert _closed_by_the_server(peer)
+        assert kinds == {gevent.Greenlet}
+    finally:
+        peer.close()
+        listening.close()
 
 
 def _silent_then_speaking(defer_seconds: int) -> tuple[int, bool, bool]:
