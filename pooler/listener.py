@@ -92,10 +92,9 @@ class LoginServer(StreamServer):
     :func:`pooler.loginio.accept_logins` (compiled with the login). One plain greenlet per
     login, switched to from the accept loop and kept in :attr:`logins` while it runs,
     instead of gevent's greenlet pool (a semaphore, links and a dozen interpreted calls per
-    connection). gevent's own loop still handles
-    accept errors (it backs off while the process is out of file descriptors), and
-    :meth:`stop` does what it did with a pool: logins in progress get ``timeout`` seconds,
-    then are cut."""
+    connection). gevent's own loop still handles accept errors (it backs off while the
+    process is out of file descriptors), and :meth:`stop` does what it did with a pool:
+    logins in progress get ``timeout`` seconds, then are cut."""
 
     def __init__(self, address: Any, handle: Callable[[Any, Any], object], backlog: Any) -> None:
         super().__init__(address, handle, spawn="default", backlog=backlog)

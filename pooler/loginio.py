@@ -314,7 +314,7 @@ def accept_logins(listener: Any, handle: Any, logins: set[Any]) -> bool:
     ``logins`` while it runs and closed after it unless the login took the descriptor.
     What gevent's StreamServer does with a greenlet pool and a dozen interpreted calls per
     connection (pooler.listener.LoginServer); the greenlet is a plain one, not gevent's
-    Greenlet (its __init__, spawn and the loop turn that starts it were ~10k of a SCRAM
+    Greenlet (its __init__, spawn and the loop turn that starts it were ~15k of a SCRAM
     login's 225k instructions), so wait for it and kill it as pooler.listener does. False
     at an accept error other than "nothing waiting": the caller handles that (EMFILE...)."""
     family, kind, proto = listener.family, listener.type, listener.proto
