@@ -47,8 +47,12 @@ from bench.scenarios import (  # noqa: E402
     GREENVISOR,
     NOT_APPLICABLE,
     PGBOUNCER,
+    RUNS_FOR_VERDICT,
     SCENARIOS,
     Scenario,
+    combine_checks,
+    combined_markdown,
+    combined_text,
     markdown_machine,
     markdown_table,
     parse_pgbench,
@@ -1029,7 +1033,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: 1 rep, -T 4, 1 s warm-up, 2000 idle"
     )
     p.add_argument("--markdown", action="store_true", help="also print a Markdown table")
-    p.add_argument("--report", metavar="JSON", help="print the tables of a saved result; no run")
+    p.add_argument(
+        "--report",
+        metavar="JSON",
+        nargs="+",
+        help="print the tables of a saved result; no run. Several: issue 4's verdict, each "
+        "target's median over those runs (the issue asks for >= 3)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary dir (logs)")
     return p.parse_args(argv)
 
@@ -1080,6 +1090,45 @@ def report(result: dict[str, Any], markdown: bool) -> None:
         print(markdown_table(summary))
         print()
         print(targets_markdown(checks))
+
+
+def _checks_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    summary = summarize(result["runs"]) if result.get("runs") else result["summary"]
+    return target_checks(summary)
+
+
+def report_runs(results: list[dict[str, Any]], names: list[str], markdown: bool) -> None:
+    """Several saved runs: which is which, what may make them incomparable, then each
+    target's value per run and its median across them (issue 4's verdict)."""
+    labels = [f"run {i}" for i in range(1, len(results) + 1)]
+    print("Runs:")
+    commits = set()
+    for label, name, result in zip(labels, names, results, strict=True):
+        machine = result.get("machine", {})
+        commit = str(machine.get("greenvisor commit", "unknown"))
+        commits.add(commit)
+        extra = f"; INCOMPLETE: {result['incomplete']}" if result.get("incomplete") else ""
+        print(f"  {label}: {name}, started {result.get('started', '?')}, commit {commit}{extra}")
+        warning = hot_path_warning(machine)
+        if warning:
+            print(f"    {warning}")
+    if len(commits) > 1:
+        print(
+            f"NOTE: these runs measured {len(commits)} commits ({', '.join(sorted(commits))}): "
+            "their medians mix whatever changed between them"
+        )
+    combined = combine_checks([_checks_of(result) for result in results])
+    print()
+    print(f"Issue 4 targets (Greenvisor), each run's ratio and the median of the {len(results)}:")
+    print(combined_text(combined, labels))
+    if len(results) < RUNS_FOR_VERDICT:
+        print(
+            f"NOTE: issue 4 takes the median of >= {RUNS_FOR_VERDICT} runs; "
+            f"run `make bench` {RUNS_FOR_VERDICT - len(results)} more time(s)"
+        )
+    if markdown:
+        print()
+        print(combined_markdown(combined, labels))
 
 
 def save(result: dict[str, Any]) -> Path:
@@ -1142,7 +1191,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.report:
-            report(json.loads(Path(args.report).read_text()), args.markdown)
+            results = [json.loads(Path(name).read_text()) for name in args.report]
+            if len(results) == 1:
+                report(results[0], args.markdown)
+            else:
+                report_runs(results, args.report, args.markdown)
             return 0
         settings = settings_from(args, ["python", "-m", "bench.run", *argv])
     except (BenchError, OSError, ValueError) as exc:

@@ -547,3 +547,100 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def markdown_machine(machine: dict[str, Any]) -> str:
     return "\n".join(f"- {key}: {value}" for key, value in machine.items())
+
+
+# --- several runs: issue 4's verdict ----------------------------------------------------------
+
+#: Issue 4 defines each target on the medians of at least this many runs of the bench.
+RUNS_FOR_VERDICT = 3
+
+
+def _verdict(value: float, check: dict[str, Any]) -> str:
+    goal = check["goal_value"]
+    if check["goal"].startswith(">="):
+        return "PASS" if value >= goal else "MISS"
+    return "PASS" if value <= goal else "MISS"
+
+
+def combine_checks(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Each target's median over the runs (``per_run``: one run's :func:`target_checks` each,
+    in order): the verdict issue 4 asks for ("medians of >= 3 runs"). A run without a value
+    for a target (the scenario did not run, or failed) does not count for it.
+
+    Each check gets ``values`` (per run, None where it had none), ``runs`` (how many
+    counted) and ``passed`` (how many of those were on the right side of the goal alone);
+    ``status`` is the median's."""
+    order: list[str] = []
+    first: dict[str, dict[str, Any]] = {}
+    for checks in per_run:
+        for check in checks:
+            if check["target"] not in first:
+                order.append(check["target"])
+                first[check["target"]] = check
+    out = []
+    for number in order:
+        template = first[number]
+        values: list[float | None] = []
+        for checks in per_run:
+            found = next((c for c in checks if c["target"] == number), None)
+            values.append(None if found is None else found["value"])
+        present = [v for v in values if v is not None]
+        # Rounded as shown: the median of 1.3x and 1.1x is 1.2x, which meets "<= 1.2x".
+        median = round(statistics.median(present), 3) if present else None
+        combined = {key: template[key] for key in ("target", "what", "goal", "goal_value", "unit")}
+        combined.update(
+            value=median,
+            values=values,
+            runs=len(present),
+            passed=sum(1 for v in present if _verdict(v, template) == "PASS"),
+            status="n/a" if median is None else _verdict(median, template),
+        )
+        combined["note"] = (
+            f"{combined['passed']} of {combined['runs']} runs pass alone" if present else ""
+        )
+        out.append(combined)
+    return out
+
+
+COMBINED_TAIL = ("median", "goal", "result", "runs passing alone")
+
+
+def _combined_lines(combined: list[dict[str, Any]], labels: list[str]) -> list[list[str]]:
+    lines = [["#", "target", *labels, *COMBINED_TAIL]]
+    for check in combined:
+        unit = check["unit"]
+        per_run = ["-" if v is None else f"{v:.2f}{unit}" for v in check["values"]]
+        median = target_cells(check)[2]  # a third digit where two would print the goal
+        passing = f"{check['passed']} of {check['runs']}" if check["runs"] else "-"
+        lines.append(
+            [check["target"], check["what"], *per_run, median, check["goal"], check["status"]]
+            + [passing]
+        )
+    return lines
+
+
+def combined_text(combined: list[dict[str, Any]], labels: list[str]) -> str:
+    """The targets, one column per run, then the median across them and its verdict."""
+    lines = _combined_lines(combined, labels)
+    size = len(lines[0])
+    widths = [max(len(line[i]) for line in lines) for i in range(size)]
+    out = [
+        "  ".join(
+            cell.ljust(w) if i < 2 or i >= size - 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        for line in lines
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def combined_markdown(combined: list[dict[str, Any]], labels: list[str]) -> str:
+    lines = _combined_lines(combined, labels)
+    head, body = lines[0], lines[1:]
+    rule = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"
+    return "\n".join(
+        ["| " + " | ".join(line) + " |" for line in [head]]
+        + [rule]
+        + ["| " + " | ".join(line) + " |" for line in body]
+    )

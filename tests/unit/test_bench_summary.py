@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -136,3 +137,73 @@ def test_a_ratio_that_rounds_to_its_goal_shows_a_third_digit() -> None:
     assert shown(0.97, 1.0) == "0.97x"
     assert shown(1.2, 1.2) == "1.200x"
     assert shown(0.66, 0.55) == "0.66x"
+
+
+def _bench_result(storm: float, p99: float | None, commit: str = "abc1234") -> dict[str, Any]:
+    """A saved result whose storm ratio is ``storm`` and one-client p99 ratio ``p99`` (no
+    latency scenario when None)."""
+    runs = [_run("storm", "pgbouncer", 1, 300.0), _run("storm", "greenvisor", 1, 300.0 * storm)]
+    if p99 is not None:
+        for target, ms in (("pgbouncer", 1.0), ("greenvisor", p99)):
+            run = _run("latency", target, 1, 3000.0)
+            run["latency_p99_ms"] = ms
+            runs.append(run)
+    return {
+        "started": "2026-11-29T07:00:00+00:00",
+        "machine": {"greenvisor commit": commit, "greenvisor hot path": "compiled with mypyc"},
+        "runs": runs,
+    }
+
+
+def _checks_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return scenarios.target_checks(scenarios.summarize(result["runs"]))
+
+
+def test_the_verdict_of_several_runs_is_each_targets_median() -> None:
+    """Issue 4: "medians of >= 3 runs". The storm that passed alone in one run of three
+    misses on the median; a p99 (lower is better) that missed in one run passes."""
+    results = [_bench_result(0.84, 1.01), _bench_result(1.12, 0.99), _bench_result(0.95, 1.41)]
+    combined = scenarios.combine_checks([_checks_of(r) for r in results])
+    storm, p99 = _check(combined, "6"), _check(combined, "7b")
+    assert storm["values"] == pytest.approx([0.84, 1.12, 0.95])
+    assert storm["value"] == pytest.approx(0.95)
+    assert (storm["status"], storm["passed"], storm["runs"]) == ("MISS", 1, 3)
+    assert p99["value"] == pytest.approx(1.01)
+    assert (p99["status"], p99["passed"], p99["runs"]) == ("PASS", 2, 3)
+    # A target no run measured is n/a, not a pass.
+    select = _check(combined, "2")
+    assert (select["status"], select["runs"], select["values"]) == ("n/a", 0, [None] * 3)
+    text = scenarios.combined_text(combined, ["run 1", "run 2", "run 3"])
+    storm_line = next(line for line in text.splitlines() if line.startswith("6 "))
+    assert storm_line.split()[-7:] == ["0.95x", ">=", "1x", "MISS", "1", "of", "3"]
+
+
+def test_a_run_without_the_scenario_does_not_count_for_its_target() -> None:
+    results = [_bench_result(1.1, 1.3), _bench_result(0.9, None), _bench_result(1.05, 1.1)]
+    p99 = _check(scenarios.combine_checks([_checks_of(r) for r in results]), "7b")
+    assert p99["values"][1] is None
+    assert p99["value"] == pytest.approx(1.2)  # the median of 1.3 and 1.1 only
+    assert (p99["runs"], p99["passed"], p99["status"]) == (2, 1, "PASS")
+    markdown = scenarios.combined_markdown([p99], ["run 1", "run 2", "run 3"])
+    assert "| 7b | one-client p99 latency vs PgBouncer | 1.30x | - | 1.10x | 1.200x |" in markdown
+
+
+def test_report_of_several_saved_runs_says_what_makes_them_incomparable(
+    tmp_path: Any, capsys: Any
+) -> None:
+    from bench.run import main
+
+    stale = _bench_result(0.9, 1.0, commit="def5678")
+    stale["machine"]["greenvisor hot path"] = "pure Python (pooler/client.py changed ...)"
+    names = []
+    for i, result in enumerate([_bench_result(1.1, 1.0), stale]):
+        path = tmp_path / f"run{i}.json"
+        path.write_text(json.dumps(result))
+        names.append(str(path))
+    assert main(["--report", *names]) == 0
+    out = capsys.readouterr().out
+    assert "measured 2 commits (abc1234, def5678)" in out
+    assert "WARNING: Greenvisor ran pure Python" in out
+    assert "median of >= 3 runs; run `make bench` 1 more time(s)" in out
+    storm_line = next(line for line in out.splitlines() if line.startswith("6 "))
+    assert "1.10x" in storm_line and "0.90x" in storm_line and "1.000x" in storm_line
