@@ -33,6 +33,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 /* read(2) and write(2) as plain system calls. glibc's read() and write() are thread
@@ -690,6 +691,277 @@ relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest
     return PyObject_CallMethodNoArgs(reader, relay_name_stop);
 }
 
+/* --- the pool's common case, in C: checkout and release when nobody waits ---------------
+ *
+ * With a quiet pool (pgbench -c 1, the latency target; any client between transactions
+ * while servers sit idle), each transaction checks a server out of the idle list when its
+ * first request arrives and puts it back when ReadyForQuery 'I' ends it. In compiled
+ * Python that is Client._on_client_readable's checkout (Pool.checkout, Client._link,
+ * Exchange.reset) and Client._transaction_done's release (the counters, the histogram,
+ * ServerConn.release, Pool.checkin, ServerConn.park): about half of a one-client
+ * transaction's user time, ~1,000 instructions more than the C relay's forwarding
+ * around them, and a working set that has left the caches while the pooler slept.
+ * relay_checkout_candidate() and relay_release() do the plainest case on the same fields,
+ * after checking everything the Python code would have branched on, and leave every
+ * other case to it unchanged: a waiter, a paused, closed or reloaded pool, a server check
+ * query, a server to reset or past its lifetime, a cancel in flight, a client whose
+ * settings this server has not been seen to fit, session mode, a shutdown. They change
+ * nothing until every check has passed, so a case left to Python finds the state it
+ * would have found.
+ *
+ * relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram) switches it on
+ * (pooler/pool.py, at import, when the C relay is on); relay_pool_counts() answers
+ * (checkouts, releases) done here, for the tests. */
+
+typedef pooler___pool___PoolObject RelayPool;
+typedef pooler___pool___PoolLimitsObject RelayLimits;
+typedef pooler___pool___PoolStatsObject RelayStats;
+typedef pooler___pool___HistogramObject RelayHistogram;
+typedef pooler___listdeque___ListDequeObject RelayDeque;
+
+static PyTypeObject *relay_pool_type;
+static PyTypeObject *relay_deque_type;
+static PyTypeObject *relay_limits_type;
+static PyTypeObject *relay_stats_type;
+static PyTypeObject *relay_histogram_type;
+static unsigned long long relay_checkouts;
+static unsigned long long relay_releases;
+
+/* A non-negative int small enough to stay one after adding a few (mypyc's tagged int:
+ * the value shifted left by one, the low bit clear). */
+#define R_SMALL(t) (!((t) & CPY_INT_TAG) && (t) < ((CPyTagged)1 << 60))
+
+/* time.monotonic(): the same clock and conversion (CLOCK_MONOTONIC, nanoseconds / 1e9). */
+static inline double
+relay_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+}
+
+static inline RelayDeque *
+relay_deque(PyObject *obj)
+{
+    if (obj == NULL || Py_TYPE(obj) != relay_deque_type) {
+        return NULL;
+    }
+    RelayDeque *deque = (RelayDeque *)obj;
+    if (deque->_items == NULL || !PyList_CheckExact(deque->_items) || deque->_head < 0 ||
+        deque->_head > PyList_GET_SIZE(deque->_items)) {
+        return NULL;
+    }
+    return deque;
+}
+
+static inline int
+relay_deque_empty(RelayDeque *deque)
+{
+    return PyList_GET_SIZE(deque->_items) <= deque->_head;
+}
+
+/* The histogram, if Histogram.observe() could be done here on it. */
+static inline RelayHistogram *
+relay_histogram(PyObject *obj)
+{
+    if (obj == NULL || Py_TYPE(obj) != relay_histogram_type) {
+        return NULL;
+    }
+    RelayHistogram *h = (RelayHistogram *)obj;
+    if (h->_edges.items == NULL || h->_tally.items == NULL ||
+        h->_tally.len != h->_edges.len + 1 || !R_SMALL(h->_count)) {
+        return NULL;
+    }
+    return h;
+}
+
+/* Histogram.observe(value): the bucket by bisection, as the compiled method does. */
+static void
+relay_observe(RelayHistogram *h, double value)
+{
+    Py_ssize_t lo = 0, hi = h->_edges.len;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) >> 1;
+        if (h->_edges.items[mid] < value) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    h->_tally.items[lo]++;
+    h->_total += value;
+    h->_count += 2;
+}
+
+/* The pool's parts the fast paths use, each of the compiled class; NULL if any is not. */
+static RelayPool *
+relay_pool_of(RelayClient *client, RelayLimits **limits, RelayStats **stats, RelayDeque **idle,
+              RelayDeque **waiters)
+{
+    PyObject *pool_obj = client->_pool;
+    if (relay_pool_type == NULL || pool_obj == NULL || Py_TYPE(pool_obj) != relay_pool_type) {
+        return NULL;
+    }
+    RelayPool *pool = (RelayPool *)pool_obj;
+    if (pool->_paused || pool->_closed || !R_SMALL(pool->_active) ||
+        pool->_limits == NULL || Py_TYPE(pool->_limits) != relay_limits_type ||
+        pool->_stats == NULL || Py_TYPE(pool->_stats) != relay_stats_type) {
+        return NULL;
+    }
+    *limits = (RelayLimits *)pool->_limits;
+    *stats = (RelayStats *)pool->_stats;
+    *idle = relay_deque(pool->_idle);
+    *waiters = relay_deque(pool->_waiters);
+    if (*idle == NULL || *waiters == NULL || !relay_deque_empty(*waiters)) {
+        return NULL; /* a waiter: Python's hand-off (and the FIFO it keeps) */
+    }
+    return pool;
+}
+
+/* settings_id in server.fits: the client's settings were seen to fit this server. */
+static int
+relay_fits(RelayClient *client, RelayServer *server)
+{
+    PyObject *fits = server->_fits;
+    PyObject *extra = server->_extra;
+    if (fits == NULL || !PySet_CheckExact(fits) || extra == NULL || !PySet_CheckExact(extra) ||
+        PySet_GET_SIZE(extra) != 0 || PySet_GET_SIZE(fits) == 0) {
+        return 0;
+    }
+    CPyTagged id = client->_settings_id;
+    PyObject *key = (id & CPY_INT_TAG) ? Py_NewRef((PyObject *)(id & ~(CPyTagged)CPY_INT_TAG))
+                                       : PyLong_FromSsize_t((Py_ssize_t)id >> 1);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int found = PySet_Contains(fits, key);
+    Py_DECREF(key);
+    if (found < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    return found;
+}
+
+/* The idle server Pool.checkout() would hand ``client`` now without a word to Python
+ * (borrowed; nothing changed yet), or NULL: the checkout is Python's. */
+static PyObject *
+relay_checkout_candidate(RelayClient *client)
+{
+    RelayLimits *limits;
+    RelayStats *stats;
+    RelayDeque *idle, *waiters;
+    if (client->_session_mode || client->_closing ||
+        relay_pool_of(client, &limits, &stats, &idle, &waiters) == NULL ||
+        relay_deque_empty(idle) || limits->_check_query == NULL ||
+        !PyUnicode_CheckExact(limits->_check_query) ||
+        PyUnicode_GET_LENGTH(limits->_check_query) != 0 || !R_SMALL(stats->_checkouts) ||
+        relay_histogram(stats->_checkout_wait) == NULL) {
+        return NULL;
+    }
+    PyObject *server_obj = PyList_GET_ITEM(idle->_items, PyList_GET_SIZE(idle->_items) - 1);
+    if (Py_TYPE(server_obj) != relay_server_type) {
+        return NULL;
+    }
+    RelayServer *server = (RelayServer *)server_obj;
+    if (server->_client != Py_None || server->_resetting != Py_None || server->_closed ||
+        server->_read_cb == NULL || server->_read_cb == Py_None ||
+        server->_reading != server->_read_cb || !relay_fits(client, server)) {
+        return NULL;
+    }
+    return server_obj;
+}
+
+/* Pool.checkout() and Client._link() for the candidate: it leaves the idle list (LIFO),
+ * is counted (checkouts, a zero wait) and linked; the exchange starts over. -1 (nothing
+ * changed, no exception) if the idle list could not be shortened. */
+static int
+relay_checkout(RelayClient *client, RelayServer *server, double now)
+{
+    RelayPool *pool = (RelayPool *)client->_pool;
+    RelayStats *stats = (RelayStats *)pool->_stats;
+    RelayDeque *idle = (RelayDeque *)pool->_idle;
+    PyObject *items = idle->_items;
+    Py_ssize_t size = PyList_GET_SIZE(items);
+    Py_INCREF(server); /* the idle list's reference goes: client->_server's is this one */
+    int rc = size - 1 == idle->_head ? PyList_SetSlice(items, 0, size, NULL)
+                                     : PyList_SetSlice(items, size - 1, size, NULL);
+    if (rc < 0) {
+        PyErr_Clear();
+        Py_DECREF(server);
+        return -1;
+    }
+    if (PyList_GET_SIZE(items) == 0) {
+        idle->_head = 0; /* ListDeque.pop: emptied, start over */
+    }
+    pool->_active += 2;
+    stats->_checkouts += 2;
+    RelayHistogram *wait = (RelayHistogram *)stats->_checkout_wait;
+    wait->_tally.items[0]++; /* Histogram.observe_zero() */
+    wait->_count += 2;
+    Py_SETREF(client->_server, (PyObject *)server);
+    Py_SETREF(server->_client, Py_NewRef((PyObject *)client));
+    client->_busy_since = now;
+    relay_checkouts++;
+    return 0;
+}
+
+/* Client._transaction_done(server, drained) in transaction mode when nothing needs
+ * Python: count the transaction, give the server back to the idle list. 0: done;
+ * 1: Python's case (nothing changed). */
+static int
+relay_release(RelayClient *client, RelayServer *server)
+{
+    RelayLimits *limits;
+    RelayStats *stats;
+    RelayDeque *idle, *waiters;
+    RelayPool *pool;
+    if (client->_session_mode || client->_closing || !R_SMALL(client->_transactions) ||
+        (pool = relay_pool_of(client, &limits, &stats, &idle, &waiters)) == NULL ||
+        pool->_active < 2 || server->_pool != (PyObject *)pool || server->_cancels != 0 ||
+        server->_dirty || server->_closed || server->_held_back || server->_outbuf != Py_None ||
+        server->_read_cb == NULL || server->_read_cb == Py_None ||
+        server->_reading != server->_read_cb || (server->_generation & CPY_INT_TAG) ||
+        server->_generation != pool->_generation) {
+        return 1;
+    }
+    if (limits->_reset_always) {
+        PyObject *query = limits->_reset_query;
+        if (query == NULL || !PyUnicode_CheckExact(query) || PyUnicode_GET_LENGTH(query) != 0) {
+            return 1; /* server_reset_query_always: ServerConn.release resets it */
+        }
+    }
+    RelayHistogram *xact = NULL;
+    if (client->_busy_since != 0.0 && (xact = relay_histogram(stats->_xact_time)) == NULL) {
+        return 1;
+    }
+    double now = relay_now();
+    double lifetime = limits->_server_lifetime;
+    if (lifetime > 0 && now - server->_created_at > lifetime) {
+        return 1; /* Pool.checkin closes it and opens another */
+    }
+    if (PyList_Append(idle->_items, (PyObject *)server) < 0) {
+        PyErr_Clear();
+        return 1;
+    }
+    client->_transactions += 2;
+    client->_idle_since = now;
+    if (xact != NULL) {
+        relay_observe(xact, now - client->_busy_since);
+        client->_busy_since = 0.0;
+    }
+    pool->_active -= 2;
+    server->_idle_since = now; /* ServerConn.park: it keeps reading (any byte: unusable) */
+    PyObject *linked = client->_server; /* the server: the idle list holds it now */
+    client->_server = Py_NewRef(Py_None);
+    Py_SETREF(server->_client, Py_NewRef(Py_None));
+    Py_DECREF(linked);
+    relay_releases++;
+    return 0;
+}
+
 /* The event of a watcher whose callback is ``callback``. 0: not the case handled here (the
  * caller calls the callback; nothing was read). 1: handled, *res the result (None, or NULL
  * with an exception set). */
@@ -854,6 +1126,10 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
         *res = Py_NewRef(Py_None);
         return 1;
     }
+    if (relay_release(client, server) == 0) {
+        *res = Py_NewRef(Py_None);
+        return 1;
+    }
     *res = PyObject_CallMethodObjArgs(client_obj, relay_name_done, server_obj,
                                       drained ? Py_True : Py_False, NULL);
     return 1;
@@ -869,16 +1145,24 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
 {
     RelayClient *client = (RelayClient *)client_obj;
     PyObject *server_obj = client->_server;
-    if (client->_client_cb != callback || server_obj == NULL ||
-        Py_TYPE(server_obj) != relay_server_type) {
-        return 0; /* no server: the pool's checkout, in Python */
+    if (client->_client_cb != callback || server_obj == NULL) {
+        return 0;
+    }
+    /* No server: the first request of a transaction. An idle one is checked out here
+     * (relay_checkout) once the request is known to stay on this path, else Python's. */
+    int checkout = server_obj == Py_None;
+    if (checkout && (server_obj = relay_checkout_candidate(client)) == NULL) {
+        return 0;
+    }
+    if (Py_TYPE(server_obj) != relay_server_type) {
+        return 0;
     }
     RelayServer *server = (RelayServer *)server_obj;
     PyObject *ex_obj = client->_ex;
     PyObject *carry = client->_carry;
-    if (server->_client != client_obj || client->_pending != Py_None ||
+    if (server->_client != (checkout ? Py_None : client_obj) || client->_pending != Py_None ||
         client->_held != Py_None || client->_syncing != Py_None || client->_ps != Py_None ||
-        client->_refuse_state || client->_busy_since == 0.0 || !client->_plain ||
+        client->_refuse_state || (client->_busy_since == 0.0) != checkout || !client->_plain ||
         client->_closed || (client->_bytes_in & CPY_INT_TAG) ||
         client->_bytes_in > ((CPyTagged)1 << 60) || !server->_plain || server->_closed ||
         server->_outbuf != Py_None || carry == NULL || !PyBytes_CheckExact(carry) ||
@@ -887,7 +1171,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         return 0;
     }
     RelayExchange *ex = (RelayExchange *)ex_obj;
-    if (ex->_sql_type != 0 || ex->_sql_at != Py_None) {
+    if (ex->_sql_type != 0 || ex->_sql_at != Py_None || (checkout && ex->_fe_remaining != 0)) {
         return 0;
     }
     int cfd = relay_fd(client->_fd);
@@ -907,14 +1191,14 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         return 1;
     }
 
-    /* Exchange.frontend on copies of its fields. */
+    /* Exchange.frontend on copies of its fields; after a checkout, of Exchange.reset()'s. */
     const unsigned char *buf = (const unsigned char *)stage;
-    int64_t pos = ex->_fe_remaining;
-    int64_t expected = ex->_expected;
-    int64_t syncs = ex->_syncs_since_exec;
-    int extended = ex->_extended;
-    int64_t kn = ex->_fe_n;
-    int64_t pack = ex->_fe_pack;
+    int64_t pos = checkout ? 0 : ex->_fe_remaining;
+    int64_t expected = checkout ? 0 : ex->_expected;
+    int64_t syncs = checkout ? 0 : ex->_syncs_since_exec;
+    int extended = checkout ? 0 : ex->_extended;
+    int64_t kn = checkout ? 0 : ex->_fe_n;
+    int64_t pack = checkout ? 0 : ex->_fe_pack;
     int watch = ex->_watch;
     int inspect = ex->_inspect;
     int64_t sql_type = 0, sql_start = 0, sql_end = 0;
@@ -1056,7 +1340,17 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         }
     }
 
-    /* Stays here: store the scan, then what Client._on_client_readable does. */
+    /* Stays here: the checkout (if any), store the scan, then what
+     * Client._on_client_readable does. */
+    if (checkout) {
+        if (relay_checkout(client, server, relay_now()) < 0) {
+            Py_XDECREF(recent_body);
+            goto hand_over; /* the idle list could not shrink: Python's checkout */
+        }
+        ex->_be_remaining = 0; /* the rest of Exchange.reset() */
+        ex->_tx_status = R_TX_IDLE;
+        ex->_be_n = 0;
+    }
     if (scanned) {
         ex->_terminate_at = -1;
         ex->_named_at = -1;
@@ -1161,6 +1455,29 @@ sysio_relay_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+sysio_relay_pool_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram)");
+        return NULL;
+    }
+    if (relay_check_type(args[0], sizeof(RelayPool), "Pool") < 0 ||
+        relay_check_type(args[1], sizeof(RelayDeque), "ListDeque") < 0 ||
+        relay_check_type(args[2], sizeof(RelayLimits), "PoolLimits") < 0 ||
+        relay_check_type(args[3], sizeof(RelayStats), "PoolStats") < 0 ||
+        relay_check_type(args[4], sizeof(RelayHistogram), "Histogram") < 0) {
+        return NULL;
+    }
+    Py_XSETREF(relay_pool_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(relay_deque_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(relay_limits_type, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_XSETREF(relay_stats_type, (PyTypeObject *)Py_NewRef(args[3]));
+    Py_XSETREF(relay_histogram_type, (PyTypeObject *)Py_NewRef(args[4]));
+    Py_RETURN_NONE;
+}
+
 /* 1 when the event was the relay's common case, handled in C (*res: its result). */
 static int
 relay_event(PyObject *callback, PyObject **res)
@@ -1192,6 +1509,18 @@ relay_event(PyObject *callback, PyObject **res)
 }
 
 #endif
+
+static PyObject *
+sysio_relay_pool_counts(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+#ifdef GV_RELAY
+    return Py_BuildValue("(KK)", relay_checkouts, relay_releases);
+#else
+    return Py_BuildValue("(KK)", 0ULL, 0ULL);
+#endif
+}
 
 static PyObject *
 sysio_relay_counts(PyObject *module, PyObject *unused)
@@ -1473,7 +1802,12 @@ static PyMethodDef sysio_methods[] = {
     {"relay_types", (PyCFunction)(void (*)(void))sysio_relay_types, METH_FASTCALL,
      "relay_types(ServerConn, Client, Exchange): relay their common case in C (this build's "
      "compiled classes only)."},
+    {"relay_pool_types", (PyCFunction)(void (*)(void))sysio_relay_pool_types, METH_FASTCALL,
+     "relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram): check out and "
+     "release servers in C when nobody waits (after relay_types)."},
 #endif
+    {"relay_pool_counts", (PyCFunction)sysio_relay_pool_counts, METH_NOARGS,
+     "relay_pool_counts() -> (servers checked out in C, released in C)."},
     {"relay_counts", (PyCFunction)sysio_relay_counts, METH_NOARGS,
      "relay_counts() -> (relayed in C, handed to Python after reading)."},
     {"set_error_handler", (PyCFunction)sysio_set_error_handler, METH_O,

@@ -14,6 +14,7 @@ so a connection is never lost between two clients.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -546,3 +547,28 @@ class Pool:
             "pool_size": self.limits.size,
             "maxwait": (_monotonic() - self.waiters[0].wait_started) if self.waiters else 0.0,
         }
+
+
+def _pool_in_c() -> str:
+    """With the C relay on (pooler/client.py's RELAY_STATUS), let pooler/_sysio.c check a
+    server out of the idle list and give it back when nobody waits (relay_checkout,
+    relay_release there: the same fields, after the same checks); ``GREENVISOR_C_POOL=0``
+    keeps it in compiled Python (for an A/B comparison). Returns what was decided, for the
+    start-up log."""
+    from pooler import client, loginio
+
+    sysio = loginio._SYSIO
+    if (
+        sysio is None
+        or not hasattr(sysio, "relay_pool_types")
+        or not client.RELAY_STATUS.startswith("in C")
+    ):
+        return "in Python"
+    if os.environ.get("GREENVISOR_C_POOL", "1") == "0":
+        return "in compiled Python (GREENVISOR_C_POOL=0)"
+    sysio.relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram)
+    return "in C when nobody waits"
+
+
+#: Where a quiet pool's checkout and release run (logged at start-up).
+POOL_STATUS: Final = _pool_in_c()

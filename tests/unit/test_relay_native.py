@@ -679,3 +679,253 @@ def test_a_server_that_does_not_read_stops_the_client_until_it_drains() -> None:
         assert final["kept_for_server"] is None and final["expected"] == 1
     finals = [final for _, final in runs.values()]
     assert all(final == finals[0] for final in finals)
+
+
+# --- a quiet pool: checkout and release in C when nobody waits -------------------------------
+
+
+def pool_counts() -> tuple[int, int]:
+    """pooler._sysio's (servers checked out in C, released in C), ever."""
+    if not hotpath.compiled:
+        return (0, 0)
+    checkouts, releases = importlib.import_module("pooler._sysio").relay_pool_counts()
+    return (checkouts, releases)
+
+
+C_POOL = hotpath.compiled and "in C" in importlib.import_module("pooler.pool").POOL_STATUS
+
+
+class QuietRig:
+    """Two logged-in clients and a pool of one idle server, nobody linked: every
+    transaction checks the server out and gives it back (pgbench -c 1)."""
+
+    def __init__(self, mode: str, prepare: Any = None) -> None:
+        pool, clients, peers, server, server_peer = relay_objects(2)
+        if prepare is not None:
+            prepare(pool, clients, server)
+        if mode == "native":
+            for conn in (server, *clients):
+                native_watcher(conn)
+        self.mode, self.pool, self.clients, self.peers = mode, pool, clients, peers
+        self.server, self.server_peer = server, server_peer
+        self.got = [b"", b""]
+        self.server_got = b""
+
+    def fire(self, conn: Any) -> None:
+        if self.mode == "native":
+            conn.rw.fire()
+        elif conn is self.server:
+            conn._on_readable()
+        else:
+            conn._on_client_readable()
+
+    def request(self, i: int, data: bytes) -> None:
+        self.peers[i].sendall(data)
+        self.fire(self.clients[i])
+        self.server_got += drain(self.server_peer)
+
+    def reply(self, data: bytes) -> None:
+        self.server_peer.sendall(data)
+        self.fire(self.server)
+
+    def state(self) -> dict[str, Any]:
+        pool, stats, server = self.pool, self.pool.stats, self.server
+        for i, peer in enumerate(self.peers):
+            self.got[i] += drain(peer)
+        self.server_got += drain(self.server_peer)
+        out: dict[str, Any] = {
+            "server_got": self.server_got,
+            "got": list(self.got),
+            "active": pool.active,
+            "idle": len(pool.idle),
+            "waiters": len(pool.waiters),
+            "checkouts": stats.checkouts,
+            "wait_counts": stats.checkout_wait.counts,
+            "wait_count": stats.checkout_wait.count,
+            "xact_count": stats.xact_time.count,
+            "xact_counted": sum(stats.xact_time.counts),
+            "servers_closed": stats.servers_closed,
+            "server_client": None if server.client is None else self.clients.index(server.client),
+            "server_closed": server.closed,
+            "server_reading": server.reading is not None,
+            "server_resetting": server.resetting is not None,
+            "fits": sorted(server.fits),
+        }
+        for i, client in enumerate(self.clients):
+            ex = client.ex
+            out[f"c{i}"] = {
+                "linked": client.server is server,
+                "transactions": client.transactions,
+                "busy": client.busy_since != 0.0,
+                "idle_since_set": client.idle_since != 0.0,
+                "bytes_in": client.bytes_in,
+                "bytes_out": client.bytes_out,
+                "pending": client.pending,
+                "expected": ex.expected,
+                "extended": ex.extended,
+                "syncs": ex.syncs_since_exec,
+                "fe_remaining": ex.fe_remaining,
+                "be_remaining": ex.be_remaining,
+                "tx_status": chr(ex.tx_status),
+                "kinds": ex.kinds(),
+                "ready_count": ex.ready_count,
+                "reading": client.reading is not None,
+                "closed": client.closed,
+            }
+        return out
+
+
+def quiet_both(conversation: Any, prepare: Any = None) -> tuple[list[dict[str, Any]], tuple]:
+    """Run ``conversation(rig)`` on a QuietRig in every mode and require the same states;
+    return the Python run's and the native run's (checkouts, releases) done in C."""
+    runs, done_in_c = {}, (0, 0)
+    for mode in MODES:
+        before = pool_counts()
+        runs[mode] = conversation(QuietRig(mode, prepare))
+        after = pool_counts()
+        if mode == "native":
+            done_in_c = (after[0] - before[0], after[1] - before[1])
+        else:
+            assert after == before  # the Python run never reaches the C paths
+    for mode, states in runs.items():
+        for step, (got, want) in enumerate(zip(states, runs["python"], strict=True)):
+            assert got == want, f"{mode} differs from python at step {step}"
+    return runs["python"], done_in_c
+
+
+SELECT = extended(b"select 1")
+SELECT_REPLY = message(b"1") + message(b"2") + message(b"T", b"\0\0") + ROW
+SELECT_REPLY += done(b"SELECT 1") + ready(b"I")
+
+
+def three_transactions(rig: QuietRig) -> list[dict[str, Any]]:
+    states = []
+    for request in (SELECT, SELECT, query(b"select 1")):
+        rig.request(0, request)
+        states.append(rig.state())
+        rig.reply(SELECT_REPLY if request is SELECT else ROW + done(b"SELECT 1") + ready(b"I"))
+        states.append(rig.state())
+    return states
+
+
+def test_a_quiet_pool_checks_out_and_releases_in_c() -> None:
+    states, in_c = quiet_both(three_transactions)
+    linked = [s["c0"]["linked"] for s in states]
+    assert linked == [True, False] * 3
+    final = states[-1]
+    assert (final["active"], final["idle"], final["checkouts"]) == (0, 1, 3)
+    assert final["wait_counts"][0] == final["wait_count"] == 3  # no wait, three times
+    assert final["xact_count"] == final["xact_counted"] == 3
+    assert final["c0"]["transactions"] == 3 and not final["c0"]["busy"]
+    assert final["server_client"] is None and final["server_reading"]
+    assert states[1]["fits"] == final["fits"] != []
+    if C_POOL:
+        # The first checkout is Python's (it learns the client's settings fit this server);
+        # the second in C; the third, a simple-protocol query, is judged by Python. Every
+        # release in C.
+        assert in_c == (1, 3)
+
+
+def test_the_second_client_of_a_quiet_pool_is_served_in_c_too() -> None:
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        states = []
+        for i in (0, 1, 0, 1):
+            rig.request(i, SELECT)
+            states.append(rig.state())
+            rig.reply(SELECT_REPLY)
+            states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk)
+    assert [s["server_client"] for s in states[::2]] == [0, 1, 0, 1]
+    assert states[-1]["got"][0] == states[-1]["got"][1] == SELECT_REPLY * 2
+    assert states[-1]["checkouts"] == 4 and states[-1]["idle"] == 1
+    if C_POOL:
+        # Each client's first request is Python's (its statement is judged for session
+        # state once per client); the repeats check the server out in C, for either client:
+        # their settings fit the server since the first checkout. Every release in C.
+        assert in_c == (2, 4)
+
+
+def test_a_waiting_client_gets_the_server_from_python() -> None:
+    """A waiter: the release hands the server over in Python (FIFO, the wait's histogram)."""
+
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        rig.request(0, SELECT)
+        rig.reply(SELECT_REPLY)  # the settings now fit: the next checkouts could be C's
+        rig.request(0, SELECT)
+        rig.request(1, SELECT)  # waits
+        states = [rig.state()]
+        rig.reply(SELECT_REPLY)  # 0's transaction ends: 1 gets the server
+        states.append(rig.state())
+        rig.reply(SELECT_REPLY)
+        states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk)
+    assert states[0]["waiters"] == 1 and states[1]["server_client"] == 1
+    assert states[1]["wait_count"] == 3 and states[2]["idle"] == 1
+    if C_POOL:
+        # 0's second checkout in C; the release with a waiter and 1's checkout in Python.
+        assert in_c == (1, 2)
+
+
+def _limits(**changes: Any) -> Any:
+    def prepare(pool: Any, clients: Any, server: Any) -> None:
+        for name, value in changes.items():
+            setattr(pool.limits, name, value)
+
+    return prepare
+
+
+@pytest.mark.parametrize(
+    ("prepare", "in_c"),
+    [
+        # server_reset_query_always: every release resets the server (Python's release).
+        (_limits(reset_always=True, reset_query="DISCARD ALL"), (0, 0)),
+        # ... with no query to run it is a plain release.
+        (_limits(reset_always=True, reset_query=""), (2, 3)),
+        # server_check_query: the checkout may check the server first (Python's).
+        (_limits(check_query="select 1", check_delay=3600.0), (0, 3)),
+        # A server past its lifetime is closed when it comes back (Python's checkin).
+        (_limits(server_lifetime=1e-9), (0, 0)),
+    ],
+    ids=["reset-always", "reset-always-without-query", "check-query", "lifetime"],
+)
+def test_what_the_pool_must_decide_stays_in_python(prepare: Any, in_c: tuple) -> None:
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        states = []
+        for _ in range(3):
+            rig.request(0, SELECT)
+            states.append(rig.state())
+            if rig.clients[0].server is not None:  # else it waits: the server was closed
+                rig.reply(SELECT_REPLY)
+            if rig.server.resetting is not None:  # server_reset_query_always
+                rig.reply(done(b"DISCARD ALL") + ready(b"I"))
+            states.append(rig.state())
+        return states
+
+    states, done_in_c = quiet_both(talk, prepare)
+    assert states[-1]["c0"]["closed"] is False
+    if C_POOL:
+        assert done_in_c == in_c
+
+
+def test_a_paused_pool_lends_nothing_in_c() -> None:
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        rig.request(0, SELECT)
+        rig.reply(SELECT_REPLY)
+        rig.pool.pause()
+        rig.request(0, SELECT)  # waits: PAUSE
+        states = [rig.state()]
+        rig.pool.resume()
+        states.append(rig.state())
+        rig.reply(SELECT_REPLY)
+        states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk)
+    assert states[0]["waiters"] == 1 and not states[0]["c0"]["linked"]
+    assert states[1]["c0"]["linked"] and states[2]["idle"] == 1
+    if C_POOL:
+        assert in_c == (0, 2)  # both releases; neither checkout (the first learns, then PAUSE)

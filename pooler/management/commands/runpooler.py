@@ -19,6 +19,7 @@ from gevent.event import Event
 
 from pooler import client as client_module
 from pooler import hotpath, hub, metrics, runtime
+from pooler import pool as pool_module
 from pooler.cluster.options import add_cluster_arguments, join_cluster
 from pooler.config import MODE_SESSION, MODE_TRANSACTION
 from pooler.configsync import ConfigSync
@@ -315,10 +316,11 @@ class Command(BaseCommand):
             node.registry.snapshot.version,
         )
         log.info(
-            "greenvisor: hot path %s; event loop: %s; relay: %s",
+            "greenvisor: hot path %s; event loop: %s; relay: %s; quiet pool's checkout: %s",
             hotpath.status,
             hub.status,
             client_module.RELAY_STATUS,
+            pool_module.POOL_STATUS,
         )
         housekeeping = [gevent.spawn(node.janitor), gevent.spawn(sync.run)]
 
