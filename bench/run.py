@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -968,6 +969,15 @@ def _hot_path() -> str:
     return hotpath.decide()[1]
 
 
+def _pooler_sources() -> str:
+    """A short hash of the pooler's sources (pooler/**/*.py and .c, as the hot path's manifest
+    counts them): runs of different commits with the same one measured the same pooler."""
+    from pooler import hotpath
+
+    listing = "".join(f"{name} {sha}\n" for name, sha in sorted(hotpath.digest().items()))
+    return hashlib.sha256(listing.encode()).hexdigest()[:12]
+
+
 def hot_path_warning(machine: dict[str, Any]) -> str | None:
     """A warning when the Greenvisor of a run was not the compiled hot path (a stale or
     missing build falls back to plain Python silently, ~20x the instructions per
@@ -995,6 +1005,7 @@ def machine_info() -> dict[str, Any]:
         "pgbouncer": _first_line([PGBOUNCER_BIN, "--version"]),
         "greenvisor commit": _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
         "greenvisor hot path": _hot_path(),
+        "greenvisor sources": _pooler_sources(),
         "loadavg at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
@@ -1102,17 +1113,28 @@ def report_runs(results: list[dict[str, Any]], names: list[str], markdown: bool)
     target's value per run and its median across them (issue 4's verdict)."""
     labels = [f"run {i}" for i in range(1, len(results) + 1)]
     print("Runs:")
-    commits = set()
+    commits, sources = set(), set()
     for label, name, result in zip(labels, names, results, strict=True):
         machine = result.get("machine", {})
         commit = str(machine.get("greenvisor commit", "unknown"))
         commits.add(commit)
+        source = machine.get("greenvisor sources")  # None in results saved before it existed
+        sources.add(source)
+        shown = f", pooler sources {source}" if source else ""
         extra = f"; INCOMPLETE: {result['incomplete']}" if result.get("incomplete") else ""
-        print(f"  {label}: {name}, started {result.get('started', '?')}, commit {commit}{extra}")
+        print(
+            f"  {label}: {name}, started {result.get('started', '?')}, commit {commit}"
+            f"{shown}{extra}"
+        )
         warning = hot_path_warning(machine)
         if warning:
             print(f"    {warning}")
-    if len(commits) > 1:
+    if len(commits) > 1 and len(sources) == 1 and None not in sources:
+        print(
+            f"NOTE: {len(commits)} commits ({', '.join(sorted(commits))}) with the same pooler "
+            "sources: only the harness, tests or docs differ between them"
+        )
+    elif len(commits) > 1:
         print(
             f"NOTE: these runs measured {len(commits)} commits ({', '.join(sorted(commits))}): "
             "their medians mix whatever changed between them"

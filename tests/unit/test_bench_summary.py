@@ -207,3 +207,25 @@ def test_report_of_several_saved_runs_says_what_makes_them_incomparable(
     assert "median of >= 3 runs; run `make bench` 1 more time(s)" in out
     storm_line = next(line for line in out.splitlines() if line.startswith("6 "))
     assert "1.10x" in storm_line and "0.90x" in storm_line and "1.000x" in storm_line
+
+
+def test_runs_of_different_commits_with_the_same_pooler_sources_say_so(
+    tmp_path: Any, capsys: Any
+) -> None:
+    from bench.run import _pooler_sources, main
+
+    def saved(commit: str, sources: str) -> str:
+        result = _bench_result(1.0, 1.0, commit=commit)
+        result["machine"]["greenvisor sources"] = sources
+        path = tmp_path / f"{commit}-{sources}.json"
+        path.write_text(json.dumps(result))
+        return str(path)
+
+    assert main(["--report", saved("aaa1111", "s1"), saved("bbb2222", "s1")]) == 0
+    out = capsys.readouterr().out
+    assert "2 commits (aaa1111, bbb2222) with the same pooler sources" in out
+    assert "mix whatever changed" not in out
+    assert main(["--report", saved("aaa1111", "s1"), saved("ccc3333", "s2")]) == 0
+    assert "their medians mix whatever changed" in capsys.readouterr().out
+    # The checkout's own: the same as long as nothing under pooler/ changes.
+    assert _pooler_sources() == _pooler_sources() and len(_pooler_sources()) == 12
