@@ -378,6 +378,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _status(value: float, goal: float, higher_is_better: bool) -> str:
+    if higher_is_better:
+        return "PASS" if value >= goal else "MISS"
+    return "PASS" if value <= goal else "MISS"
+
+
 def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 4's seven targets against this run's medians: value, goal, PASS/MISS (or n/a)."""
     g = {
@@ -443,10 +449,8 @@ def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for target, value, note in checks:
         if value is None:
             status, note = "n/a", ""
-        elif target.higher_is_better:
-            status = "PASS" if value >= target.goal else "MISS"
         else:
-            status = "PASS" if value <= target.goal else "MISS"
+            status = _status(value, target.goal, target.higher_is_better)
         out.append(
             {
                 "target": target.number,
@@ -454,6 +458,7 @@ def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "value": None if value is None else round(value, 3),
                 "goal": f"{'>=' if target.higher_is_better else '<='} {target.goal:g}{target.unit}",
                 "goal_value": target.goal,
+                "higher_is_better": target.higher_is_better,
                 "unit": target.unit,
                 "status": status,
                 "note": note,
@@ -556,10 +561,7 @@ RUNS_FOR_VERDICT = 3
 
 
 def _verdict(value: float, check: dict[str, Any]) -> str:
-    goal = check["goal_value"]
-    if check["goal"].startswith(">="):
-        return "PASS" if value >= goal else "MISS"
-    return "PASS" if value <= goal else "MISS"
+    return _status(value, check["goal_value"], check["higher_is_better"])
 
 
 def combine_checks(per_run: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
