@@ -691,7 +691,7 @@ relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest
     return PyObject_CallMethodNoArgs(reader, relay_name_stop);
 }
 
-/* --- the pool's common case, in C: checkout and release when nobody waits ---------------
+/* --- the pool's common cases, in C: checkout, release, queue and hand-over -------------
  *
  * With a quiet pool (pgbench -c 1, the latency target; any client between transactions
  * while servers sit idle), each transaction checks a server out of the idle list when its
@@ -703,15 +703,25 @@ relay_keep(PyObject *owner, PyObject *writer, PyObject *reader, const char *rest
  * around them, and a working set that has left the caches while the pooler slept.
  * relay_checkout_candidate() and relay_release() do the plainest case on the same fields,
  * after checking everything the Python code would have branched on, and leave every
- * other case to it unchanged: a waiter, a paused, closed or reloaded pool, a server check
- * query, a server to reset or past its lifetime, a cancel in flight, a client whose
- * settings this server has not been seen to fit, session mode, a shutdown. They change
- * nothing until every check has passed, so a case left to Python finds the state it
- * would have found.
+ * other case to it unchanged: a paused, closed or reloaded pool, a server check query, a
+ * server to reset or past its lifetime, a cancel in flight, a client whose settings this
+ * server has not been seen to fit, session mode, a shutdown. They change nothing until
+ * every check has passed, so a case left to Python finds the state it would have found.
+ *
+ * With clients waiting (more clients than servers: pgbench -c 100 on a pool of 20 or 60),
+ * a request that finds no idle server in a full pool is queued here (relay_queue, as
+ * Pool.checkout queues it), and the release hands the server to the first waiter here, as
+ * Pool.checkin and Client.server_ready would: the waiter is linked (its settings seen to
+ * fit this server), counted (a checkout, its wait in the histogram), and what it sent
+ * while waiting is scanned and forwarded as relay_client forwards a request
+ * (relay_scan_request, relay_send_request). A waiter that is not the plainest case
+ * (closed, its statement not judged yet, a named statement, a SET to send,
+ * backpressure...) gets the server from Python, in FIFO order all the same.
  *
  * relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram) switches it on
  * (pooler/pool.py, at import, when the C relay is on); relay_pool_counts() answers
- * (checkouts, releases) done here, for the tests. */
+ * (checkouts, releases to the idle list, hand-overs to a waiter, clients queued) done
+ * here, for the tests. */
 
 typedef pooler___pool___PoolObject RelayPool;
 typedef pooler___pool___PoolLimitsObject RelayLimits;
@@ -726,6 +736,8 @@ static PyTypeObject *relay_stats_type;
 static PyTypeObject *relay_histogram_type;
 static unsigned long long relay_checkouts;
 static unsigned long long relay_releases;
+static unsigned long long relay_handoffs;
+static unsigned long long relay_queued;
 
 /* A non-negative int small enough to stay one after adding a few (mypyc's tagged int:
  * the value shifted left by one, the low bit clear). */
@@ -797,7 +809,7 @@ relay_observe(RelayHistogram *h, double value)
 /* The pool's parts the fast paths use, each of the compiled class; NULL if any is not. */
 static RelayPool *
 relay_pool_of(RelayClient *client, RelayLimits **limits, RelayStats **stats, RelayDeque **idle,
-              RelayDeque **waiters)
+              RelayDeque **waiters, int waiters_ok)
 {
     PyObject *pool_obj = client->_pool;
     if (relay_pool_type == NULL || pool_obj == NULL || Py_TYPE(pool_obj) != relay_pool_type) {
@@ -813,8 +825,8 @@ relay_pool_of(RelayClient *client, RelayLimits **limits, RelayStats **stats, Rel
     *stats = (RelayStats *)pool->_stats;
     *idle = relay_deque(pool->_idle);
     *waiters = relay_deque(pool->_waiters);
-    if (*idle == NULL || *waiters == NULL || !relay_deque_empty(*waiters)) {
-        return NULL; /* a waiter: Python's hand-off (and the FIFO it keeps) */
+    if (*idle == NULL || *waiters == NULL || (!waiters_ok && !relay_deque_empty(*waiters))) {
+        return NULL; /* a waiter: it comes first (FIFO) */
     }
     return pool;
 }
@@ -854,7 +866,7 @@ relay_checkout_candidate(RelayClient *client)
     RelayStats *stats;
     RelayDeque *idle, *waiters;
     if (client->_session_mode || client->_closing ||
-        relay_pool_of(client, &limits, &stats, &idle, &waiters) == NULL ||
+        relay_pool_of(client, &limits, &stats, &idle, &waiters, 0) == NULL ||
         relay_deque_empty(idle) || limits->_check_query == NULL ||
         !PyUnicode_CheckExact(limits->_check_query) ||
         PyUnicode_GET_LENGTH(limits->_check_query) != 0 || !R_SMALL(stats->_checkouts) ||
@@ -908,18 +920,333 @@ relay_checkout(RelayClient *client, RelayServer *server, double now)
     return 0;
 }
 
-/* Client._transaction_done(server, drained) in transaction mode when nothing needs
- * Python: count the transaction, give the server back to the idle list. 0: done;
- * 1: Python's case (nothing changed). */
+/* A client's request as the C relay scanned it: Exchange.frontend's fields after it, how
+ * much of it is whole (end), and the recent statement its Parse matched. */
+typedef struct {
+    int64_t expected, syncs, kn, pack, fe_remaining, end;
+    int extended, scanned;
+    PyObject *recent_body; /* a reference of ours, or NULL: see relay_take_request */
+    int64_t recent_at;
+} RelayRequest;
+
+/* Exchange.frontend over buf[0:n] on copies of ex's fields (of Exchange.reset()'s when
+ * fresh: a server is being linked), then the session-state check (Client._judge_statement)
+ * with only verdicts already known to be clean, for the client's last Parse or the one its
+ * sequence goes on with. 0: the request stays in C, *rq filled; -1: Python's (a Terminate,
+ * a named statement, a simple Query, a statement to judge, a malformed header...), nothing
+ * held and nothing changed. */
 static int
-relay_release(RelayClient *client, RelayServer *server)
+relay_scan_request(RelayClient *client, RelayExchange *ex, const unsigned char *buf, int64_t n,
+                   int fresh, RelayRequest *rq)
+{
+    int64_t pos = fresh ? 0 : ex->_fe_remaining;
+    int64_t expected = fresh ? 0 : ex->_expected;
+    int64_t syncs = fresh ? 0 : ex->_syncs_since_exec;
+    int extended = fresh ? 0 : ex->_extended;
+    int64_t kn = fresh ? 0 : ex->_fe_n;
+    int64_t pack = fresh ? 0 : ex->_fe_pack;
+    int watch = ex->_watch;
+    int inspect = ex->_inspect;
+    int64_t sql_type = 0, sql_start = 0, sql_end = 0;
+    int64_t fe_remaining, end;
+    int scanned = pos < n;
+    if (!scanned) {
+        fe_remaining = pos - n;
+        end = n;
+    }
+    else {
+        int64_t last = n - R_HEADER;
+        int64_t length = 0;
+        while (pos <= last) {
+            int64_t type = buf[pos];
+            length = relay_length(buf, pos);
+            if (length < 4) {
+                return -1;
+            }
+            switch (type) {
+            case 'P':
+            case 'B':
+            case 'D':
+            case 'E':
+            case 'C':
+            case 'H':
+                if (watch && type != 'E' && type != 'H') { /* names_statement() */
+                    int64_t body = pos + R_HEADER;
+                    int named;
+                    if (n - body < 2) {
+                        named = 1;
+                    }
+                    else if (type == 'P') {
+                        named = buf[body] != 0;
+                    }
+                    else if (type == 'B') {
+                        named = buf[body] != 0 || buf[body + 1] != 0;
+                    }
+                    else {
+                        named = buf[body] == 'S' && buf[body + 1] != 0;
+                    }
+                    if (named) {
+                        return -1; /* the rewriter takes over, in Python */
+                    }
+                }
+                extended = 1;
+                if (type == 'E') {
+                    syncs = 0;
+                }
+                else if (type == 'P' && inspect && pos + length < n) {
+                    if (sql_type != 0) {
+                        return -1; /* a second statement to judge */
+                    }
+                    sql_type = type;
+                    sql_start = pos + R_HEADER;
+                    sql_end = pos + 1 + length;
+                }
+                break;
+            case 'S':
+                expected++;
+                syncs++;
+                extended = 0;
+                break;
+            case 'Q':
+                return -1; /* the simple protocol's statements are judged by Python */
+            case 'd':
+                break;
+            case 'c':
+            case 'f':
+                expected -= syncs;
+                syncs = 0;
+                break;
+            case 'F':
+                expected++;
+                break;
+            default:
+                return -1; /* Terminate, or a type Python refuses */
+            }
+            if (watch && type != 'd' && !relay_pack(&pack, &kn, type)) {
+                return -1;
+            }
+            pos += length + 1;
+        }
+        if (pos > n) {
+            if (length > R_MAX_MESSAGE_LENGTH) {
+                return -1;
+            }
+            fe_remaining = pos - n;
+            end = n;
+        }
+        else {
+            fe_remaining = 0;
+            end = pos;
+        }
+    }
+
+    PyObject *recent_body = NULL;
+    int64_t recent_at = -1;
+    if (sql_type != 0) {
+        const char *body = (const char *)buf + sql_start;
+        Py_ssize_t size = (Py_ssize_t)(sql_end - sql_start);
+        PyObject *last_body = client->_parse_last;
+        if (last_body != NULL && PyBytes_CheckExact(last_body) &&
+            PyBytes_GET_SIZE(last_body) == size &&
+            memcmp(PyBytes_AS_STRING(last_body), body, (size_t)size) == 0) {
+            if (client->_parse_verdict.f0 != Py_None || client->_parse_verdict.f1) {
+                return -1; /* it leaves session state: Python marks the server */
+            }
+        }
+        else {
+            PyObject *recent = client->_recent_sql;
+            PyObject *verdicts = client->_recent_verdicts;
+            if (size > R_PARSE_KEPT || recent == NULL || !PyList_CheckExact(recent) ||
+                verdicts == NULL || !PyList_CheckExact(verdicts)) {
+                return -1;
+            }
+            Py_ssize_t count = PyList_GET_SIZE(recent);
+            int64_t at = client->_recent_hit + 1;
+            if (at >= count) {
+                at = 0;
+            }
+            if (count == 0 || PyList_GET_SIZE(verdicts) != count) {
+                return -1;
+            }
+            PyObject *guess = PyList_GET_ITEM(recent, at);
+            if (!PyBytes_CheckExact(guess) || PyBytes_GET_SIZE(guess) != size ||
+                memcmp(PyBytes_AS_STRING(guess), body, (size_t)size) != 0) {
+                return -1; /* not the next in its sequence: Python looks further */
+            }
+            PyObject *verdict = PyList_GET_ITEM(verdicts, at);
+            if (!PyTuple_CheckExact(verdict) || PyTuple_GET_SIZE(verdict) != 2 ||
+                PyTuple_GET_ITEM(verdict, 0) != Py_None || PyTuple_GET_ITEM(verdict, 1) != Py_False) {
+                return -1;
+            }
+            recent_body = Py_NewRef(guess);
+            recent_at = at;
+        }
+    }
+    rq->expected = expected;
+    rq->syncs = syncs;
+    rq->kn = kn;
+    rq->pack = pack;
+    rq->fe_remaining = fe_remaining;
+    rq->end = end;
+    rq->extended = extended;
+    rq->scanned = scanned;
+    rq->recent_body = recent_body;
+    rq->recent_at = recent_at;
+    return 0;
+}
+
+/* Store a scan that stays in C: the Exchange's fields (after Exchange.reset() when fresh).
+ * The statement's verdict is stored once the request is sent (relay_take_verdict), as
+ * Client._forward_to_server notes it after the write. */
+static void
+relay_take_request(RelayExchange *ex, int fresh, RelayRequest *rq)
+{
+    if (fresh) {
+        ex->_be_remaining = 0; /* the rest of Exchange.reset() */
+        ex->_tx_status = R_TX_IDLE;
+        ex->_be_n = 0;
+    }
+    if (rq->scanned) {
+        ex->_terminate_at = -1;
+        ex->_named_at = -1;
+        ex->_fe_n = rq->kn;
+        ex->_fe_pack = rq->pack;
+        ex->_expected = rq->expected;
+        ex->_syncs_since_exec = rq->syncs;
+        ex->_extended = (char)rq->extended;
+    }
+    ex->_fe_remaining = rq->fe_remaining;
+}
+
+/* The recent statement the scan matched becomes the client's last Parse (rq->recent_body's
+ * reference goes to the client). */
+static void
+relay_take_verdict(RelayClient *client, RelayRequest *rq)
+{
+    if (rq->recent_body != NULL) {
+        client->_recent_hit = rq->recent_at;
+        Py_SETREF(client->_parse_last, rq->recent_body);
+        rq->recent_body = NULL;
+        Py_INCREF(Py_None);
+        Py_SETREF(client->_parse_verdict.f0, Py_None);
+        client->_parse_verdict.f1 = 0;
+    }
+}
+
+/* What Client._forward_to_server does with a scanned request, buf[0:n] (relay_take_request
+ * done): send what is whole (the rest of what the kernel does not take is kept by the
+ * server's Conn.write, the client not read meanwhile), keep an incomplete header for the
+ * next read, note the statement's verdict. Returns the event's result (None, or NULL with
+ * an exception set); rq->recent_body's reference is taken or dropped. */
+static PyObject *
+relay_send_request(RelayClient *client, RelayServer *server, int sfd, const char *buf,
+                   int64_t n, RelayRequest *rq)
+{
+    PyObject *client_obj = (PyObject *)client;
+    int64_t end = rq->end;
+    PyObject *tail = NULL; /* an incomplete header, kept for the next read */
+    if (end < n && (tail = PyBytes_FromStringAndSize(buf + end, n - end)) == NULL) {
+        Py_CLEAR(rq->recent_body);
+        return NULL;
+    }
+    Py_ssize_t sent = end > 0 ? SYS_WRITE(sfd, buf, (size_t)end) : 0;
+    if (sent < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            Py_XDECREF(tail);
+            Py_CLEAR(rq->recent_body);
+            return relay_lost(client_obj, errno, "writing to the server failed: ");
+        }
+        sent = 0;
+    }
+    if (sent < end) {
+        int lost = 0, drained = 1;
+        PyObject *kept = relay_keep(client_obj, (PyObject *)server, client_obj, buf + sent,
+                                    end - sent, "writing to the server failed: ", &lost,
+                                    &drained);
+        if (kept == NULL || lost) {
+            Py_XDECREF(tail);
+            Py_CLEAR(rq->recent_body);
+            return kept;
+        }
+        Py_DECREF(kept);
+    }
+    relay_take_verdict(client, rq);
+    if (tail != NULL) {
+        Py_SETREF(client->_carry, tail);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ListDeque.popleft() with the item dropped (the caller holds a reference to it). -1
+ * (nothing changed, no exception) if the list could not be shortened. */
+static int
+relay_popleft(RelayDeque *deque)
+{
+    PyObject *items = deque->_items;
+    Py_ssize_t size = PyList_GET_SIZE(items);
+    int64_t head = deque->_head + 1;
+    if (head == size || (head >= 32 && head * 2 >= size)) {
+        /* emptied: start over; or half of it served: drop the served part */
+        if (PyList_SetSlice(items, 0, head == size ? size : (Py_ssize_t)head, NULL) < 0) {
+            PyErr_Clear();
+            return -1;
+        }
+        head = 0;
+    }
+    else {
+        PyList_SetItem(items, (Py_ssize_t)head - 1, Py_NewRef(Py_None)); /* not kept alive */
+    }
+    deque->_head = head;
+    return 0;
+}
+
+/* The first waiter, if Pool.checkin's hand-over to it can be done here: Client.server_ready
+ * would link it to ``server`` with no SET to send (its settings were seen to fit this
+ * server) and forward what it sent while it waited, which stays in C (relay_scan_request;
+ * *rq filled). Borrowed; NULL (nothing held) when Python hands the server over. */
+static RelayClient *
+relay_waiter(RelayPool *pool, RelayDeque *waiters, RelayServer *server, RelayRequest *rq)
+{
+    PyObject *obj = PyList_GET_ITEM(waiters->_items, (Py_ssize_t)waiters->_head);
+    if (Py_TYPE(obj) != relay_client_type) {
+        return NULL;
+    }
+    RelayClient *w = (RelayClient *)obj;
+    PyObject *pending = w->_pending;
+    PyObject *carry = w->_carry;
+    PyObject *ex_obj = w->_ex;
+    if (w->_pool != (PyObject *)pool || w->_closed || w->_closing || w->_session_mode ||
+        w->_server != Py_None || pending == NULL || !PyBytes_CheckExact(pending) ||
+        PyBytes_GET_SIZE(pending) == 0 || w->_held != Py_None || w->_syncing != Py_None ||
+        w->_ps != Py_None || w->_refuse_state || !w->_plain || w->_outbuf != Py_None ||
+        w->_client_cb == NULL || w->_client_cb == Py_None || w->_reading != w->_client_cb ||
+        w->_busy_since == 0.0 || carry == NULL || !PyBytes_CheckExact(carry) ||
+        PyBytes_GET_SIZE(carry) != 0 || ex_obj == NULL ||
+        Py_TYPE(ex_obj) != relay_exchange_type || !relay_fits(w, server)) {
+        return NULL;
+    }
+    RelayExchange *ex = (RelayExchange *)ex_obj;
+    if (ex->_sql_type != 0 || ex->_sql_at != Py_None || ex->_fe_remaining != 0 ||
+        relay_scan_request(w, ex, (const unsigned char *)PyBytes_AS_STRING(pending),
+                           PyBytes_GET_SIZE(pending), 1, rq) < 0) {
+        return NULL;
+    }
+    return w;
+}
+
+/* Client._transaction_done(server, drained) in transaction mode when nothing needs
+ * Python: count the transaction and give the server back, to the idle list, or with a
+ * client waiting, straight to it (relay_waiter). 0: done, *res the event's result; 1:
+ * Python's case (nothing changed). */
+static int
+relay_release(RelayClient *client, RelayServer *server, PyObject **res)
 {
     RelayLimits *limits;
     RelayStats *stats;
     RelayDeque *idle, *waiters;
     RelayPool *pool;
     if (client->_session_mode || client->_closing || !R_SMALL(client->_transactions) ||
-        (pool = relay_pool_of(client, &limits, &stats, &idle, &waiters)) == NULL ||
+        (pool = relay_pool_of(client, &limits, &stats, &idle, &waiters, 1)) == NULL ||
         pool->_active < 2 || server->_pool != (PyObject *)pool || server->_cancels != 0 ||
         server->_dirty || server->_closed || server->_held_back || server->_outbuf != Py_None ||
         server->_read_cb == NULL || server->_read_cb == Py_None ||
@@ -942,9 +1269,29 @@ relay_release(RelayClient *client, RelayServer *server)
     if (lifetime > 0 && now - server->_created_at > lifetime) {
         return 1; /* Pool.checkin closes it and opens another */
     }
-    if (PyList_Append(idle->_items, (PyObject *)server) < 0) {
-        PyErr_Clear();
-        return 1;
+    RelayClient *waiter = NULL;
+    RelayHistogram *wait = NULL;
+    RelayRequest rq;
+    int sfd = -1;
+    if (relay_deque_empty(waiters)) {
+        if (PyList_Append(idle->_items, (PyObject *)server) < 0) {
+            PyErr_Clear();
+            return 1;
+        }
+    }
+    else {
+        if (!R_SMALL(stats->_checkouts) ||
+            (wait = relay_histogram(stats->_checkout_wait)) == NULL ||
+            (sfd = relay_fd(server->_fd)) < 0 ||
+            (waiter = relay_waiter(pool, waiters, server, &rq)) == NULL) {
+            return 1;
+        }
+        Py_INCREF(waiter); /* server->_client's reference, below */
+        if (relay_popleft(waiters) < 0) {
+            Py_DECREF(waiter);
+            Py_XDECREF(rq.recent_body);
+            return 1;
+        }
     }
     client->_transactions += 2;
     client->_idle_since = now;
@@ -952,13 +1299,30 @@ relay_release(RelayClient *client, RelayServer *server)
         relay_observe(xact, now - client->_busy_since);
         client->_busy_since = 0.0;
     }
-    pool->_active -= 2;
-    server->_idle_since = now; /* ServerConn.park: it keeps reading (any byte: unusable) */
-    PyObject *linked = client->_server; /* the server: the idle list holds it now */
+    PyObject *linked = client->_server; /* the server: to the idle list or the waiter */
     client->_server = Py_NewRef(Py_None);
-    Py_SETREF(server->_client, Py_NewRef(Py_None));
-    Py_DECREF(linked);
-    relay_releases++;
+    if (waiter == NULL) {
+        pool->_active -= 2;
+        server->_idle_since = now; /* ServerConn.park: it keeps reading (any byte: unusable) */
+        Py_SETREF(server->_client, Py_NewRef(Py_None));
+        Py_DECREF(linked);
+        relay_releases++;
+        *res = Py_NewRef(Py_None);
+        return 0;
+    }
+    /* Pool.checkin: the server stays active, counted as the waiter's checkout; then
+     * Client.server_ready: _link (Exchange.reset) and _forward_to_server. */
+    stats->_checkouts += 2;
+    relay_observe(wait, now - waiter->_wait_started);
+    PyObject *pending = waiter->_pending; /* its reference is ours now */
+    waiter->_pending = Py_NewRef(Py_None);
+    Py_SETREF(waiter->_server, linked);
+    Py_SETREF(server->_client, (PyObject *)waiter);
+    relay_take_request((RelayExchange *)waiter->_ex, 1, &rq);
+    relay_handoffs++;
+    *res = relay_send_request(waiter, server, sfd, PyBytes_AS_STRING(pending),
+                              PyBytes_GET_SIZE(pending), &rq);
+    Py_DECREF(pending);
     return 0;
 }
 
@@ -1126,8 +1490,7 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
         *res = Py_NewRef(Py_None);
         return 1;
     }
-    if (relay_release(client, server) == 0) {
-        *res = Py_NewRef(Py_None);
+    if (relay_release(client, server, res) == 0) {
         return 1;
     }
     *res = PyObject_CallMethodObjArgs(client_obj, relay_name_done, server_obj,
@@ -1136,6 +1499,75 @@ relay_server(PyObject *server_obj, PyObject *callback, PyObject **res)
 
 hand_over:
     *res = relay_hand_over(client_obj, relay_name_readable, n);
+    return 1;
+}
+
+/* The first request of a transaction with no idle server and the pool full (every server
+ * busy, nothing to open): Pool.checkout would queue the client (FIFO) with what it sent,
+ * as Client._on_client_readable does. Read and queued here when the request would stay in
+ * C at the hand-over (relay_waiter); anything else goes to Python with the bytes read. 0:
+ * not this case (nothing read); 1: handled, *res the result. */
+static int
+relay_queue(RelayClient *client, PyObject **res)
+{
+    RelayLimits *limits;
+    RelayStats *stats;
+    RelayDeque *idle, *waiters;
+    RelayPool *pool;
+    PyObject *ex_obj = client->_ex;
+    PyObject *carry = client->_carry;
+    if (client->_session_mode || client->_closing || client->_closed || !client->_plain ||
+        client->_pending != Py_None || client->_held != Py_None ||
+        client->_syncing != Py_None || client->_ps != Py_None || client->_refuse_state ||
+        client->_busy_since != 0.0 || (client->_bytes_in & CPY_INT_TAG) ||
+        client->_bytes_in > ((CPyTagged)1 << 60) || carry == NULL ||
+        !PyBytes_CheckExact(carry) || PyBytes_GET_SIZE(carry) != 0 || ex_obj == NULL ||
+        Py_TYPE(ex_obj) != relay_exchange_type ||
+        (pool = relay_pool_of(client, &limits, &stats, &idle, &waiters, 1)) == NULL ||
+        !relay_deque_empty(idle) || !R_SMALL(pool->_connecting) || !R_SMALL(limits->_size) ||
+        !R_SMALL(limits->_reserve_size) || !R_SMALL(limits->_pending_limit) ||
+        pool->_active + pool->_connecting < limits->_size + limits->_reserve_size) {
+        return 0; /* Pool.checkout may open a server, or lend an idle one */
+    }
+    RelayExchange *ex = (RelayExchange *)ex_obj;
+    int cfd = relay_fd(client->_fd);
+    if (ex->_sql_type != 0 || ex->_sql_at != Py_None || ex->_fe_remaining != 0 || cfd < 0) {
+        return 0;
+    }
+    Py_ssize_t n = SYS_READ(cfd, stage, STAGE_SIZE);
+    if (n <= 0) {
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            *res = Py_NewRef(Py_None);
+            return 1;
+        }
+        *res = relay_hand_over((PyObject *)client, relay_name_client_readable, 0);
+        return 1;
+    }
+    RelayRequest rq;
+    if ((int64_t)n >= (int64_t)(limits->_pending_limit >> 1) ||
+        relay_scan_request(client, ex, (const unsigned char *)stage, n, 1, &rq) < 0) {
+        goto hand_over; /* backpressure, or a request Python handles */
+    }
+    Py_XDECREF(rq.recent_body); /* scanned again at the hand-over */
+    PyObject *pending = PyBytes_FromStringAndSize(stage, n);
+    if (pending == NULL) {
+        PyErr_Clear();
+        goto hand_over;
+    }
+    if (PyList_Append(waiters->_items, (PyObject *)client) < 0) {
+        PyErr_Clear();
+        Py_DECREF(pending);
+        goto hand_over;
+    }
+    Py_SETREF(client->_pending, pending);
+    client->_busy_since = client->_wait_started = relay_now();
+    client->_bytes_in += (CPyTagged)n << 1;
+    relay_queued++;
+    *res = Py_NewRef(Py_None);
+    return 1;
+
+hand_over:
+    *res = relay_hand_over((PyObject *)client, relay_name_client_readable, n);
     return 1;
 }
 
@@ -1152,7 +1584,7 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
      * (relay_checkout) once the request is known to stay on this path, else Python's. */
     int checkout = server_obj == Py_None;
     if (checkout && (server_obj = relay_checkout_candidate(client)) == NULL) {
-        return 0;
+        return relay_queue(client, res);
     }
     if (Py_TYPE(server_obj) != relay_server_type) {
         return 0;
@@ -1191,218 +1623,21 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         return 1;
     }
 
-    /* Exchange.frontend on copies of its fields; after a checkout, of Exchange.reset()'s. */
-    const unsigned char *buf = (const unsigned char *)stage;
-    int64_t pos = checkout ? 0 : ex->_fe_remaining;
-    int64_t expected = checkout ? 0 : ex->_expected;
-    int64_t syncs = checkout ? 0 : ex->_syncs_since_exec;
-    int extended = checkout ? 0 : ex->_extended;
-    int64_t kn = checkout ? 0 : ex->_fe_n;
-    int64_t pack = checkout ? 0 : ex->_fe_pack;
-    int watch = ex->_watch;
-    int inspect = ex->_inspect;
-    int64_t sql_type = 0, sql_start = 0, sql_end = 0;
-    int64_t fe_remaining, end;
-    int scanned = pos < n;
-    if (!scanned) {
-        fe_remaining = pos - n;
-        end = n;
-    }
-    else {
-        int64_t last = n - R_HEADER;
-        int64_t length = 0;
-        while (pos <= last) {
-            int64_t type = buf[pos];
-            length = relay_length(buf, pos);
-            if (length < 4) {
-                goto hand_over;
-            }
-            switch (type) {
-            case 'P':
-            case 'B':
-            case 'D':
-            case 'E':
-            case 'C':
-            case 'H':
-                if (watch && type != 'E' && type != 'H') { /* names_statement() */
-                    int64_t body = pos + R_HEADER;
-                    int named;
-                    if (n - body < 2) {
-                        named = 1;
-                    }
-                    else if (type == 'P') {
-                        named = buf[body] != 0;
-                    }
-                    else if (type == 'B') {
-                        named = buf[body] != 0 || buf[body + 1] != 0;
-                    }
-                    else {
-                        named = buf[body] == 'S' && buf[body + 1] != 0;
-                    }
-                    if (named) {
-                        goto hand_over; /* the rewriter takes over, in Python */
-                    }
-                }
-                extended = 1;
-                if (type == 'E') {
-                    syncs = 0;
-                }
-                else if (type == 'P' && inspect && pos + length < n) {
-                    if (sql_type != 0) {
-                        goto hand_over; /* a second statement to judge */
-                    }
-                    sql_type = type;
-                    sql_start = pos + R_HEADER;
-                    sql_end = pos + 1 + length;
-                }
-                break;
-            case 'S':
-                expected++;
-                syncs++;
-                extended = 0;
-                break;
-            case 'Q':
-                goto hand_over; /* the simple protocol's statements are judged by Python */
-            case 'd':
-                break;
-            case 'c':
-            case 'f':
-                expected -= syncs;
-                syncs = 0;
-                break;
-            case 'F':
-                expected++;
-                break;
-            default:
-                goto hand_over; /* Terminate, or a type Python refuses */
-            }
-            if (watch && type != 'd' && !relay_pack(&pack, &kn, type)) {
-                goto hand_over;
-            }
-            pos += length + 1;
-        }
-        if (pos > n) {
-            if (length > R_MAX_MESSAGE_LENGTH) {
-                goto hand_over;
-            }
-            fe_remaining = pos - n;
-            end = n;
-        }
-        else {
-            fe_remaining = 0;
-            end = pos;
-        }
-    }
-
-    /* The session-state check (Client._judge_statement): only verdicts already known to
-     * be clean, for the client's last Parse or the one its sequence goes on with. */
-    PyObject *recent_body = NULL; /* the recent statement matched (a reference of ours:
-                                   * Python runs before it is stored, see relay_keep) */
-    int64_t recent_at = -1;
-    if (sql_type != 0) {
-        const char *body = stage + sql_start;
-        Py_ssize_t size = (Py_ssize_t)(sql_end - sql_start);
-        PyObject *last_body = client->_parse_last;
-        if (last_body != NULL && PyBytes_CheckExact(last_body) &&
-            PyBytes_GET_SIZE(last_body) == size &&
-            memcmp(PyBytes_AS_STRING(last_body), body, (size_t)size) == 0) {
-            if (client->_parse_verdict.f0 != Py_None || client->_parse_verdict.f1) {
-                goto hand_over; /* it leaves session state: Python marks the server */
-            }
-        }
-        else {
-            PyObject *recent = client->_recent_sql;
-            PyObject *verdicts = client->_recent_verdicts;
-            if (size > R_PARSE_KEPT || recent == NULL || !PyList_CheckExact(recent) ||
-                verdicts == NULL || !PyList_CheckExact(verdicts)) {
-                goto hand_over;
-            }
-            Py_ssize_t count = PyList_GET_SIZE(recent);
-            int64_t at = client->_recent_hit + 1;
-            if (at >= count) {
-                at = 0;
-            }
-            if (count == 0 || PyList_GET_SIZE(verdicts) != count) {
-                goto hand_over;
-            }
-            PyObject *guess = PyList_GET_ITEM(recent, at);
-            if (!PyBytes_CheckExact(guess) || PyBytes_GET_SIZE(guess) != size ||
-                memcmp(PyBytes_AS_STRING(guess), body, (size_t)size) != 0) {
-                goto hand_over; /* not the next in its sequence: Python looks further */
-            }
-            PyObject *verdict = PyList_GET_ITEM(verdicts, at);
-            if (!PyTuple_CheckExact(verdict) || PyTuple_GET_SIZE(verdict) != 2 ||
-                PyTuple_GET_ITEM(verdict, 0) != Py_None || PyTuple_GET_ITEM(verdict, 1) != Py_False) {
-                goto hand_over;
-            }
-            recent_body = Py_NewRef(guess);
-            recent_at = at;
-        }
+    RelayRequest rq;
+    if (relay_scan_request(client, ex, (const unsigned char *)stage, n, checkout, &rq) < 0) {
+        goto hand_over;
     }
 
     /* Stays here: the checkout (if any), store the scan, then what
      * Client._on_client_readable does. */
-    if (checkout) {
-        if (relay_checkout(client, server, relay_now()) < 0) {
-            Py_XDECREF(recent_body);
-            goto hand_over; /* the idle list could not shrink: Python's checkout */
-        }
-        ex->_be_remaining = 0; /* the rest of Exchange.reset() */
-        ex->_tx_status = R_TX_IDLE;
-        ex->_be_n = 0;
+    if (checkout && relay_checkout(client, server, relay_now()) < 0) {
+        Py_XDECREF(rq.recent_body);
+        goto hand_over; /* the idle list could not shrink: Python's checkout */
     }
-    if (scanned) {
-        ex->_terminate_at = -1;
-        ex->_named_at = -1;
-        ex->_fe_n = kn;
-        ex->_fe_pack = pack;
-        ex->_expected = expected;
-        ex->_syncs_since_exec = syncs;
-        ex->_extended = (char)extended;
-    }
-    ex->_fe_remaining = fe_remaining;
+    relay_take_request(ex, checkout, &rq);
     client->_bytes_in += (CPyTagged)n << 1;
     relay_fast++;
-    PyObject *tail = NULL; /* an incomplete header, kept for the next read */
-    if (end < n && (tail = PyBytes_FromStringAndSize(stage + end, n - end)) == NULL) {
-        Py_XDECREF(recent_body);
-        *res = NULL;
-        return 1;
-    }
-    Py_ssize_t sent = end > 0 ? SYS_WRITE(sfd, stage, (size_t)end) : 0;
-    if (sent < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            Py_XDECREF(tail);
-            Py_XDECREF(recent_body);
-            *res = relay_lost(client_obj, errno, "writing to the server failed: ");
-            return 1;
-        }
-        sent = 0;
-    }
-    if (sent < end) { /* kept by the server's Conn.write; the client not read meanwhile */
-        int lost = 0, drained = 1;
-        PyObject *kept = relay_keep(client_obj, server_obj, client_obj, stage + sent,
-                                    end - sent, "writing to the server failed: ", &lost,
-                                    &drained);
-        if (kept == NULL || lost) {
-            Py_XDECREF(tail);
-            Py_XDECREF(recent_body);
-            *res = kept;
-            return 1;
-        }
-        Py_DECREF(kept);
-    }
-    if (recent_body != NULL) {
-        client->_recent_hit = recent_at;
-        Py_SETREF(client->_parse_last, recent_body);
-        Py_INCREF(Py_None);
-        Py_SETREF(client->_parse_verdict.f0, Py_None);
-        client->_parse_verdict.f1 = 0;
-    }
-    if (tail != NULL) {
-        Py_SETREF(client->_carry, tail);
-    }
-    *res = Py_NewRef(Py_None);
+    *res = relay_send_request(client, server, sfd, stage, n, &rq);
     return 1;
 
 hand_over:
@@ -1516,9 +1751,10 @@ sysio_relay_pool_counts(PyObject *module, PyObject *unused)
     (void)module;
     (void)unused;
 #ifdef GV_RELAY
-    return Py_BuildValue("(KK)", relay_checkouts, relay_releases);
+    return Py_BuildValue("(KKKK)", relay_checkouts, relay_releases, relay_handoffs,
+                         relay_queued);
 #else
-    return Py_BuildValue("(KK)", 0ULL, 0ULL);
+    return Py_BuildValue("(KKKK)", 0ULL, 0ULL, 0ULL, 0ULL);
 #endif
 }
 

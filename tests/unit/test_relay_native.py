@@ -223,9 +223,10 @@ def test_the_reply_that_ends_the_transaction_hands_the_server_on() -> None:
     assert state["server_got"].endswith(query(b"commit") + query(b"select 2"))
     if hotpath.compiled and "C_RELAY=0" not in client_module.RELAY_STATUS:
         # BEGIN's reply and COMMIT's in C (then Client._transaction_done); COMMIT itself, a
-        # simple-protocol query, in Python (BEGIN, and b, waiting, have no server: read by
-        # the callback, uncounted).
-        assert native_counts(talk) == (2, 1)
+        # simple-protocol query, in Python; so is b's, read in C when it finds the pool
+        # full (see relay_queue) and handed over (BEGIN, with no server yet, goes to the
+        # pool's checkout through the callback, uncounted).
+        assert native_counts(talk) == (2, 2)
 
 
 def test_the_last_reply_goes_back_to_the_pool_even_when_the_client_is_slow() -> None:
@@ -684,23 +685,26 @@ def test_a_server_that_does_not_read_stops_the_client_until_it_drains() -> None:
 # --- a quiet pool: checkout and release in C when nobody waits -------------------------------
 
 
-def pool_counts() -> tuple[int, int]:
-    """pooler._sysio's (servers checked out in C, released in C), ever."""
+def pool_counts() -> tuple[int, int, int, int]:
+    """pooler._sysio's (servers checked out in C, released to the idle list in C, handed
+    to a waiter in C, clients queued in C), ever."""
     if not hotpath.compiled:
-        return (0, 0)
-    checkouts, releases = importlib.import_module("pooler._sysio").relay_pool_counts()
-    return (checkouts, releases)
+        return (0, 0, 0, 0)
+    counts = importlib.import_module("pooler._sysio").relay_pool_counts()
+    checkouts, releases, handoffs, queued = counts
+    return (checkouts, releases, handoffs, queued)
 
 
 C_POOL = hotpath.compiled and "in C" in importlib.import_module("pooler.pool").POOL_STATUS
 
 
 class QuietRig:
-    """Two logged-in clients and a pool of one idle server, nobody linked: every
-    transaction checks the server out and gives it back (pgbench -c 1)."""
+    """Logged-in clients (two unless told) and a pool of one idle server, nobody linked:
+    every transaction checks the server out and gives it back (pgbench -c 1), or hands it
+    to a client waiting."""
 
-    def __init__(self, mode: str, prepare: Any = None) -> None:
-        pool, clients, peers, server, server_peer = relay_objects(2)
+    def __init__(self, mode: str, prepare: Any = None, count: int = 2) -> None:
+        pool, clients, peers, server, server_peer = relay_objects(count)
         if prepare is not None:
             prepare(pool, clients, server)
         if mode == "native":
@@ -708,7 +712,7 @@ class QuietRig:
                 native_watcher(conn)
         self.mode, self.pool, self.clients, self.peers = mode, pool, clients, peers
         self.server, self.server_peer = server, server_peer
-        self.got = [b"", b""]
+        self.got = [b""] * len(clients)
         self.server_got = b""
 
     def fire(self, conn: Any) -> None:
@@ -740,7 +744,11 @@ class QuietRig:
             "idle": len(pool.idle),
             "waiters": len(pool.waiters),
             "checkouts": stats.checkouts,
-            "wait_counts": stats.checkout_wait.counts,
+            # Bucket by bucket only when nobody waited: a real wait's bucket depends on
+            # how long the run took (the plain-Python run is slower).
+            "wait_counts": stats.checkout_wait.counts if not stats.checkout_wait.total else None,
+            "wait_counted": sum(stats.checkout_wait.counts),
+            "waited": stats.checkout_wait.total > 0,
             "wait_count": stats.checkout_wait.count,
             "xact_count": stats.xact_time.count,
             "xact_counted": sum(stats.xact_time.counts),
@@ -775,16 +783,19 @@ class QuietRig:
         return out
 
 
-def quiet_both(conversation: Any, prepare: Any = None) -> tuple[list[dict[str, Any]], tuple]:
+def quiet_both(
+    conversation: Any, prepare: Any = None, count: int = 2
+) -> tuple[list[dict[str, Any]], tuple]:
     """Run ``conversation(rig)`` on a QuietRig in every mode and require the same states;
-    return the Python run's and the native run's (checkouts, releases) done in C."""
-    runs, done_in_c = {}, (0, 0)
+    return the Python run's and the native run's (checkouts, releases, hand-overs, queued)
+    done in C."""
+    runs, done_in_c = {}, (0, 0, 0, 0)
     for mode in MODES:
         before = pool_counts()
-        runs[mode] = conversation(QuietRig(mode, prepare))
+        runs[mode] = conversation(QuietRig(mode, prepare, count))
         after = pool_counts()
         if mode == "native":
-            done_in_c = (after[0] - before[0], after[1] - before[1])
+            done_in_c = tuple(a - b for a, b in zip(after, before, strict=True))
         else:
             assert after == before  # the Python run never reaches the C paths
     for mode, states in runs.items():
@@ -823,7 +834,7 @@ def test_a_quiet_pool_checks_out_and_releases_in_c() -> None:
         # The first checkout is Python's (it learns the client's settings fit this server);
         # the second in C; the third, a simple-protocol query, is judged by Python. Every
         # release in C.
-        assert in_c == (1, 3)
+        assert in_c == (1, 3, 0, 0)
 
 
 def test_the_second_client_of_a_quiet_pool_is_served_in_c_too() -> None:
@@ -844,11 +855,12 @@ def test_the_second_client_of_a_quiet_pool_is_served_in_c_too() -> None:
         # Each client's first request is Python's (its statement is judged for session
         # state once per client); the repeats check the server out in C, for either client:
         # their settings fit the server since the first checkout. Every release in C.
-        assert in_c == (2, 4)
+        assert in_c == (2, 4, 0, 0)
 
 
 def test_a_waiting_client_gets_the_server_from_python() -> None:
-    """A waiter: the release hands the server over in Python (FIFO, the wait's histogram)."""
+    """A waiter whose statement was never judged: the release hands the server over in
+    Python (FIFO, the wait's histogram)."""
 
     def talk(rig: QuietRig) -> list[dict[str, Any]]:
         rig.request(0, SELECT)
@@ -867,7 +879,7 @@ def test_a_waiting_client_gets_the_server_from_python() -> None:
     assert states[1]["wait_count"] == 3 and states[2]["idle"] == 1
     if C_POOL:
         # 0's second checkout in C; the release with a waiter and 1's checkout in Python.
-        assert in_c == (1, 2)
+        assert in_c == (1, 2, 0, 0)
 
 
 def _limits(**changes: Any) -> Any:
@@ -878,17 +890,160 @@ def _limits(**changes: Any) -> Any:
     return prepare
 
 
+def judged(rig: QuietRig, *which: int) -> None:
+    """A transaction each, alone: the clients' statement is judged for session state (once
+    per client), and their settings are seen to fit the server."""
+    for i in which:
+        rig.request(i, SELECT)
+        rig.reply(SELECT_REPLY)
+
+
+def test_a_waiting_client_gets_the_server_in_c() -> None:
+    """A waiter whose statement is known: the release hands the server to it in C, with
+    the states Python's hand-over leaves (the wait counted, its request sent on)."""
+
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        judged(rig, 0, 1)
+        states = []
+        for _ in range(2):
+            rig.request(0, SELECT)
+            rig.request(1, SELECT)  # waits
+            states.append(rig.state())
+            rig.reply(SELECT_REPLY)  # 0's transaction ends: 1 gets the server
+            states.append(rig.state())
+            rig.reply(SELECT_REPLY)
+            states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk)
+    waiting, handed, done_ = states[:3]
+    assert waiting["waiters"] == 1 and waiting["c1"]["pending"] == SELECT
+    assert waiting["server_got"] == SELECT * 3
+    assert handed["server_client"] == 1 and handed["waiters"] == 0
+    assert handed["c1"]["pending"] is None and handed["c1"]["expected"] == 1
+    assert handed["server_got"] == SELECT * 4 and handed["got"][0] == SELECT_REPLY * 2
+    assert (handed["active"], handed["checkouts"], handed["wait_count"]) == (1, 4, 4)
+    assert handed["wait_counted"] == 4 and handed["waited"] and not waiting["waited"]
+    assert (done_["active"], done_["idle"], done_["got"][1]) == (0, 1, SELECT_REPLY * 2)
+    assert done_["c0"]["transactions"] == done_["c1"]["transactions"] == 2
+    if C_POOL:
+        # Per round: 0's checkout in C, 1 queues in Python, the hand-over and 1's release in
+        # C; the first transactions' checkouts are Python's (see above).
+        assert in_c == (2, 4, 2, 2)
+
+
+@pytest.mark.parametrize("cut", [3, 12], ids=["header-split", "body-split"])
+def test_a_waiter_s_request_in_pieces_is_handed_over_in_c(cut: int) -> None:
+    """What a waiter sent while waiting ends inside a message: the whole part goes to the
+    server with the hand-over, and an incomplete header is carried (or the message's rest
+    expected), as Python's hand-over does."""
+
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        judged(rig, 0, 1)
+        rig.request(0, SELECT)
+        rig.request(1, SELECT + SELECT[:cut])  # waits, with a second request begun
+        states = [rig.state()]
+        rig.reply(SELECT_REPLY)
+        states.append(rig.state())
+        rig.request(1, SELECT[cut:])
+        states.append(rig.state())
+        rig.reply(SELECT_REPLY)
+        states.append(rig.state())
+        if rig.clients[1].server is not None:
+            rig.reply(SELECT_REPLY)
+            states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk)
+    handed = states[1]
+    assert handed["c1"]["pending"] is None and handed["waiters"] == 0
+    assert handed["server_got"].endswith(SELECT if cut == 3 else SELECT + SELECT[:cut])
+    assert states[2]["server_got"].endswith(SELECT * 2)
+    final = states[-1]
+    assert final["got"][1] == SELECT_REPLY * 3 and final["idle"] == 1
+    # The second request was begun (3 bytes carried, or 12 sent): the server stays with
+    # the client until it is answered, one transaction for both.
+    assert handed["server_client"] == states[2]["server_client"] == 1
+    assert final["c1"]["transactions"] == 2
+    assert final["c1"]["fe_remaining"] == 0
+    if C_POOL:
+        assert in_c[2] == 1
+
+
+def _pending_limit(pool: Any, clients: Any, server: Any) -> None:
+    pool.limits.pending_limit = len(SELECT)  # a waiter with one request stops reading
+
+
+@pytest.mark.parametrize(
+    ("prepare", "waiting", "in_c"),
+    [
+        (None, query(b"select 1"), (0, 0)),
+        (_pending_limit, SELECT, (0, 0)),
+        # Room for another server: Python's checkout queues it and opens one (the rig's
+        # never comes); the hand-over is C's.
+        (_limits(size=2), SELECT, (1, 0)),
+    ],
+    ids=["simple-query", "backpressure", "room-to-grow"],
+)
+def test_a_waiter_that_needs_python_is_python_s(prepare: Any, waiting: bytes, in_c: tuple) -> None:
+    """A waiter's simple Query (judged by Python), a waiter that stopped reading (its
+    watcher must start again): Python queues it and hands the server over. A pool with
+    room for another server: Python queues the waiter (and opens one)."""
+
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        judged(rig, 0, 1)
+        rig.request(0, SELECT)
+        rig.request(1, waiting)
+        states = [rig.state()]
+        rig.reply(SELECT_REPLY)
+        states.append(rig.state())
+        rig.reply(SELECT_REPLY if waiting is SELECT else ROW + done(b"SELECT 1") + ready(b"I"))
+        states.append(rig.state())
+        return states
+
+    states, done_in_c = quiet_both(talk, prepare)
+    assert states[0]["waiters"] == 1
+    assert states[0]["c1"]["reading"] is (prepare is not _pending_limit)
+    assert states[1]["server_client"] == 1 and states[1]["c1"]["reading"]
+    assert states[2]["idle"] == 1 and states[2]["c1"]["transactions"] == 2
+    if C_POOL:
+        assert done_in_c[2:] == in_c  # (hand-overs, clients queued) in C
+
+
+def test_the_first_waiter_is_served_first_whoever_hands_over() -> None:
+    """FIFO across the two hand-overs: a first waiter that needs Python is never passed
+    over by a second one C could serve."""
+
+    def talk(rig: QuietRig) -> list[dict[str, Any]]:
+        judged(rig, 0, 2)  # client 1's statement is not judged yet: Python's hand-over
+        rig.request(0, SELECT)
+        rig.request(1, SELECT)
+        rig.request(2, SELECT)
+        states = [rig.state()]
+        for _ in range(3):
+            rig.reply(SELECT_REPLY)
+            states.append(rig.state())
+        return states
+
+    states, in_c = quiet_both(talk, count=3)
+    assert states[0]["waiters"] == 2
+    assert [s["server_client"] for s in states[1:]] == [1, 2, None]
+    assert states[-1]["got"] == [SELECT_REPLY * 2, SELECT_REPLY, SELECT_REPLY * 2]
+    if C_POOL:
+        assert in_c[2] == 1  # 1 -> 2 in C, after 0 -> 1 in Python
+
+
 @pytest.mark.parametrize(
     ("prepare", "in_c"),
     [
         # server_reset_query_always: every release resets the server (Python's release).
-        (_limits(reset_always=True, reset_query="DISCARD ALL"), (0, 0)),
+        (_limits(reset_always=True, reset_query="DISCARD ALL"), (0, 0, 0, 0)),
         # ... with no query to run it is a plain release.
-        (_limits(reset_always=True, reset_query=""), (2, 3)),
+        (_limits(reset_always=True, reset_query=""), (2, 3, 0, 0)),
         # server_check_query: the checkout may check the server first (Python's).
-        (_limits(check_query="select 1", check_delay=3600.0), (0, 3)),
+        (_limits(check_query="select 1", check_delay=3600.0), (0, 3, 0, 0)),
         # A server past its lifetime is closed when it comes back (Python's checkin).
-        (_limits(server_lifetime=1e-9), (0, 0)),
+        (_limits(server_lifetime=1e-9), (0, 0, 0, 0)),
     ],
     ids=["reset-always", "reset-always-without-query", "check-query", "lifetime"],
 )
@@ -928,4 +1083,9 @@ def test_a_paused_pool_lends_nothing_in_c() -> None:
     assert states[0]["waiters"] == 1 and not states[0]["c0"]["linked"]
     assert states[1]["c0"]["linked"] and states[2]["idle"] == 1
     if C_POOL:
-        assert in_c == (0, 2)  # both releases; neither checkout (the first learns, then PAUSE)
+        assert in_c == (
+            0,
+            2,
+            0,
+            0,
+        )  # both releases; neither checkout (the first learns, then PAUSE)
