@@ -2039,11 +2039,12 @@ static PyMethodDef sysio_methods[] = {
      "relay_types(ServerConn, Client, Exchange): relay their common case in C (this build's "
      "compiled classes only)."},
     {"relay_pool_types", (PyCFunction)(void (*)(void))sysio_relay_pool_types, METH_FASTCALL,
-     "relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram): check out and "
-     "release servers in C when nobody waits (after relay_types)."},
+     "relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram): check out, "
+     "release, queue for and hand over servers in C (after relay_types)."},
 #endif
     {"relay_pool_counts", (PyCFunction)sysio_relay_pool_counts, METH_NOARGS,
-     "relay_pool_counts() -> (servers checked out in C, released in C)."},
+     "relay_pool_counts() -> (servers checked out in C, released to the idle list in C, "
+     "handed to a waiter in C, clients queued in C)."},
     {"relay_counts", (PyCFunction)sysio_relay_counts, METH_NOARGS,
      "relay_counts() -> (relayed in C, handed to Python after reading)."},
     {"set_error_handler", (PyCFunction)sysio_set_error_handler, METH_O,

@@ -551,10 +551,11 @@ class Pool:
 
 def _pool_in_c() -> str:
     """With the C relay on (pooler/client.py's RELAY_STATUS), let pooler/_sysio.c check a
-    server out of the idle list and give it back when nobody waits (relay_checkout,
-    relay_release there: the same fields, after the same checks); ``GREENVISOR_C_POOL=0``
-    keeps it in compiled Python (for an A/B comparison). Returns what was decided, for the
-    start-up log."""
+    server out of the idle list when nobody waits, give it back, queue a client when the
+    pool is full and hand a released server to the first waiter (relay_checkout,
+    relay_release, relay_queue there: the same fields, after the same checks);
+    ``GREENVISOR_C_POOL=0`` keeps all that in compiled Python (for an A/B comparison).
+    Returns what was decided, for the start-up log."""
     from pooler import client, loginio
 
     sysio = loginio._SYSIO
@@ -567,8 +568,8 @@ def _pool_in_c() -> str:
     if os.environ.get("GREENVISOR_C_POOL", "1") == "0":
         return "in compiled Python (GREENVISOR_C_POOL=0)"
     sysio.relay_pool_types(Pool, ListDeque, PoolLimits, PoolStats, Histogram)
-    return "in C when nobody waits"
+    return "in C (checkout, release, queue, hand-over)"
 
 
-#: Where a quiet pool's checkout and release run (logged at start-up).
+#: Where the pool's checkout, release, queue and hand-over run (logged at start-up).
 POOL_STATUS: Final = _pool_in_c()

@@ -682,7 +682,7 @@ def test_a_server_that_does_not_read_stops_the_client_until_it_drains() -> None:
     assert all(final == finals[0] for final in finals)
 
 
-# --- a quiet pool: checkout and release in C when nobody waits -------------------------------
+# --- the pool in C: checkout and release, a waiter queued and handed the server ------------
 
 
 def pool_counts() -> tuple[int, int, int, int]:

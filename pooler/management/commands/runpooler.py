@@ -316,7 +316,7 @@ class Command(BaseCommand):
             node.registry.snapshot.version,
         )
         log.info(
-            "greenvisor: hot path %s; event loop: %s; relay: %s; quiet pool's checkout: %s",
+            "greenvisor: hot path %s; event loop: %s; relay: %s; pool's checkout: %s",
             hotpath.status,
             hub.status,
             client_module.RELAY_STATUS,
