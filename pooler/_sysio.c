@@ -1502,6 +1502,24 @@ hand_over:
     return 1;
 }
 
+/* A client's bytes into stage: how many, or 0 when the event is handled already (*res:
+ * None when there is nothing yet; at end of file or a failed read, the client being gone
+ * either way, Python's hang-up). */
+static Py_ssize_t
+relay_read_client(PyObject *client_obj, int cfd, PyObject **res)
+{
+    Py_ssize_t n = SYS_READ(cfd, stage, STAGE_SIZE);
+    if (n > 0) {
+        return n;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        *res = Py_NewRef(Py_None);
+        return 0;
+    }
+    *res = relay_hand_over(client_obj, relay_name_client_readable, 0);
+    return 0;
+}
+
 /* The first request of a transaction with no idle server and the pool full (every server
  * busy, nothing to open): Pool.checkout would queue the client (FIFO) with what it sent,
  * as Client._on_client_readable does. Read and queued here when the request would stay in
@@ -1534,13 +1552,8 @@ relay_queue(RelayClient *client, PyObject **res)
     if (ex->_sql_type != 0 || ex->_sql_at != Py_None || ex->_fe_remaining != 0 || cfd < 0) {
         return 0;
     }
-    Py_ssize_t n = SYS_READ(cfd, stage, STAGE_SIZE);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            *res = Py_NewRef(Py_None);
-            return 1;
-        }
-        *res = relay_hand_over((PyObject *)client, relay_name_client_readable, 0);
+    Py_ssize_t n = relay_read_client((PyObject *)client, cfd, res);
+    if (n == 0) {
         return 1;
     }
     RelayRequest rq;
@@ -1612,14 +1625,8 @@ relay_client(PyObject *client_obj, PyObject *callback, PyObject **res)
         return 0;
     }
 
-    Py_ssize_t n = SYS_READ(cfd, stage, STAGE_SIZE);
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            *res = Py_NewRef(Py_None);
-            return 1;
-        }
-        /* End of file, or a failed read (the client is gone either way): Python hangs up. */
-        *res = relay_hand_over(client_obj, relay_name_client_readable, 0);
+    Py_ssize_t n = relay_read_client(client_obj, cfd, res);
+    if (n == 0) {
         return 1;
     }
 

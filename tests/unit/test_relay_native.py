@@ -858,6 +858,19 @@ def test_the_second_client_of_a_quiet_pool_is_served_in_c_too() -> None:
         assert in_c == (2, 4, 0, 0)
 
 
+def one_waits(rig: QuietRig) -> list[dict[str, Any]]:
+    """Client 0 takes the server, 1 waits for it and gets it when 0's transaction ends; the
+    states with 1 waiting, once handed the server, and once done."""
+    rig.request(0, SELECT)
+    rig.request(1, SELECT)  # waits
+    states = [rig.state()]
+    rig.reply(SELECT_REPLY)  # 0's transaction ends: 1 gets the server
+    states.append(rig.state())
+    rig.reply(SELECT_REPLY)
+    states.append(rig.state())
+    return states
+
+
 def test_a_waiting_client_gets_the_server_from_python() -> None:
     """A waiter whose statement was never judged: the release hands the server over in
     Python (FIFO, the wait's histogram)."""
@@ -865,14 +878,7 @@ def test_a_waiting_client_gets_the_server_from_python() -> None:
     def talk(rig: QuietRig) -> list[dict[str, Any]]:
         rig.request(0, SELECT)
         rig.reply(SELECT_REPLY)  # the settings now fit: the next checkouts could be C's
-        rig.request(0, SELECT)
-        rig.request(1, SELECT)  # waits
-        states = [rig.state()]
-        rig.reply(SELECT_REPLY)  # 0's transaction ends: 1 gets the server
-        states.append(rig.state())
-        rig.reply(SELECT_REPLY)
-        states.append(rig.state())
-        return states
+        return one_waits(rig)
 
     states, in_c = quiet_both(talk)
     assert states[0]["waiters"] == 1 and states[1]["server_client"] == 1
@@ -904,16 +910,7 @@ def test_a_waiting_client_gets_the_server_in_c() -> None:
 
     def talk(rig: QuietRig) -> list[dict[str, Any]]:
         judged(rig, 0, 1)
-        states = []
-        for _ in range(2):
-            rig.request(0, SELECT)
-            rig.request(1, SELECT)  # waits
-            states.append(rig.state())
-            rig.reply(SELECT_REPLY)  # 0's transaction ends: 1 gets the server
-            states.append(rig.state())
-            rig.reply(SELECT_REPLY)
-            states.append(rig.state())
-        return states
+        return one_waits(rig) + one_waits(rig)
 
     states, in_c = quiet_both(talk)
     waiting, handed, done_ = states[:3]
